@@ -1,0 +1,209 @@
+"""Typed, frozen run configuration, loaded strictly.
+
+One :class:`RunConfig` fully describes a simulation: model, GPU, tensor parallelism, the
+server's limits (vLLM flag names), scheduler policy, step-cost model and mixed-batch formula,
+workload, arrival strategy and seed. Unknown keys, wrong types and out-of-range values raise
+:class:`~sim.errors.ConfigError` naming the field (``server.max_num_seqs: ...``). Loading from a
+file is the CLI's job; this module parses mappings only (no I/O).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+# vLLM defaults (vllm/engine/arg_utils.py, EngineArgs and _set_default_args_v1; vllm 0.11):
+VLLM_DEFAULT_MAX_NUM_SEQS = 256
+VLLM_DEFAULT_BLOCK_SIZE = 16
+VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# The OpenAI API server picks 8192 batched tokens on GPUs with >= 70 GiB, else 2048.
+VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU = 8192
+VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU = 2048
+VLLM_LARGE_GPU_THRESHOLD_GIB = 70.0
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="after")
+    def _finite(self) -> "_Strict":
+        for name, value in self:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        return self
+
+
+class ServerConfig(_Strict):
+    """Server limits, named and defaulted as vLLM's engine flags."""
+
+    max_num_seqs: int = Field(VLLM_DEFAULT_MAX_NUM_SEQS, gt=0, description="--max-num-seqs: seats (requests per step)")
+    max_num_batched_tokens: int | None = Field(
+        None, gt=0, description="--max-num-batched-tokens: token budget per step; None = vLLM's pick (8192 on >=70 GiB GPUs, else 2048)"
+    )
+    long_prefill_token_threshold: int = Field(
+        0, ge=0, description="--long-prefill-token-threshold: cap on one request's prefill chunk per step; 0 = no cap"
+    )
+    enable_chunked_prefill: bool = Field(True, description="--enable-chunked-prefill (vLLM V1 default on)")
+    enable_prefix_caching: bool = Field(False, description="--enable-prefix-caching: reuse KV blocks of identical prefixes")
+    block_size: int = Field(VLLM_DEFAULT_BLOCK_SIZE, gt=0, description="--block-size: tokens per KV block")
+    num_gpu_blocks: int | None = Field(None, gt=0, description="--num-gpu-blocks-override: KV blocks; None = derive from GPU memory")
+    gpu_memory_utilization: float = Field(
+        VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="--gpu-memory-utilization: share of GPU memory vLLM may use"
+    )
+    max_model_len: int | None = Field(None, gt=0, description="--max-model-len: longest prompt+output; None = the model's")
+
+
+class SchedulerConfig(_Strict):
+    policy: str = Field("vllm-v1", description="scheduler policy name (see `servesim list`)")
+    chunk_size_tokens: int = Field(512, gt=0, description="fixed chunk for the 'sarathi' policy")
+    starvation_age_s: float = Field(10.0, gt=0, description="priority/sjf: a request waiting longer than this goes first")
+
+
+class CostConfig(_Strict):
+    """Step-cost model selection and calibration knobs."""
+
+    model: str = Field("roofline", description="cost model name: roofline | fixed | linear")
+    formula: str = Field("weighted-average", description="mixed-batch formula (roofline only)")
+    gemm_m: Literal["tokens", "requests"] = Field(
+        "tokens", description="GEMM M dimension: token count (physical) or request count (reproduces the seed study)"
+    )
+    mfu_lookup: Literal["nearest", "interpolate"] = Field("nearest", description="MFU table lookup mode")
+    bench_data_dir: str | None = Field(None, description="microbenchmark directory (bench_data/); None = built-in MFU model")
+    bw_efficiency: float | None = Field(None, gt=0, le=1, description="HBM bandwidth efficiency; None = GPU default")
+    per_layer_overhead_us: float | None = Field(None, ge=0, description="CPU overhead per layer, µs (divided by TP); None = GPU default")
+    # fixed / linear test models
+    fixed_step_s: float = Field(0.01, gt=0, description="fixed model: seconds per step")
+    linear_base_s: float = Field(0.005, ge=0, description="linear model: seconds per step")
+    linear_per_prefill_token_s: float = Field(2e-5, ge=0, description="linear model: seconds per prefill token")
+    linear_per_decode_token_s: float = Field(1e-4, ge=0, description="linear model: seconds per decode token")
+
+    @model_validator(mode="after")
+    def _linear_positive(self) -> "CostConfig":
+        if self.model == "linear" and self.linear_base_s <= 0:
+            raise ValueError("linear_base_s must be > 0 so that every step takes time")
+        return self
+
+
+class LengthDist(_Strict):
+    """A token-length distribution. ``normal`` is clipped to [min, max] then rounded."""
+
+    dist: Literal["fixed", "normal", "uniform"] = "normal"
+    value: int | None = Field(None, ge=1, description="fixed: the length")
+    mean: float | None = Field(None, gt=0)
+    stdev: float = Field(0.0, ge=0)
+    min: int = Field(1, ge=1)
+    max: int = Field(1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LengthDist":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if self.dist == "fixed" and self.value is None:
+            raise ValueError("dist 'fixed' needs 'value'")
+        if self.dist == "normal" and self.mean is None:
+            raise ValueError("dist 'normal' needs 'mean' (and usually 'stdev', 'min', 'max')")
+        return self
+
+
+class TraceConfig(_Strict):
+    """A measured per-request CSV (columns start_offset_s, prompt_tokens, output_tokens)."""
+
+    path: str
+    benchmark_index: int | None = Field(None, ge=0, description="keep only rows of this benchmark (ground-truth CSVs)")
+    only_ok: bool = Field(True, description="drop rows whose ok column is 0")
+
+
+class WorkloadConfig(_Strict):
+    num_requests: int = Field(100, gt=0)
+    prompt_tokens: LengthDist = LengthDist(dist="normal", mean=512, stdev=256, min=2, max=7000)
+    output_tokens: LengthDist = LengthDist(dist="normal", mean=215, stdev=100, min=2, max=7000)
+    prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")
+    prefix_groups: int = Field(1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly")
+    trace: TraceConfig | None = None
+
+
+ArrivalStrategy = Literal[
+    "synchronous", "constant", "poisson", "throughput", "concurrent", "replay", "open-loop-at-measured-rate"
+]
+
+
+class ArrivalConfig(_Strict):
+    strategy: ArrivalStrategy = "poisson"
+    rate_rps: float | None = Field(None, gt=0, description="requests per second (constant, poisson, open-loop-at-measured-rate)")
+    concurrency: int | None = Field(None, gt=0, description="users (concurrent) or in-flight cap (throughput)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ArrivalConfig":
+        if self.strategy in ("constant", "poisson", "open-loop-at-measured-rate") and self.rate_rps is None:
+            raise ValueError(f"strategy {self.strategy!r} needs rate_rps (requests per second, > 0)")
+        if self.strategy == "concurrent" and self.concurrency is None:
+            raise ValueError("strategy 'concurrent' needs concurrency (number of closed-loop users)")
+        return self
+
+
+class RunConfig(_Strict):
+    """Everything one simulation needs."""
+
+    seed: int = Field(42, ge=0)
+    model: str = Field("llama-2-7b", description="catalogue name or path to a Hugging Face config.json (or its folder)")
+    gpu: str = Field("H100", description="GPU catalogue name")
+    tensor_parallel_size: int = Field(1, gt=0)
+    server: ServerConfig = ServerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    cost: CostConfig = CostConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    arrival: ArrivalConfig = ArrivalConfig(strategy="poisson", rate_rps=1.0)
+    horizon_s: float | None = Field(None, gt=0, description="stop the clock here; None = run until every request left")
+    record_itls: bool = Field(True, description="keep every inter-token gap (needed for ITL percentiles)")
+
+    @field_validator("model", "gpu")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+def _format_validation_error(err: ValidationError, source: str | None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = ".".join(str(p) for p in e["loc"][:-1])
+            msg = f"unknown key; check its spelling{' under ' + parent if parent else ''}"
+        lines.append(f"{loc}: {msg}")
+    head = f"invalid config{' in ' + source if source else ''}"
+    return head + ":\n  " + "\n  ".join(lines)
+
+
+def parse_run_config(data: dict[str, Any] | None, source: str | None = None) -> RunConfig:
+    """Validate ``data`` into a :class:`RunConfig`; ConfigError naming each bad field otherwise."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config{' in ' + source if source else ''}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base`` (mappings merge, other values replace)."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def with_overrides(cfg: RunConfig, override: dict[str, Any]) -> RunConfig:
+    """A copy of ``cfg`` with ``override`` deep-merged and re-validated."""
+    return parse_run_config(merge(cfg.model_dump(mode="json"), override))

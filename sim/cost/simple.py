@@ -1,0 +1,64 @@
+"""Simple step-cost models for tests and analytic checks.
+
+``fixed``: every non-empty step costs ``cost.fixed_step_s`` seconds, whatever it holds.
+``linear``: ``base + per_prefill_token·prefill tokens + per_decode_token·decode tokens``
+(the shape of BLIS's "blackbox" β model, with user-given coefficients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..entities import Batch, StepCost
+from .base import COST_MODELS
+
+
+@dataclass(frozen=True, slots=True)
+class FixedCostModel:
+    """Constant step duration: ``step_s`` seconds for any non-empty batch."""
+
+    step_s: float
+    name: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if not self.step_s > 0:
+            raise ValueError(f"step_s must be > 0, got {self.step_s}")
+
+    def price(self, batch: Batch) -> StepCost:
+        return StepCost(total_s=self.step_s, overhead_s=self.step_s)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearCostModel:
+    """``base_s + per_prefill_token_s·Np + per_decode_token_s·Nd`` seconds."""
+
+    base_s: float
+    per_prefill_token_s: float
+    per_decode_token_s: float
+    name: str = "linear"
+
+    def __post_init__(self) -> None:
+        if not self.base_s > 0 or self.per_prefill_token_s < 0 or self.per_decode_token_s < 0:
+            raise ValueError("linear cost model needs base_s > 0 and non-negative per-token terms")
+
+    def price(self, batch: Batch) -> StepCost:
+        prefill_s = self.per_prefill_token_s * batch.num_prefill_tokens
+        decode_s = self.per_decode_token_s * batch.num_decode_tokens
+        return StepCost(
+            total_s=self.base_s + prefill_s + decode_s,
+            compute_s=prefill_s + decode_s,
+            overhead_s=self.base_s,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+        )
+
+
+@COST_MODELS.register("fixed", "Constant step time (cost.fixed_step_s); for tests and analytic cases.")
+def _fixed_factory(cfg) -> FixedCostModel:
+    return FixedCostModel(cfg.cost.fixed_step_s)
+
+
+@COST_MODELS.register("linear", "base + per-prefill-token + per-decode-token seconds (cost.linear_*).")
+def _linear_factory(cfg) -> LinearCostModel:
+    c = cfg.cost
+    return LinearCostModel(c.linear_base_s, c.linear_per_prefill_token_s, c.linear_per_decode_token_s)
