@@ -118,7 +118,7 @@ class TraceConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    num_requests: int = Field(100, gt=0)
+    num_requests: int | None = Field(None, gt=0, description="requests to simulate; None = 100 synthetic, or every trace row")
     prompt_tokens: LengthDist = LengthDist(dist="normal", mean=512, stdev=256, min=2, max=7000)
     output_tokens: LengthDist = LengthDist(dist="normal", mean=215, stdev=100, min=2, max=7000)
     prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")

@@ -1,0 +1,102 @@
+"""Arrival strategies: SimPy processes that release a workload's requests to an engine.
+
+Semantics follow guidellm's scheduling strategies (``guidellm/scheduler/strategies.py``):
+
+* ``synchronous``: closed loop, one request in flight; the next is sent when the previous
+  one leaves (finished or rejected).
+* ``concurrent``: ``concurrency`` closed-loop users, each sending its next request when its
+  previous one leaves.
+* ``throughput``: every request at t = 0; with ``concurrency`` set, at most that many in flight
+  (a closed loop of that many users, as guidellm's ``max_concurrency``).
+* ``constant``: fixed spacing 1/rate, first request at t = 0.
+* ``poisson``: exponential gaps of mean 1/rate (stream ``arrival.poisson``), first at the
+  first gap.
+* ``replay``: each request at its trace send offset.
+* ``open-loop-at-measured-rate``: constant spacing 1/rate with the first request at 1/rate —
+  how the seed study (BLIS harness) replaced synchronous and throughput benchmarks by an
+  open-loop rate. Only for reproducing that study.
+
+A strategy is ``fn(env, submit, workload, cfg, streams) -> None``: it starts its processes.
+``submit(req)`` hands a request to the engine at the current time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import simpy
+
+from .config import ArrivalConfig
+from .entities import Request
+from .errors import ConfigError
+from .registry import Registry
+from .rng import RandomStreams
+from .workload import Workload
+
+Submit = Callable[[Request], None]
+ARRIVALS: Registry = Registry("arrival strategy")
+
+
+def _open_loop(env: simpy.Environment, submit: Submit, reqs: list[Request], times_s: np.ndarray):
+    for req, t in zip(reqs, times_s):
+        delay = float(t) - env.now
+        if delay > 0:
+            yield env.timeout(delay)
+        submit(req)
+
+
+def _closed_loop_user(env: simpy.Environment, submit: Submit, source: Iterator[Request]):
+    for req in source:
+        req.done_event = env.event()
+        submit(req)
+        yield req.done_event
+
+
+def _start_closed_loop(env: simpy.Environment, submit: Submit, reqs: list[Request], users: int) -> None:
+    source = iter(reqs)
+    for _ in range(min(users, len(reqs))):
+        env.process(_closed_loop_user(env, submit, source))
+
+
+@ARRIVALS.register("synchronous", "Closed loop, one request in flight (guidellm synchronous).")
+def synchronous(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    _start_closed_loop(env, submit, workload.requests, 1)
+
+
+@ARRIVALS.register("concurrent", "N closed-loop users (guidellm concurrent).")
+def concurrent(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    _start_closed_loop(env, submit, workload.requests, int(cfg.concurrency))
+
+
+@ARRIVALS.register("throughput", "All requests at t=0, optional in-flight cap (guidellm throughput).")
+def throughput(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    if cfg.concurrency is not None:
+        _start_closed_loop(env, submit, workload.requests, int(cfg.concurrency))
+    else:
+        env.process(_open_loop(env, submit, workload.requests, np.zeros(len(workload))))
+
+
+@ARRIVALS.register("constant", "Fixed spacing 1/rate from t=0 (guidellm constant).")
+def constant(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    times = np.arange(len(workload), dtype=float) / float(cfg.rate_rps)
+    env.process(_open_loop(env, submit, workload.requests, times))
+
+
+@ARRIVALS.register("poisson", "Exponential gaps of mean 1/rate (guidellm poisson).")
+def poisson(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    gaps = streams.get("arrival.poisson").exponential(1.0 / float(cfg.rate_rps), size=len(workload))
+    env.process(_open_loop(env, submit, workload.requests, np.cumsum(gaps)))
+
+
+@ARRIVALS.register("replay", "Send each request at its trace offset.")
+def replay(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    if workload.offsets_s is None:
+        raise ConfigError("arrival.strategy: 'replay' needs a workload trace with a start_offset_s column")
+    env.process(_open_loop(env, submit, workload.requests, workload.offsets_s))
+
+
+@ARRIVALS.register("open-loop-at-measured-rate", "Constant 1/rate, first at 1/rate (the seed study's harness).")
+def open_loop_at_measured_rate(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
+    times = (np.arange(len(workload), dtype=float) + 1.0) / float(cfg.rate_rps)
+    env.process(_open_loop(env, submit, workload.requests, times))

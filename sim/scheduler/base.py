@@ -1,0 +1,60 @@
+"""The scheduler contract and its registry.
+
+A scheduler owns the wait queue, the running list and the KV block manager of one server,
+and plans one step at a time:
+
+* ``add_request(req)`` puts an arrived request in the wait queue.
+* ``schedule(now_s) -> SchedulerOutput`` plans the next step: which requests compute how many
+  new tokens, which were preempted. It allocates KV for what it schedules and never exceeds
+  ``max_num_batched_tokens`` tokens, ``max_num_seqs`` running requests or the free KV blocks.
+  It does not advance time, price the step or record metrics.
+* ``update_from_output(out, end_s) -> (first_token, finished)`` applies the step's progress
+  once the engine has advanced the clock to ``end_s``: computed tokens, sampled tokens, and
+  frees the KV of finished requests.
+
+Work conservation: if the wait queue or running list is non-empty and something fits,
+``schedule`` returns a non-empty batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..entities import Batch, Request
+from ..registry import Registry
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One planned step: the batch, the scheduled requests in batch order, and preemptions."""
+
+    batch: Batch
+    requests: list[Request]
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.requests
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLimits:
+    """The server limits a scheduler obeys (vLLM names; all > 0 except the threshold)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    long_prefill_token_threshold: int
+    enable_chunked_prefill: bool
+    max_model_len: int
+    chunk_size_tokens: int = 512
+    starvation_age_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0 or self.max_model_len <= 0:
+            raise ValueError("max_num_seqs, max_num_batched_tokens and max_model_len must be > 0")
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError("long_prefill_token_threshold must be >= 0")
+
+
+SCHEDULERS: Registry = Registry("scheduler policy")
+"""Registry of scheduler classes: ``cls(limits: SchedulerLimits, kv: KVCacheManager)``."""

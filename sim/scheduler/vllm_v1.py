@@ -1,0 +1,199 @@
+"""vLLM V1 scheduling (``vllm/v1/core/sched/scheduler.py``, ``Scheduler.schedule``), and the
+hooks other policies override.
+
+One step, as vLLM V1 plans it:
+
+1. **Running requests first**, in admission order, while token budget remains. Each gets
+   ``num_tokens - num_computed_tokens`` new tokens (1 for a decode; the rest of the prompt for
+   an unfinished prefill), capped by ``long_prefill_token_threshold`` (if > 0) and by the
+   remaining budget. If its KV blocks cannot be allocated, the most recently admitted running
+   request is preempted (recompute: its KV is freed, it returns to the *front* of the wait
+   queue) until the allocation fits or the request itself was the victim.
+2. **Then waiting requests**, from the head of the queue, unless a preemption happened this
+   step, while the budget is > 0 and fewer than ``max_num_seqs`` run. Prefix-cache hits are
+   taken first (they cost no budget); the rest is chunked like above. Without chunked prefill a
+   prompt that does not fit the remaining budget waits (it is skipped this step). A failed KV
+   allocation stops admission (head-of-line blocking, as vLLM).
+
+Running and new prefills share a step: that is a **mixed batch**.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..entities import Batch, BatchItem, Request, RequestStatus
+from .base import SCHEDULERS, SchedulerLimits, SchedulerOutput
+from .kv import KVCacheManager
+
+
+@SCHEDULERS.register("vllm-v1", "vLLM V1: running first, then waiting; chunked prefill; mixed batches (default).")
+class VllmV1Scheduler:
+    """vLLM V1 chunked-prefill scheduler with preemption by recompute.
+
+    Subclasses change the policy through the hooks ``order_waiting``, ``pick_victim``,
+    ``running_chunk``, ``waiting_chunk`` and ``admit_waiting``; the bookkeeping stays here.
+    """
+
+    def __init__(self, limits: SchedulerLimits, kv: KVCacheManager) -> None:
+        self.limits = limits
+        self.kv = kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    # ------------------------------------------------------------------ state
+    def add_request(self, req: Request) -> None:
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or bool(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    # ------------------------------------------------------------------ hooks
+    def order_waiting(self, now_s: float) -> None:
+        """Reorder ``self.waiting`` before admission. FCFS: no-op."""
+
+    def pick_victim(self) -> Request:
+        """The running request to preempt: the most recently admitted (vLLM FCFS)."""
+        return self.running[-1]
+
+    def running_chunk(self, req: Request, budget: int) -> int:
+        """New tokens for a running request given the remaining budget."""
+        n = req.num_tokens - req.num_computed_tokens
+        t = self.limits.long_prefill_token_threshold
+        if 0 < t < n:
+            n = t
+        return n if n < budget else budget
+
+    def waiting_chunk(self, req: Request, num_computed: int, budget: int) -> int:
+        """New tokens for a waiting request (after ``num_computed`` cached/computed tokens).
+
+        Returns 0 to skip the request this step.
+        """
+        n = req.num_tokens - num_computed
+        t = self.limits.long_prefill_token_threshold
+        if 0 < t < n:
+            n = t
+        if not self.limits.enable_chunked_prefill and n > budget:
+            return 0
+        return n if n < budget else budget
+
+    def admit_waiting(self, scheduled_running: int, preempted: bool) -> bool:
+        """Whether waiting requests may be admitted this step (vLLM: not after a preemption)."""
+        return not preempted
+
+    # --------------------------------------------------------------- planning
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        """Plan one step at time ``now_s`` (see module docstring)."""
+        budget = self.limits.max_num_batched_tokens
+        kv = self.kv
+        items: list[BatchItem] = []
+        reqs: list[Request] = []
+        preempted: list[Request] = []
+        running = self.running
+
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = self.running_chunk(req, budget)
+            if n <= 0:
+                i += 1
+                continue
+            scheduled = True
+            while not kv.allocate_slots(req, n):
+                victim = self.pick_victim()
+                if victim in reqs:  # a policy may pick an already scheduled request
+                    k = reqs.index(victim)
+                    budget += items[k].new_tokens
+                    del reqs[k], items[k]
+                    i -= 1
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is req:
+                    scheduled = False
+                    break
+            if not scheduled:
+                break
+            items.append(self._item(req, n))
+            reqs.append(req)
+            budget -= n
+            i += 1
+
+        if self.waiting and self.admit_waiting(len(reqs), bool(preempted)):
+            self.order_waiting(now_s)
+            skipped: list[Request] = []
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < self.limits.max_num_seqs:
+                req = waiting[0]
+                hits = kv.get_computed_blocks(req) if req.num_computed_tokens == 0 else []
+                num_computed = req.num_computed_tokens + len(hits) * kv.block_size
+                n = self.waiting_chunk(req, num_computed, budget)
+                if n <= 0:
+                    skipped.append(waiting.popleft())
+                    continue
+                if not kv.allocate_slots(req, n, hits):
+                    break
+                waiting.popleft()
+                if hits and req.num_computed_tokens == 0 and req.first_scheduled_s < 0:
+                    req.cached_prompt_tokens = min(len(hits) * kv.block_size, req.prompt_tokens)
+                req.num_computed_tokens = num_computed
+                req.status = RequestStatus.RUNNING
+                if req.first_scheduled_s < 0:
+                    req.first_scheduled_s = now_s
+                running.append(req)
+                items.append(self._item(req, n))
+                reqs.append(req)
+                budget -= n
+            if skipped:
+                waiting.extendleft(reversed(skipped))
+
+        return SchedulerOutput(Batch.of(items), reqs, preempted)
+
+    @staticmethod
+    def _item(req: Request, n: int) -> BatchItem:
+        computed = req.num_computed_tokens
+        is_decode = n == 1 and req.num_output_generated > 0 and computed == req.num_tokens - 1
+        return BatchItem(req.request_id, n, computed, is_decode)
+
+    def _preempt(self, victim: Request) -> None:
+        self.running.remove(victim)
+        self.kv.free(victim)
+        victim.num_computed_tokens = 0
+        victim.status = RequestStatus.WAITING
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(victim)
+
+    # ---------------------------------------------------------------- progress
+    def update_from_output(self, out: SchedulerOutput, end_s: float) -> tuple[list[Request], list[Request]]:
+        """Apply the step's progress at ``end_s``; return (sampled, finished) requests.
+
+        ``sampled`` holds every request that produced an output token in this step (its first
+        or a later one); ``finished`` those that produced their last. Finished requests leave
+        the running list and release their KV blocks.
+        """
+        sampled: list[Request] = []
+        finished: list[Request] = []
+        for req, item in zip(out.requests, out.batch.items):
+            req.num_computed_tokens += item.new_tokens
+            if req.num_computed_tokens == req.num_tokens:
+                req.num_output_generated += 1
+                sampled.append(req)
+                if req.num_output_generated >= req.output_tokens:
+                    finished.append(req)
+        if finished:
+            done = set(id(r) for r in finished)
+            self.running = [r for r in self.running if id(r) not in done]
+            for req in finished:
+                self.kv.free(req)
+                req.status = RequestStatus.FINISHED
+        return sampled, finished

@@ -1,0 +1,168 @@
+"""Build and run one simulation from a :class:`~sim.config.RunConfig`.
+
+:func:`simulate` is the library entry point: it resolves the model and GPU, sizes the KV
+cache, builds the scheduler, cost model, workload and arrival process, runs SimPy, and returns
+a :class:`SimResult` (tables + summary). It performs no file output.
+
+KV cache size (when ``server.num_gpu_blocks`` is not given), per GPU, as vLLM profiles it::
+
+    blocks = floor((memory · gpu_memory_utilization − weights/TP − reserve) / block_bytes)
+    block_bytes = 2 · layers · max(1, kv_heads/TP) · head_dim · dtype_bytes · block_size
+
+``reserve`` (activations, CUDA graphs, non-torch memory) is :data:`RUNTIME_RESERVE_GIB_TP1`
+(or ``_TP_MULTI``); weights include embeddings and LM head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from . import arrival as _arrival  # noqa: F401  (registers strategies)
+from .arrival import ARRIVALS
+from .config import (
+    VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU,
+    VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU,
+    VLLM_LARGE_GPU_THRESHOLD_GIB,
+    RunConfig,
+)
+from .cost import COST_MODELS
+from .cost import simple as _simple  # noqa: F401  (registers fixed/linear)
+from .engine import Engine
+from .entities import RequestStatus
+from .errors import ConfigError
+from .hardware import GpuSpec, resolve_gpu
+from .metrics import MetricsSink, request_record, requests_frame, steps_frame, summarize
+from .models import ModelSpec, resolve_model
+from .rng import RandomStreams
+from .scheduler import SCHEDULERS
+from .scheduler.base import SchedulerLimits
+from .scheduler.kv import KVCacheManager
+from .workload import build_workload
+
+GIB = 2**30
+# Memory vLLM keeps per GPU outside weights and KV: activation peak of its profiling run,
+# CUDA graphs, non-torch allocations (NCCL buffers when TP > 1). Fitted to the KV sizes vLLM
+# 0.11 logged for the ground-truth runs on H100 80 GB at utilisation 0.9 (implied reserve:
+# Llama-2-7B TP1 1.15 GiB, CodeLlama-34B TP1 0.97 GiB; Llama-2-70B TP4 1.60 GiB,
+# CodeLlama-34B TP2 1.61 GiB).
+RUNTIME_RESERVE_GIB_TP1 = 1.1
+RUNTIME_RESERVE_GIB_TP_MULTI = 1.6
+
+
+@dataclass
+class SimResult:
+    """Outcome of one run: per-request and per-step tables, ITLs and a summary."""
+
+    config: RunConfig
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    itls_s: np.ndarray
+    summary: dict
+    derived: dict = field(default_factory=dict)
+
+
+def kv_block_bytes_per_gpu(model: ModelSpec, tp: int, block_size: int) -> int:
+    kv_heads = max(1, model.num_kv_heads // tp)
+    return int(2 * model.num_layers * kv_heads * model.head_dim * model.bytes_per_param * block_size)
+
+
+def derive_num_gpu_blocks(model: ModelSpec, gpu: GpuSpec, tp: int, utilization: float, block_size: int) -> int:
+    """KV blocks that fit per GPU (see module docstring). ConfigError if none fit."""
+    # embeddings and LM head occupy memory too (weights_bytes counts transformer layers only)
+    weights = model.weights_bytes + 2 * model.vocab_size * model.hidden_size * model.bytes_per_param
+    reserve_gib = RUNTIME_RESERVE_GIB_TP1 if tp == 1 else RUNTIME_RESERVE_GIB_TP_MULTI
+    avail = gpu.memory_gib * GIB * utilization - weights / tp - reserve_gib * GIB
+    blocks = math.floor(avail / kv_block_bytes_per_gpu(model, tp, block_size))
+    if blocks <= 0:
+        raise ConfigError(
+            f"model {model.name} does not fit on {tp}x {gpu.name} at gpu_memory_utilization {utilization}: "
+            f"weights {model.weights_bytes / tp / GIB:.1f} GiB per GPU leave no room for KV cache; "
+            "raise tensor_parallel_size or server.gpu_memory_utilization, or set server.num_gpu_blocks"
+        )
+    return blocks
+
+
+def default_max_num_batched_tokens(gpu: GpuSpec) -> int:
+    """vLLM's pick for the OpenAI server: 8192 on GPUs with >= 70 GiB, else 2048."""
+    if gpu.memory_gib >= VLLM_LARGE_GPU_THRESHOLD_GIB:
+        return VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU
+    return VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU
+
+
+def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
+    """Effective server limits (vLLM defaults filled in)."""
+    s = cfg.server
+    tp = cfg.tensor_parallel_size
+    if model.num_heads % tp:
+        raise ConfigError(
+            f"tensor_parallel_size: {tp} does not divide {model.name}'s {model.num_heads} attention heads; "
+            f"choose a divisor such as {', '.join(str(d) for d in (1, 2, 4, 8) if model.num_heads % d == 0)}"
+        )
+    blocks = s.num_gpu_blocks or derive_num_gpu_blocks(model, gpu, tp, s.gpu_memory_utilization, s.block_size)
+    budget = s.max_num_batched_tokens or default_max_num_batched_tokens(gpu)
+    if budget < s.block_size:
+        raise ConfigError(
+            f"server.max_num_batched_tokens: {budget} is smaller than one KV block ({s.block_size} tokens); raise it"
+        )
+    max_len = s.max_model_len or model.max_position_embeddings
+    return {
+        "num_gpu_blocks": int(blocks),
+        "max_num_batched_tokens": int(budget),
+        "max_model_len": int(max_len),
+        "kv_capacity_tokens": int(blocks * s.block_size),
+    }
+
+
+def simulate(cfg: RunConfig) -> SimResult:
+    """Run one simulation. Deterministic: same config ⇒ identical tables."""
+    model = resolve_model(cfg.model)
+    gpu = resolve_gpu(cfg.gpu)
+    lim = resolve_limits(cfg, model, gpu)
+    streams = RandomStreams(cfg.seed)
+    cost_model = COST_MODELS.get(cfg.cost.model, "cost.model")(cfg)
+    kv = KVCacheManager(lim["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching)
+    limits = SchedulerLimits(
+        max_num_seqs=cfg.server.max_num_seqs,
+        max_num_batched_tokens=lim["max_num_batched_tokens"],
+        long_prefill_token_threshold=cfg.server.long_prefill_token_threshold,
+        enable_chunked_prefill=cfg.server.enable_chunked_prefill,
+        max_model_len=lim["max_model_len"],
+        chunk_size_tokens=cfg.scheduler.chunk_size_tokens,
+        starvation_age_s=cfg.scheduler.starvation_age_s,
+    )
+    scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(limits, kv)
+    workload = build_workload(cfg.workload, streams)
+    env = simpy.Environment()
+    sink = MetricsSink(record_itls=cfg.record_itls)
+    engine = Engine(
+        env,
+        scheduler,
+        cost_model,
+        sink,
+        max_model_len=lim["max_model_len"],
+        kv_capacity_tokens=lim["kv_capacity_tokens"],
+        max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else lim["max_num_batched_tokens"],
+    )
+    ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(env, engine.submit, workload, cfg.arrival, streams)
+    env.run(until=cfg.horizon_s)
+
+    records = list(sink.requests)
+    left = {r.request_id for r in records}
+    for req in workload.requests:
+        if req.request_id not in left:
+            status = "not_sent" if req.status is RequestStatus.PENDING else "in_flight"
+            records.append(request_record(req, status))
+    req_df = requests_frame(records)
+    step_df = steps_frame(sink.steps)
+    itls = np.asarray(sink.itls_s, dtype=float)
+    summary = summarize(req_df, step_df, itls if cfg.record_itls else None)
+    summary["num_not_sent"] = int((req_df["status"] == "not_sent").sum())
+    summary["num_in_flight"] = int((req_df["status"] == "in_flight").sum())
+    derived = dict(lim, cost_model=cost_model.name, formula=cfg.cost.formula, policy=cfg.scheduler.policy,
+                   end_s=float(env.now), num_steps=engine.num_steps)
+    return SimResult(cfg, req_df, step_df, itls, summary, derived)

@@ -1,0 +1,130 @@
+"""Workloads: the requests of a run (sizes, prefix groups, and trace send offsets).
+
+Synthetic lengths come from :class:`~sim.config.LengthDist` (``fixed``; ``normal`` clipped to
+[min, max] then rounded, as BLIS and guidellm's synthetic data; ``uniform`` integers in
+[min, max]). A shared prefix of ``prefix_tokens`` is *prepended* to each synthetic prompt, so
+``prompt_tokens`` includes it; with ``prefix_groups`` > 1 each request draws its group
+uniformly. A trace (a per-request CSV such as ``ground_truth/requests/<exp>.csv``) gives
+the lengths (its prompt counts already include any prefix) and send offsets for replay.
+
+Randomness: named streams ``workload.prompt``, ``workload.output``, ``workload.prefix``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import LengthDist, WorkloadConfig
+from .entities import Request
+from .errors import ConfigError
+from .rng import RandomStreams
+
+DEFAULT_NUM_SYNTHETIC_REQUESTS = 100
+
+
+@dataclass
+class Workload:
+    """Requests in send order, and their send offsets (seconds) when the source has them."""
+
+    requests: list[Request]
+    offsets_s: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` integer lengths >= 1 drawn from ``dist``."""
+    if dist.dist == "fixed":
+        return np.full(n, int(dist.value), dtype=np.int64)
+    if dist.dist == "uniform":
+        return rng.integers(dist.min, dist.max + 1, size=n, dtype=np.int64)
+    x = rng.normal(float(dist.mean), float(dist.stdev), size=n) if dist.stdev > 0 else np.full(n, float(dist.mean))
+    return np.maximum(np.rint(np.clip(x, dist.min, dist.max)), 1).astype(np.int64)
+
+
+TRACE_REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
+
+
+def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bool = True) -> pd.DataFrame:
+    """Read a per-request CSV: columns ``prompt_tokens``, ``output_tokens`` (required) and
+    ``start_offset_s`` (needed for replay), optionally ``benchmark_index`` and ``ok``.
+
+    Returns rows sorted by send offset (stable). Raises ConfigError naming the file and the
+    problem for a missing file, missing columns, or invalid values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"workload.trace.path: file not found: {p}")
+    try:
+        df = pd.read_csv(p)
+    except Exception as err:  # pandas raises many types for malformed CSV
+        raise ConfigError(f"workload.trace.path: cannot read {p} as CSV: {err}") from None
+    missing = [c for c in TRACE_REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(f"workload.trace.path: {p} lacks column(s) {', '.join(missing)}; it needs {', '.join(TRACE_REQUIRED_COLUMNS)} (and start_offset_s to replay)")
+    if benchmark_index is not None:
+        if "benchmark_index" not in df.columns:
+            raise ConfigError(f"workload.trace.benchmark_index: {p} has no benchmark_index column")
+        df = df[df["benchmark_index"] == benchmark_index]
+        if df.empty:
+            raise ConfigError(f"workload.trace.benchmark_index: {p} has no rows with benchmark_index {benchmark_index}")
+    if only_ok and "ok" in df.columns:
+        df = df[df["ok"] == 1]
+    if df.empty:
+        raise ConfigError(f"workload.trace.path: {p} has no usable rows")
+    for col in TRACE_REQUIRED_COLUMNS:
+        vals = pd.to_numeric(df[col], errors="coerce")
+        bad = vals.isna() | (vals < 1) | (vals != np.floor(vals))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ConfigError(f"workload.trace.path: {p}: column {col} must hold integers >= 1; row {row} has {df[col].iloc[row]!r}")
+        df = df.assign(**{col: vals.astype(np.int64)})
+    if "start_offset_s" in df.columns:
+        off = pd.to_numeric(df["start_offset_s"], errors="coerce")
+        if off.isna().any() or (off < 0).any() or not np.isfinite(off).all():
+            raise ConfigError(f"workload.trace.path: {p}: start_offset_s must be finite numbers >= 0")
+        df = df.assign(start_offset_s=off.astype(float)).sort_values("start_offset_s", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
+    """The requests of a run, ids 0..n-1 in send order."""
+    prefix_rng = streams.get("workload.prefix")
+    if cfg.trace is not None:
+        df = load_trace(cfg.trace.path, cfg.trace.benchmark_index, cfg.trace.only_ok)
+        if cfg.num_requests is not None:
+            df = df.iloc[: cfg.num_requests]
+        prompts = df["prompt_tokens"].to_numpy()
+        outputs = df["output_tokens"].to_numpy()
+        offsets = df["start_offset_s"].to_numpy(dtype=float) if "start_offset_s" in df.columns else None
+        if offsets is not None:
+            offsets = offsets - offsets.min()
+        prefix = np.minimum(cfg.prefix_tokens, prompts)
+    else:
+        n = cfg.num_requests or DEFAULT_NUM_SYNTHETIC_REQUESTS
+        unique = sample_lengths(cfg.prompt_tokens, n, streams.get("workload.prompt"))
+        outputs = sample_lengths(cfg.output_tokens, n, streams.get("workload.output"))
+        prompts = unique + cfg.prefix_tokens
+        prefix = np.full(n, cfg.prefix_tokens, dtype=np.int64)
+        offsets = None
+    n = len(prompts)
+    if cfg.prefix_tokens > 0:
+        groups = prefix_rng.integers(0, cfg.prefix_groups, size=n) if cfg.prefix_groups > 1 else np.zeros(n, dtype=np.int64)
+    else:
+        groups = np.full(n, -1, dtype=np.int64)
+    reqs = [
+        Request(
+            request_id=i,
+            prompt_tokens=int(prompts[i]),
+            output_tokens=int(outputs[i]),
+            prefix_group=int(groups[i]),
+            prefix_tokens=int(prefix[i]) if groups[i] >= 0 else 0,
+        )
+        for i in range(n)
+    ]
+    return Workload(reqs, offsets)
