@@ -8,7 +8,8 @@ table row with meas ≥ 1e-4 (rows with MFU 0 are unusable measurements). Needs 
 
 Curves (x^p/(x^p + x0^p) is a Hill saturation; all are increasing in their argument so that
 step times grow with work):
-  GEMM            mfu = a · m^p / (m^p + m0^p)                       (all k, n together)
+  GEMM            mfu = a · m / (m + m0)   (all k, n together; m clamped at the table's
+                  smallest M = 8 below which time scales ∝ m, as the tables' clamp implies)
   decode attn     mfu = c · g · x^q / (x^q + x0^q),  x = batch·kv_len, g = H/Hk (GQA group)
                   (decode attention is memory bound: FLOPs/byte ∝ g, hence the factor g)
   prefill attn    mfu = f · s^r / (s^r + s0^r),    s = seq_len
@@ -47,7 +48,10 @@ def main(root: Path) -> None:
     gemm = pd.read_csv(root / "gemm/h100/data.csv")
     gemm = gemm[gemm.mfu >= FLOOR]
     m, y = gemm.m.to_numpy(float), gemm.mfu.to_numpy(float)
-    ga, gp, gm0 = fit(lambda t: np.log(t[0] * hill(m, t[1], np.exp(t[2]))) - np.log(y), [0.62, 1.0, np.log(300)])
+    # exponent fixed at 1: then GEMM time ∝ m/mfu = (m + m0)/a grows with m (a free exponent
+    # > 1 fits slightly better but makes time fall with m for m < ~40)
+    gp = 1.0
+    ga, gm0 = fit(lambda t: np.log(t[0] * hill(m, gp, np.exp(t[1]))) - np.log(y), [0.62, np.log(300)])
     gm0 = float(np.exp(gm0))
 
     dec = []
@@ -59,7 +63,11 @@ def main(root: Path) -> None:
     dec = pd.concat(dec)
     dec = dec[dec.mfu >= FLOOR]
     x, g, yd = (dec.batch_size * dec.kv_len).to_numpy(float), dec.g.to_numpy(float), dec.mfu.to_numpy(float)
-    dc, dq, dx0 = fit(lambda t: np.log(t[0] * g * hill(x, t[1], np.exp(t[2]))) - np.log(yd), [0.003, 1.0, np.log(4096)])
+    # q <= 1 keeps decode attention time ∝ x/mfu increasing in x
+    dc, dq, dx0 = least_squares(
+        lambda t: np.log(t[0] * g * hill(x, t[1], np.exp(t[2]))) - np.log(yd),
+        [0.003, 0.9, np.log(4096)], bounds=([1e-6, 0.1, 0.0], [1.0, 1.0, 20.0]),
+    ).x
     dx0 = float(np.exp(dx0))
 
     pre = []

@@ -120,7 +120,8 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, itls_s: np.ndarray | 
         "num_requests": int(len(requests)),
         "num_finished": int(len(fin)),
         "num_rejected": int((requests["status"] == RequestStatus.REJECTED.value).sum()),
-        "num_in_flight": int((~requests["status"].isin([RequestStatus.FINISHED.value, RequestStatus.REJECTED.value])).sum()),
+        "num_in_flight": int((requests["status"] == "in_flight").sum()),
+        "num_not_sent": int((requests["status"] == "not_sent").sum()),
     }
     for col, name in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e"), ("queue_delay_s", "queue_delay")):
         out.update(_stats_ms(fin[col].to_numpy(dtype=float), name))

@@ -118,51 +118,70 @@ def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
     }
 
 
+class Simulation:
+    """One configured, runnable simulation: all parts built, nothing run yet.
+
+    Attributes (for inspection and tests): ``env``, ``model``, ``gpu``, ``limits`` (effective
+    server limits), ``cost_model``, ``kv``, ``scheduler``, ``workload``, ``sink``, ``engine``.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.model = resolve_model(cfg.model)
+        self.gpu = resolve_gpu(cfg.gpu)
+        self.limits = resolve_limits(cfg, self.model, self.gpu)
+        self.streams = RandomStreams(cfg.seed)
+        self.cost_model = COST_MODELS.get(cfg.cost.model, "cost.model")(cfg)
+        self.kv = KVCacheManager(self.limits["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching)
+        sched_limits = SchedulerLimits(
+            max_num_seqs=cfg.server.max_num_seqs,
+            max_num_batched_tokens=self.limits["max_num_batched_tokens"],
+            long_prefill_token_threshold=cfg.server.long_prefill_token_threshold,
+            enable_chunked_prefill=cfg.server.enable_chunked_prefill,
+            max_model_len=self.limits["max_model_len"],
+            chunk_size_tokens=cfg.scheduler.chunk_size_tokens,
+            starvation_age_s=cfg.scheduler.starvation_age_s,
+        )
+        self.scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(sched_limits, self.kv)
+        self.workload = build_workload(cfg.workload, self.streams)
+        self.env = simpy.Environment()
+        self.sink = MetricsSink(record_itls=cfg.record_itls)
+        self.engine = Engine(
+            self.env,
+            self.scheduler,
+            self.cost_model,
+            self.sink,
+            max_model_len=self.limits["max_model_len"],
+            kv_capacity_tokens=self.limits["kv_capacity_tokens"],
+            max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else self.limits["max_num_batched_tokens"],
+        )
+        ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, self.engine.submit, self.workload, cfg.arrival, self.streams)
+
+    def run(self) -> SimResult:
+        """Run to the horizon (or until every request left) and tabulate. Call once."""
+        cfg = self.cfg
+        self.env.run(until=cfg.horizon_s)
+        records = list(self.sink.requests)
+        left = {r.request_id for r in records}
+        for req in self.workload.requests:
+            if req.request_id not in left:
+                status = "not_sent" if req.status is RequestStatus.PENDING else "in_flight"
+                records.append(request_record(req, status))
+        req_df = requests_frame(records)
+        step_df = steps_frame(self.sink.steps)
+        itls = np.asarray(self.sink.itls_s, dtype=float)
+        summary = summarize(req_df, step_df, itls if cfg.record_itls else None)
+        derived = dict(
+            self.limits,
+            cost_model=self.cost_model.name,
+            formula=cfg.cost.formula,
+            policy=cfg.scheduler.policy,
+            end_s=float(self.env.now),
+            num_steps=self.engine.num_steps,
+        )
+        return SimResult(cfg, req_df, step_df, itls, summary, derived)
+
+
 def simulate(cfg: RunConfig) -> SimResult:
     """Run one simulation. Deterministic: same config ⇒ identical tables."""
-    model = resolve_model(cfg.model)
-    gpu = resolve_gpu(cfg.gpu)
-    lim = resolve_limits(cfg, model, gpu)
-    streams = RandomStreams(cfg.seed)
-    cost_model = COST_MODELS.get(cfg.cost.model, "cost.model")(cfg)
-    kv = KVCacheManager(lim["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching)
-    limits = SchedulerLimits(
-        max_num_seqs=cfg.server.max_num_seqs,
-        max_num_batched_tokens=lim["max_num_batched_tokens"],
-        long_prefill_token_threshold=cfg.server.long_prefill_token_threshold,
-        enable_chunked_prefill=cfg.server.enable_chunked_prefill,
-        max_model_len=lim["max_model_len"],
-        chunk_size_tokens=cfg.scheduler.chunk_size_tokens,
-        starvation_age_s=cfg.scheduler.starvation_age_s,
-    )
-    scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(limits, kv)
-    workload = build_workload(cfg.workload, streams)
-    env = simpy.Environment()
-    sink = MetricsSink(record_itls=cfg.record_itls)
-    engine = Engine(
-        env,
-        scheduler,
-        cost_model,
-        sink,
-        max_model_len=lim["max_model_len"],
-        kv_capacity_tokens=lim["kv_capacity_tokens"],
-        max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else lim["max_num_batched_tokens"],
-    )
-    ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(env, engine.submit, workload, cfg.arrival, streams)
-    env.run(until=cfg.horizon_s)
-
-    records = list(sink.requests)
-    left = {r.request_id for r in records}
-    for req in workload.requests:
-        if req.request_id not in left:
-            status = "not_sent" if req.status is RequestStatus.PENDING else "in_flight"
-            records.append(request_record(req, status))
-    req_df = requests_frame(records)
-    step_df = steps_frame(sink.steps)
-    itls = np.asarray(sink.itls_s, dtype=float)
-    summary = summarize(req_df, step_df, itls if cfg.record_itls else None)
-    summary["num_not_sent"] = int((req_df["status"] == "not_sent").sum())
-    summary["num_in_flight"] = int((req_df["status"] == "in_flight").sum())
-    derived = dict(lim, cost_model=cost_model.name, formula=cfg.cost.formula, policy=cfg.scheduler.policy,
-                   end_s=float(env.now), num_steps=engine.num_steps)
-    return SimResult(cfg, req_df, step_df, itls, summary, derived)
+    return Simulation(cfg).run()

@@ -1,0 +1,427 @@
+"""Model FLOPs utilisation (MFU): microbenchmark tables and a built-in analytic model.
+
+An *MFU provider* answers three questions for one model on one GPU at one TP size:
+``gemm(m, k, n)``, ``attn_decode(batch_size, kv_len)`` and ``attn_prefill(seq_len)``, each a
+fraction of the GPU's dense peak in (0, 1]. Two kinds exist:
+
+* :class:`TableMfu` — from a ``bench_data`` directory laid out like the seed study's
+  (blis-reference.md §2): ``gemm/<gpu>/data.csv`` (m,k,n,latency_us,mfu),
+  ``mha/decode/<gpu>/{H}-{Hk}-{dh}-tp{N}.csv`` (dtype,kv_dtype,batch_size,kv_len,latency_us,mfu),
+  ``mha/prefill/<gpu>/{H}-{Hk}-{dh}.csv`` (dtype,seq_len,latency_us,mfu); ``<gpu>`` lowercase.
+  Lookups are ``nearest`` (the seed "v2-pre" semantics) or ``interpolate`` (the "v2" ones).
+* :class:`BuiltinMfu` — smooth saturating curves fitted to the H100 tables (no files needed);
+  the default when no bench_data directory is configured.
+
+Loading reads files (only :func:`load_mfu_database`); lookups are pure and cached.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+
+MFU_FLOOR = 1e-4
+"""Smallest usable MFU: table rows below it are measurement artefacts (e.g. 32-8-128-tp1 at
+(bs 1, kv 1024) reads 0.0). A lookup below it takes the nearest row at or above it
+(blis-reference.md §2, "Any result < 1e-4")."""
+
+Lookup = Literal["nearest", "interpolate"]
+
+
+class MfuProvider(Protocol):
+    """MFU for one (model, GPU, TP). All results are in [MFU_FLOOR, 1]."""
+
+    def gemm(self, m: int, k: int, n: int) -> float:
+        """MFU of an (m×k)·(k×n) GEMM."""
+        ...
+
+    def attn_decode(self, batch_size: int, kv_len: int) -> float:
+        """MFU of decode attention for ``batch_size`` requests at KV length ``kv_len``."""
+        ...
+
+    def attn_prefill(self, seq_len: int) -> float:
+        """MFU of causal prefill attention at sequence length ``seq_len``."""
+        ...
+
+
+# --- built-in analytic model -----------------------------------------------------------------
+# Constants fitted by scripts/fit_builtin_mfu.py to ../shared/ground_truth/bench_data (H100,
+# 880 rows with MFU >= 1e-4). Measured fit error, absolute relative error |pred-meas|/meas:
+#   GEMM    (112 rows): median 0.048, mean 0.075, p90 0.190
+#   decode  (738 rows): median 0.044, mean 0.170, p90 0.369  (tables are rounded to 0.001)
+#   prefill  (30 rows): median 0.028, mean 0.052, p90 0.141
+#   all     (880 rows): median 0.044, mean 0.154
+GEMM_MFU_MAX = 0.6399
+GEMM_HILL_P = 1.1426
+GEMM_M0 = 236.3
+DECODE_MFU_PER_GROUP = 0.003163
+DECODE_HILL_Q = 0.8668
+DECODE_X0 = 20539.5
+PREFILL_MFU_MAX = 0.7322
+PREFILL_HILL_R = 1.9331
+PREFILL_S0 = 1420.2
+
+BUILTIN_FIT_ERROR = {
+    # component: (median, mean) absolute relative error, as printed by the fit script
+    "gemm": (0.048, 0.075),
+    "decode": (0.044, 0.170),
+    "prefill": (0.028, 0.052),
+}
+
+
+def _hill(x: float, p: float, x0: float) -> float:
+    """Saturating curve x^p/(x^p + x0^p) in (0, 1) for x > 0; increasing in x."""
+    r = (x0 / x) ** p
+    return 1.0 / (1.0 + r)
+
+
+@dataclass(frozen=True)
+class BuiltinMfu:
+    """Analytic MFU curves fitted to the H100 microbenchmarks (constants above).
+
+    ``gemm = GEMM_MFU_MAX·hill(m)`` ignores k, n (the tables vary <10 % across them);
+    ``attn_decode = DECODE_MFU_PER_GROUP·g·hill(batch·kv)`` with g = H/Hk, because decode
+    attention is memory bound and its FLOPs per KV byte grow with the GQA group;
+    ``attn_prefill = PREFILL_MFU_MAX·hill(seq)``. Each is increasing in its argument, so the
+    attention/GEMM time (FLOPs/MFU) never falls when work grows. The H100 curves are used for
+    every GPU (MFU is a fraction of that GPU's peak; no other GPU has tables).
+    """
+
+    num_heads: int
+    num_kv_heads: int
+
+    def gemm(self, m: int, k: int, n: int) -> float:
+        return max(MFU_FLOOR, GEMM_MFU_MAX * _hill(max(m, 1), GEMM_HILL_P, GEMM_M0))
+
+    def attn_decode(self, batch_size: int, kv_len: int) -> float:
+        group = self.num_heads / self.num_kv_heads
+        x = max(batch_size, 1) * max(kv_len, 1)
+        return min(1.0, max(MFU_FLOOR, DECODE_MFU_PER_GROUP * group * _hill(x, DECODE_HILL_Q, DECODE_X0)))
+
+    def attn_prefill(self, seq_len: int) -> float:
+        return max(MFU_FLOOR, PREFILL_MFU_MAX * _hill(max(seq_len, 1), PREFILL_HILL_R, PREFILL_S0))
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, columns: dict[str, type]) -> pd.DataFrame:
+    """Read ``path`` and check that ``columns`` exist and parse as numbers; ConfigError otherwise."""
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError(f"MFU table not found: {path}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ConfigError(f"MFU table {path}: malformed CSV ({err})") from None
+    if df.empty:
+        raise ConfigError(f"MFU table {path}: no data rows")
+    for col, typ in columns.items():
+        if col not in df.columns:
+            raise ConfigError(f"MFU table {path}: missing column {col!r} (has: {', '.join(map(str, df.columns))})")
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.isna().any():
+            bad = int(values.isna().to_numpy().nonzero()[0][0]) + 2  # +1 header, +1 one-based
+            raise ConfigError(f"MFU table {path}: column {col!r} has a non-numeric value on line {bad}")
+        if typ is int and not np.all(values == np.round(values)):
+            raise ConfigError(f"MFU table {path}: column {col!r} must hold integers")
+        df[col] = values.astype(typ)
+    return df
+
+
+@dataclass(frozen=True)
+class GemmTable:
+    """GEMM MFU by (k, n) shape: sorted m axis and MFU values per shape."""
+
+    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+
+    def select_shape(self, k: int, n: int) -> tuple[int, int]:
+        """The benchmarked (K, N) with K ≥ k and N ≥ n nearest to (k, n); else the largest K²+N².
+
+        Both seed versions pick the shape this way (blis-reference.md §2).
+        """
+        fits = [(K, N) for (K, N) in self.shapes if K >= k and N >= n]
+        if fits:
+            return min(fits, key=lambda s: ((s[0] - k) ** 2 + (s[1] - n) ** 2, s))
+        return max(self.shapes, key=lambda s: (s[0] ** 2 + s[1] ** 2, s))
+
+
+@dataclass(frozen=True)
+class DecodeTable:
+    """Decode attention MFU rows (batch_size, kv_len, mfu) of one head config and TP."""
+
+    bs: np.ndarray
+    kv: np.ndarray
+    mfu: np.ndarray
+    grid: dict[tuple[int, int], float] = field(repr=False)
+    bs_axis: np.ndarray = field(repr=False)
+    kv_axis: np.ndarray = field(repr=False)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> "DecodeTable":
+        bs = df["batch_size"].to_numpy(np.int64)
+        kv = df["kv_len"].to_numpy(np.int64)
+        mfu = df["mfu"].to_numpy(float)
+        grid = {(int(b), int(k)): float(v) for b, k, v in zip(bs, kv, mfu)}
+        return cls(bs, kv, mfu, grid, np.unique(bs), np.unique(kv))
+
+
+@dataclass(frozen=True)
+class MfuDatabase:
+    """Every table of one GPU in a bench_data directory."""
+
+    root: Path
+    gpu: str
+    gemm: GemmTable
+    prefill: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]]  # (H,Hk,dh) -> (seq, mfu)
+    decode: dict[tuple[int, int, int, int], DecodeTable]  # (H,Hk,dh,tp) -> table
+
+    def match_config(self, num_heads: int, num_kv_heads: int, head_dim: int) -> tuple[int, int, int]:
+        """The prefill head config equal to (H, Hk, dh), else the nearest by Euclidean distance."""
+        target = (num_heads, num_kv_heads, head_dim)
+        if target in self.prefill:
+            return target
+        return min(self.prefill, key=lambda c: (sum((a - b) ** 2 for a, b in zip(c, target)), c))
+
+    def match_decode(self, config: tuple[int, int, int], tp: int) -> tuple[int, int, int, int]:
+        """Decode table key for ``config`` at ``tp``; falls back to the nearest available TP."""
+        tps = sorted(k[3] for k in self.decode if k[:3] == config)
+        if not tps:
+            raise ConfigError(
+                f"MFU tables in {self.root}: no decode table for head config {'-'.join(map(str, config))} "
+                f"(prefill table exists but mha/decode/{self.gpu}/{'-'.join(map(str, config))}-tp*.csv is missing)"
+            )
+        best = min(tps, key=lambda t: (abs(t - tp), t))
+        return (*config, best)
+
+    def for_model(self, num_heads: int, num_kv_heads: int, head_dim: int, tp: int, lookup: Lookup) -> "TableMfu":
+        """A provider bound to a model's nearest head config and TP."""
+        config = self.match_config(num_heads, num_kv_heads, head_dim)
+        dkey = self.match_decode(config, tp)
+        seq, pmfu = self.prefill[config]
+        return TableMfu(self.gemm, seq, pmfu, self.decode[dkey], lookup, config, dkey[3])
+
+
+_DECODE_RE = re.compile(r"^(\d+)-(\d+)-(\d+)-tp(\d+)$")
+_PREFILL_RE = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+
+
+def load_mfu_database(bench_data_dir: str | Path, gpu: str) -> MfuDatabase:
+    """Read all MFU tables of ``gpu`` (folder name lower-cased) under ``bench_data_dir``.
+
+    Raises ConfigError naming the missing directory/file, or the file and column of a
+    malformed CSV.
+    """
+    root = Path(bench_data_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"bench_data directory not found: {root}")
+    g = gpu.lower()
+    gemm_path = root / "gemm" / g / "data.csv"
+    pre_dir = root / "mha" / "prefill" / g
+    dec_dir = root / "mha" / "decode" / g
+    for d in (gemm_path.parent, pre_dir, dec_dir):
+        if not d.is_dir():
+            raise ConfigError(f"bench_data {root}: no folder {d.relative_to(root)} for GPU {gpu!r}")
+
+    gdf = _read_csv(gemm_path, {"m": int, "k": int, "n": int, "mfu": float})
+    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for (k, n), part in gdf.groupby(["k", "n"], sort=True):
+        part = part.sort_values("m", kind="stable")
+        shapes[(int(k), int(n))] = (part["m"].to_numpy(np.int64), part["mfu"].to_numpy(float))
+
+    prefill: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for path in sorted(pre_dir.glob("*.csv")):
+        mt = _PREFILL_RE.match(path.stem)
+        if not mt:
+            raise ConfigError(f"MFU table {path}: file name must be <H>-<Hk>-<dh>.csv")
+        df = _read_csv(path, {"seq_len": int, "mfu": float}).sort_values("seq_len", kind="stable")
+        prefill[tuple(map(int, mt.groups()))] = (df["seq_len"].to_numpy(np.int64), df["mfu"].to_numpy(float))
+    if not prefill:
+        raise ConfigError(f"bench_data {root}: no prefill tables in {pre_dir}")
+
+    decode: dict[tuple[int, int, int, int], DecodeTable] = {}
+    for path in sorted(dec_dir.glob("*.csv")):
+        mt = _DECODE_RE.match(path.stem)
+        if not mt:
+            raise ConfigError(f"MFU table {path}: file name must be <H>-<Hk>-<dh>-tp<N>.csv")
+        df = _read_csv(path, {"batch_size": int, "kv_len": int, "mfu": float})
+        decode[tuple(map(int, mt.groups()))] = DecodeTable.from_frame(df)
+    if not decode:
+        raise ConfigError(f"bench_data {root}: no decode tables in {dec_dir}")
+    return MfuDatabase(root, g, GemmTable(shapes), prefill, decode)
+
+
+def _lerp_clamped(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Linear interpolation on sorted ``xs``, clamped to the end values."""
+    return float(np.interp(x, xs, ys))
+
+
+def _bracket(axis: np.ndarray, x: int) -> tuple[int, int]:
+    """Floor and ceiling grid values around x on a sorted axis (both the end value if outside)."""
+    if x <= axis[0]:
+        return int(axis[0]), int(axis[0])
+    if x >= axis[-1]:
+        return int(axis[-1]), int(axis[-1])
+    hi = int(np.searchsorted(axis, x))
+    if axis[hi] == x:
+        return int(x), int(x)
+    return int(axis[hi - 1]), int(axis[hi])
+
+
+class TableMfu:
+    """MFU from microbenchmark tables for one model's head config and TP.
+
+    ``nearest`` (seed v2-pre, blis-reference.md §2):
+      GEMM: last row with M ≤ m of the selected (K, N), else the smallest M;
+      decode: nearest row (Euclidean on raw bs, kv) among rows with bs ≤ and kv ≤ target,
+      else nearest overall; prefill: the floor row (seq ≤ target), else the ceiling row.
+    ``interpolate`` (v2): GEMM linear in m, prefill linear in seq, decode bilinear on the
+      unique bs/kv axes — all clamped at the ends; a missing decode corner reads as 0.
+    Both: a result < MFU_FLOOR is replaced by the nearest row with MFU ≥ MFU_FLOOR (Euclidean
+    over the raw axes). Results are memoised per argument tuple.
+    """
+
+    def __init__(
+        self,
+        gemm: GemmTable,
+        prefill_seq: np.ndarray,
+        prefill_mfu: np.ndarray,
+        decode: DecodeTable,
+        lookup: Lookup,
+        config: tuple[int, int, int],
+        decode_tp: int,
+    ) -> None:
+        if lookup not in ("nearest", "interpolate"):
+            raise ConfigError(f"cost.mfu_lookup: unknown lookup {lookup!r}; choose nearest or interpolate")
+        self._gemm = gemm
+        self._pseq, self._pmfu = prefill_seq, prefill_mfu
+        self._dec = decode
+        self.lookup = lookup
+        self.config = config
+        self.decode_tp = decode_tp
+        # per-instance memo tables (lru_cache on methods would share state across instances)
+        self.gemm = lru_cache(maxsize=4096)(self._gemm_uncached)  # type: ignore[method-assign]
+        self.attn_decode = lru_cache(maxsize=65536)(self._decode_uncached)  # type: ignore[method-assign]
+        self.attn_prefill = lru_cache(maxsize=1024)(self._prefill_uncached)  # type: ignore[method-assign]
+
+    # GEMM
+    def _gemm_uncached(self, m: int, k: int, n: int) -> float:
+        ms, mfus = self._gemm.shapes[self._gemm.select_shape(k, n)]
+        if self.lookup == "interpolate":
+            v = _lerp_clamped(m, ms.astype(float), mfus)
+        else:
+            i = int(np.searchsorted(ms, m, side="right")) - 1
+            v = float(mfus[max(i, 0)])
+        if v < MFU_FLOOR:
+            ok = mfus >= MFU_FLOOR
+            if not ok.any():
+                return MFU_FLOOR
+            v = float(mfus[ok][np.argmin(np.abs(ms[ok] - m))])
+        return v
+
+    # decode attention
+    def _decode_uncached(self, batch_size: int, kv_len: int) -> float:
+        t = self._dec
+        if self.lookup == "interpolate":
+            b0, b1 = _bracket(t.bs_axis, batch_size)
+            k0, k1 = _bracket(t.kv_axis, kv_len)
+            q = {c: t.grid.get(c, 0.0) for c in ((b0, k0), (b1, k0), (b0, k1), (b1, k1))}
+            tb = 0.0 if b1 == b0 else (batch_size - b0) / (b1 - b0)
+            tk = 0.0 if k1 == k0 else (kv_len - k0) / (k1 - k0)
+            low = q[(b0, k0)] + (q[(b1, k0)] - q[(b0, k0)]) * tb
+            high = q[(b0, k1)] + (q[(b1, k1)] - q[(b0, k1)]) * tb
+            v = low + (high - low) * tk
+        else:
+            d2 = (t.bs - batch_size).astype(float) ** 2 + (t.kv - kv_len).astype(float) ** 2
+            below = (t.bs <= batch_size) & (t.kv <= kv_len)
+            idx = np.flatnonzero(below) if below.any() else np.arange(len(t.bs))
+            v = float(t.mfu[idx[np.argmin(d2[idx])]])
+        if v < MFU_FLOOR:
+            ok = np.flatnonzero(t.mfu >= MFU_FLOOR)
+            if len(ok) == 0:
+                return MFU_FLOOR
+            d2 = (t.bs[ok] - batch_size).astype(float) ** 2 + (t.kv[ok] - kv_len).astype(float) ** 2
+            v = float(t.mfu[ok[np.argmin(d2)]])
+        return v
+
+    # prefill attention
+    def _prefill_uncached(self, seq_len: int) -> float:
+        seq, mfu = self._pseq, self._pmfu
+        if self.lookup == "interpolate":
+            v = _lerp_clamped(seq_len, seq.astype(float), mfu)
+        else:
+            i = int(np.searchsorted(seq, seq_len, side="right")) - 1
+            v = float(mfu[max(i, 0)])
+        if v < MFU_FLOOR:
+            ok = mfu >= MFU_FLOOR
+            if not ok.any():
+                return MFU_FLOOR
+            v = float(mfu[ok][np.argmin(np.abs(seq[ok] - seq_len))])
+        return v
+
+
+def builtin_fit_errors(bench_data_dir: str | Path) -> dict[str, tuple[float, float]]:
+    """(median, mean) absolute relative error of :class:`BuiltinMfu` against the H100 tables.
+
+    Rows with MFU < MFU_FLOOR are skipped. Used by the fit script and the tests; reads files.
+    """
+    db = load_mfu_database(bench_data_dir, "h100")
+    errs: dict[str, list[float]] = {"gemm": [], "decode": [], "prefill": []}
+    any_model = BuiltinMfu(1, 1)
+    for (k, n), (ms, mfus) in db.gemm.shapes.items():
+        for m, y in zip(ms, mfus):
+            if y >= MFU_FLOOR:
+                errs["gemm"].append(abs(any_model.gemm(int(m), k, n) - y) / y)
+    for (H, Hk, _dh, _tp), t in db.decode.items():
+        bm = BuiltinMfu(H, Hk)
+        for b, kv, y in zip(t.bs, t.kv, t.mfu):
+            if y >= MFU_FLOOR:
+                errs["decode"].append(abs(bm.attn_decode(int(b), int(kv)) - y) / y)
+    for _cfg, (seq, mfus) in db.prefill.items():
+        for s, y in zip(seq, mfus):
+            if y >= MFU_FLOOR:
+                errs["prefill"].append(abs(any_model.attn_prefill(int(s)) - y) / y)
+    return {k: (float(np.median(v)), float(np.mean(v))) for k, v in errs.items()}
+
+
+def make_mfu_provider(
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    tp: int,
+    gpu: str,
+    bench_data_dir: str | Path | None,
+    lookup: Lookup,
+) -> MfuProvider:
+    """Tables from ``bench_data_dir`` for ``gpu`` if given, else the built-in model.
+
+    Tables are loaded once per (directory, GPU) per process (cached: they are immutable).
+    """
+    if bench_data_dir is None:
+        return BuiltinMfu(num_heads, num_kv_heads)
+    db = _cached_database(str(Path(bench_data_dir).expanduser().resolve()), gpu.lower())
+    return db.for_model(num_heads, num_kv_heads, head_dim, tp, lookup)
+
+
+@lru_cache(maxsize=8)
+def _cached_database(root: str, gpu: str) -> MfuDatabase:
+    return load_mfu_database(root, gpu)
+
+
+__all__ = [
+    "MFU_FLOOR",
+    "BuiltinMfu",
+    "MfuDatabase",
+    "MfuProvider",
+    "TableMfu",
+    "builtin_fit_errors",
+    "load_mfu_database",
+    "make_mfu_provider",
+]

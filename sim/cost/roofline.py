@@ -1,0 +1,290 @@
+"""Roofline step-cost model (the seed study's "v2-pre" structure, blis-reference.md §1).
+
+Prices one engine step from the model architecture, the GPU's peaks and an MFU provider.
+All quantities are per GPU of a tensor-parallel group of size ``tp`` (τ = 1/tp).
+
+Notation: L layers, d hidden size, H/Hk query/KV heads, dh head dim, dff MLP width, b bytes per
+parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
+
+* **GEMMs**, per GPU at TP-split shapes (v2-pre ``computeTransformerGEMMTimes``):
+  ``G(m) = L·Σ 2·m·k·n / (P·mfu_gemm(m,k,n))`` over Q (d → H/tp·dh), K and V
+  (d → max(1, Hk/tp)·dh), O (H/tp·dh → d), gate and up (d → dff/tp), down (dff/tp → d).
+  No τ (shapes are already split), no weight floor (v2-pre). MoE: gate/up/down are paid once
+  per active expert (``num_experts_per_tok``) at M = m.
+* **Attention core** ``A(B, ctx) = 4·H·B·ctx·dh`` FLOPs per layer (QKᵀ and AV; the tables'
+  MFU excludes softmax), divided across GPUs by τ.
+* **Dynamic bytes** per request with context s and t new tokens (§1.1):
+  ``D(s,t) = 2·L·Hk·dh·b·(t + κ·s) + L·d·b·t·a`` with κ = 0.80, a = 0.75 if t = 1, else
+  κ = 0.92, a = 0.85 (the seed's calibration of cache re-use and activation traffic).
+* **Decode** (N requests, contexts pᵢ; v2-pre): ``Cd = G(N) + τ·L·A(N, max p)/(P·mfu_dec(N,
+  max p))``; ``Md = τ·(W + ΣD(pᵢ, 1))/BW``.
+* **Prefill** (requests with new cⱼ, context PIⱼ): seqⱼ = PIⱼ + cⱼ goes to bucket 512·2^k ≥
+  seqⱼ (cap 65536). Per bucket, ascending: ``G(M_b) + τ·L·Attn_b/1.8/(P·mfu_pf(bucket))``.
+  ``gemm_m='tokens'`` (physical default): M_b = Σcⱼ in the bucket and Attn_b = ΣA(cⱼ, seqⱼ)
+  (the v2 attention). ``gemm_m='requests'`` (reproduces the study): M_b = #requests in the
+  bucket and Attn_b = A(#requests, bucket), exactly as v2-pre. The /1.8 is the seed's causal
+  discount. ``Mp = τ·(W + ΣD(PIⱼ, cⱼ))/BW``.
+* **Mixed steps** combine Cp, Mp, Cd, Md with a formula from :mod:`sim.cost.combine`. The
+  ``additive`` inputs: fused GEMM at M = prefill rows + Nd (rows = prefill tokens under
+  ``'tokens'``, prefill requests under ``'requests'``); the GEMM subtracted from Cp is
+  G(#prefill requests) under ``'requests'`` (as v2-pre) and the actual per-bucket GEMM sum
+  under ``'tokens'``; mixed memory τ·(W + all D)/BW.
+* **Overhead** ``per_layer_overhead_us·L/tp`` µs per step, added after combination.
+
+Differences from the seed, on purpose: times are float seconds (no rounding to integer µs);
+an empty batch costs only the overhead (the engine never prices one).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal
+
+from ..entities import Batch, StepCost
+from ..errors import ConfigError
+from ..hardware import GpuSpec, resolve_gpu
+from ..models import ModelSpec, resolve_model
+from .base import COST_MODELS
+from .combine import FORMULAS, PhaseTerms, combine
+from .mfu import MfuProvider, make_mfu_provider
+
+# Seed calibration constants (inference-sim v2-pre roofline_step.go, blis-reference.md §1.1, §1.3).
+KV_REUSE_DECODE = 0.80  # κ for t = 1: fraction of the KV cache re-read per decode step
+KV_REUSE_PREFILL = 0.92  # κ for t > 1
+ACT_DECODE = 0.75  # a for t = 1: activation-traffic discount
+ACT_PREFILL = 0.85  # a for t > 1
+CAUSAL_DISCOUNT = 1.8  # prefill attention FLOPs / 1.8 ≈ the causal mask's saving
+PREFILL_BUCKET_MIN_TOKENS = 512  # smallest prefill bucket
+PREFILL_BUCKET_MAX_TOKENS = 65536  # largest prefill bucket (cap)
+
+GemmM = Literal["tokens", "requests"]
+
+
+def prefill_bucket(seq_tokens: int) -> int:
+    """Smallest 512·2^k ≥ ``seq_tokens``, capped at 65536 (v2-pre bucketing)."""
+    bucket = PREFILL_BUCKET_MIN_TOKENS
+    while bucket < seq_tokens and bucket < PREFILL_BUCKET_MAX_TOKENS:
+        bucket *= 2
+    return bucket
+
+
+class RooflineCostModel:
+    """MFU-table roofline over one TP group; see the module docstring for every term.
+
+    Contract: :meth:`price` is pure and deterministic (its GEMM memo only caches values),
+    never loops over layers, and returns ``total_s > 0`` for any non-empty batch (the weight
+    bytes make Mp, Md > 0). Precondition: ``tp`` divides ``num_heads`` and KV heads split
+    evenly (Hk % tp == 0) or are replicated (tp % Hk == 0), as vLLM requires.
+    """
+
+    name = "roofline"
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GpuSpec,
+        tp: int,
+        formula: str,
+        gemm_m: GemmM,
+        mfu: MfuProvider,
+        bw_efficiency: float | None = None,
+        per_layer_overhead_us: float | None = None,
+    ) -> None:
+        if tp < 1:
+            raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
+        if model.num_heads % tp:
+            raise ConfigError(
+                f"tensor_parallel_size {tp} must divide {model.name}'s num_heads ({model.num_heads})"
+            )
+        if model.num_kv_heads % tp and tp % model.num_kv_heads:
+            raise ConfigError(
+                f"tensor_parallel_size {tp} must divide, or be a multiple of, {model.name}'s "
+                f"num_kv_heads ({model.num_kv_heads})"
+            )
+        if gemm_m not in ("tokens", "requests"):
+            raise ConfigError(f"cost.gemm_m: expected 'tokens' or 'requests', got {gemm_m!r}")
+        FORMULAS.get(formula, "cost.formula")  # validate the name now, not at the first mixed step
+        eta = gpu.bw_efficiency if bw_efficiency is None else bw_efficiency
+        if not 0 < eta <= 1:
+            raise ConfigError(f"cost.bw_efficiency must be in (0, 1], got {eta}")
+        overhead_us = gpu.per_layer_overhead_us if per_layer_overhead_us is None else per_layer_overhead_us
+        if overhead_us < 0:
+            raise ConfigError(f"cost.per_layer_overhead_us must be >= 0, got {overhead_us}")
+
+        self.model, self.gpu, self.tp = model, gpu, tp
+        self.formula, self.gemm_m, self.mfu = formula, gemm_m, mfu
+        self.bw_efficiency = eta
+        self.per_layer_overhead_us = overhead_us
+
+        self._tau = 1.0 / tp
+        self._peak_flops = gpu.peak_flops
+        self._bw_bytes_s = gpu.peak_bw_bytes_s * eta
+        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6
+        self._weights_bytes = model.weights_bytes
+        self._kv_bytes_per_token = model.kv_bytes_per_token  # 2·L·Hk·dh·b, whole model
+        self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.bytes_per_param
+        # attention FLOPs per (query token × context token), all layers: L·4·H·dh
+        self._attn_flops_per_pair = 4.0 * model.num_heads * model.head_dim * model.num_layers
+
+        d, dh = model.hidden_size, model.head_dim
+        q_pg = (model.num_heads // tp) * dh
+        kv_pg = max(1, model.num_kv_heads // tp) * dh
+        dff_pg = model.intermediate_size // tp
+        experts = model.active_experts
+        # (k, n, multiplicity) of each GEMM in one layer, per GPU
+        self._gemm_shapes: tuple[tuple[int, int, int], ...] = (
+            (d, q_pg, 1),  # Q
+            (d, kv_pg, 2),  # K, V
+            (q_pg, d, 1),  # O
+            (d, dff_pg, 2 * experts),  # gate, up
+            (dff_pg, d, experts),  # down
+        )
+        self._gemm_memo: dict[int, float] = {}
+
+    # --- building blocks ---------------------------------------------------------------------
+    def gemm_s(self, m: int) -> float:
+        """G(m): all layers' projection GEMMs at M = m rows, seconds per GPU (memoised)."""
+        if m <= 0:
+            return 0.0
+        hit = self._gemm_memo.get(m)
+        if hit is not None:
+            return hit
+        per_layer = 0.0
+        for k, n, mult in self._gemm_shapes:
+            per_layer += mult * 2.0 * m * k * n / (self._peak_flops * self.mfu.gemm(m, k, n))
+        total = per_layer * self.model.num_layers
+        self._gemm_memo[m] = total
+        return total
+
+    def dynamic_bytes(self, context_tokens: int, new_tokens: int) -> float:
+        """D(s, t): KV writes + discounted KV reads + activations, whole model, bytes."""
+        if new_tokens == 1:
+            kappa, act = KV_REUSE_DECODE, ACT_DECODE
+        else:
+            kappa, act = KV_REUSE_PREFILL, ACT_PREFILL
+        return (
+            self._kv_bytes_per_token * (new_tokens + kappa * context_tokens)
+            + self._act_bytes_per_token * new_tokens * act
+        )
+
+    def _memory_s(self, dynamic_bytes: float, weight_loads: int = 1) -> float:
+        return self._tau * (weight_loads * self._weights_bytes + dynamic_bytes) / self._bw_bytes_s
+
+    # --- phases ------------------------------------------------------------------------------
+    def decode_terms(self, contexts: list[int]) -> tuple[float, float, float]:
+        """(Cd, Md, G(N)) for decode requests with KV lengths ``contexts`` (v2-pre §1.4)."""
+        n = len(contexts)
+        p_max = max(contexts)
+        gemm = self.gemm_s(n)
+        attn_flops = self._attn_flops_per_pair * n * p_max
+        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, p_max)) if attn_flops else 0.0
+        dyn = sum(self.dynamic_bytes(p, 1) for p in contexts)
+        return gemm + attn, self._memory_s(dyn), gemm
+
+    def prefill_terms(self, items: list[tuple[int, int]]) -> tuple[float, float, float]:
+        """(Cp, Mp, GEMM part of Cp) for prefill items ``(context, new)`` (see module docstring)."""
+        buckets: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for ctx, new in items:
+            buckets[prefill_bucket(ctx + new)].append((ctx, new))
+        compute = gemm_total = 0.0
+        for bucket in sorted(buckets):
+            group = buckets[bucket]
+            if self.gemm_m == "requests":
+                rows = len(group)
+                pairs = float(len(group) * bucket)  # A(#reqs, bucket), v2-pre
+            else:
+                rows = sum(new for _, new in group)
+                pairs = float(sum(new * (ctx + new) for ctx, new in group))  # ΣA(c, seq), v2
+            gemm = self.gemm_s(rows)
+            attn_flops = self._attn_flops_per_pair * pairs / CAUSAL_DISCOUNT
+            attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_prefill(bucket))
+            compute += gemm + attn
+            gemm_total += gemm
+        dyn = sum(self.dynamic_bytes(ctx, new) for ctx, new in items)
+        return compute, self._memory_s(dyn), gemm_total
+
+    # --- the step -----------------------------------------------------------------------------
+    def phase_terms(self, batch: Batch) -> PhaseTerms:
+        """Every roofline term of ``batch`` (no overhead), for :func:`combine` and reports."""
+        dec = [it.context_tokens for it in batch.items if it.is_decode]
+        pre = [(it.context_tokens, it.new_tokens) for it in batch.items if not it.is_decode and it.new_tokens > 0]
+        cd = md = gd = cp = mp = gp = 0.0
+        if dec:
+            cd, md, gd = self.decode_terms(dec)
+        if pre:
+            cp, mp, gp = self.prefill_terms(pre)
+        np_tokens = sum(new for _, new in pre)
+        dyn_all = sum(self.dynamic_bytes(p, 1) for p in dec) + sum(self.dynamic_bytes(c, n) for c, n in pre)
+        if self.gemm_m == "requests":
+            pre_rows = len(pre)
+            pre_gemm_sub = self.gemm_s(pre_rows)  # v2-pre subtracts G(#prefill reqs)
+        else:
+            pre_rows = np_tokens
+            pre_gemm_sub = gp
+        return PhaseTerms(
+            prefill_compute_s=cp,
+            prefill_memory_s=mp,
+            decode_compute_s=cd,
+            decode_memory_s=md,
+            num_prefill_tokens=np_tokens,
+            num_decode_reqs=len(dec),
+            prefill_gemm_s=pre_gemm_sub,
+            decode_gemm_s=gd,
+            fused_gemm_s=self.gemm_s(pre_rows + len(dec)),
+            mixed_memory_s=self._memory_s(dyn_all) if (dec or pre) else 0.0,
+        )
+
+    def price(self, batch: Batch) -> StepCost:
+        """Duration of ``batch``, seconds: combined GPU time + overhead.
+
+        ``compute_s``/``memory_s`` are the single-pass bounds of the whole step (Cmix, Mmix:
+        fused GEMM + attention; weights read once); ``prefill_s``/``decode_s`` are Tp and Td.
+        """
+        terms = self.phase_terms(batch)
+        if not (terms.has_prefill or terms.has_decode):
+            return StepCost(total_s=self._overhead_s, overhead_s=self._overhead_s)
+        gpu_s = combine(self.formula, terms)
+        return StepCost(
+            total_s=gpu_s + self._overhead_s,
+            compute_s=terms.mixed_compute_s,
+            memory_s=terms.mixed_memory_s,
+            overhead_s=self._overhead_s,
+            prefill_s=terms.prefill_s,
+            decode_s=terms.decode_s,
+        )
+
+
+def build_roofline(
+    model: str | ModelSpec,
+    gpu: str | GpuSpec = "H100",
+    tp: int = 1,
+    formula: str = "weighted-average",
+    gemm_m: GemmM = "tokens",
+    mfu_lookup: str = "nearest",
+    bench_data_dir: str | None = None,
+    bw_efficiency: float | None = None,
+    per_layer_overhead_us: float | None = None,
+) -> RooflineCostModel:
+    """Convenience constructor from names (used by the factory, scripts and tests)."""
+    spec = resolve_model(model) if isinstance(model, str) else model
+    hw = resolve_gpu(gpu) if isinstance(gpu, str) else gpu
+    mfu = make_mfu_provider(
+        spec.num_heads, spec.num_kv_heads, spec.head_dim, tp, hw.name, bench_data_dir, mfu_lookup  # type: ignore[arg-type]
+    )
+    return RooflineCostModel(spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us)
+
+
+@COST_MODELS.register("roofline", "MFU-table roofline (seed v2-pre structure) with a mixed-batch formula (cost.formula).")
+def _roofline_factory(cfg) -> RooflineCostModel:
+    c = cfg.cost
+    return build_roofline(
+        cfg.model,
+        cfg.gpu,
+        cfg.tensor_parallel_size,
+        c.formula,
+        c.gemm_m,
+        c.mfu_lookup,
+        c.bench_data_dir,
+        c.bw_efficiency,
+        c.per_layer_overhead_us,
+    )
