@@ -123,6 +123,7 @@ class WorkloadConfig(_Strict):
     output_tokens: LengthDist = LengthDist(dist="normal", mean=215, stdev=100, min=2, max=7000)
     prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")
     prefix_groups: int = Field(1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly")
+    priority_levels: int = Field(1, gt=0, description="each request draws a priority uniformly in 0..levels-1 (0 = most urgent); for the 'priority' policy")
     trace: TraceConfig | None = None
 
 
@@ -145,6 +146,41 @@ class ArrivalConfig(_Strict):
         return self
 
 
+class SweepConfig(_Strict):
+    """A guidellm-style sweep (used by ``sweep``; ignored by ``run``).
+
+    Without ``rates_rps``: a synchronous point, a throughput point, then ``num_points - 2``
+    rates ``linspace(sync_rps, throughput_rps, num_points - 1)[1:]`` (guidellm's rule, with
+    ``num_points`` = guidellm's ``--rate`` for ``sweep``). With ``rates_rps``: those rates only.
+    """
+
+    num_points: int = Field(10, ge=3, description="benchmarks in the sweep, incl. synchronous and throughput")
+    rates_rps: list[float] | None = Field(None, description="explicit request rates instead of guidellm's rule")
+    rate_strategy: Literal["constant", "poisson"] = Field("constant", description="arrival process of the rate points")
+    duration_s: float | None = Field(None, gt=0, description="each rate point sends rate·duration requests (else workload.num_requests)")
+
+    @field_validator("rates_rps")
+    @classmethod
+    def _rates(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must not be empty")
+            for r in v:
+                if not (math.isfinite(r) and r > 0):
+                    raise ValueError(f"every rate must be a finite number > 0, got {r}")
+        return v
+
+
+class SloConfig(_Strict):
+    """Service-level objectives for ``capacity`` and goodput; None = not constrained."""
+
+    ttft_p99_ms: float | None = Field(None, gt=0)
+    tpot_p99_ms: float | None = Field(None, gt=0)
+    e2e_p99_ms: float | None = Field(None, gt=0)
+    ttft_ms: float | None = Field(None, gt=0, description="per-request TTFT bound for goodput")
+    tpot_ms: float | None = Field(None, gt=0, description="per-request TPOT bound for goodput")
+
+
 class RunConfig(_Strict):
     """Everything one simulation needs."""
 
@@ -159,6 +195,8 @@ class RunConfig(_Strict):
     arrival: ArrivalConfig = ArrivalConfig(strategy="poisson", rate_rps=1.0)
     horizon_s: float | None = Field(None, gt=0, description="stop the clock here; None = run until every request left")
     record_itls: bool = Field(True, description="keep every inter-token gap (needed for ITL percentiles)")
+    sweep: SweepConfig = SweepConfig()
+    slo: SloConfig = SloConfig()
 
     @field_validator("model", "gpu")
     @classmethod

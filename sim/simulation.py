@@ -31,7 +31,6 @@ from .config import (
     RunConfig,
 )
 from .cost import COST_MODELS
-from .cost import simple as _simple  # noqa: F401  (registers fixed/linear)
 from .engine import Engine
 from .entities import RequestStatus
 from .errors import ConfigError

@@ -7,7 +7,8 @@ Synthetic lengths come from :class:`~sim.config.LengthDist` (``fixed``; ``normal
 uniformly. A trace (a per-request CSV such as ``ground_truth/requests/<exp>.csv``) gives
 the lengths (its prompt counts already include any prefix) and send offsets for replay.
 
-Randomness: named streams ``workload.prompt``, ``workload.output``, ``workload.prefix``.
+Randomness: named streams ``workload.prompt``, ``workload.output``, ``workload.prefix``,
+``workload.priority``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
         groups = prefix_rng.integers(0, cfg.prefix_groups, size=n) if cfg.prefix_groups > 1 else np.zeros(n, dtype=np.int64)
     else:
         groups = np.full(n, -1, dtype=np.int64)
+    if cfg.priority_levels > 1:
+        priorities = streams.get("workload.priority").integers(0, cfg.priority_levels, size=n)
+    else:
+        priorities = np.zeros(n, dtype=np.int64)
     reqs = [
         Request(
             request_id=i,
@@ -124,6 +129,7 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
             output_tokens=int(outputs[i]),
             prefix_group=int(groups[i]),
             prefix_tokens=int(prefix[i]) if groups[i] >= 0 else 0,
+            priority=int(priorities[i]),
         )
         for i in range(n)
     ]

@@ -19,11 +19,12 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
 * **Decode** (N requests, contexts pᵢ; v2-pre): ``Cd = G(N) + τ·L·A(N, max p)/(P·mfu_dec(N,
   max p))``; ``Md = τ·(W + ΣD(pᵢ, 1))/BW``.
 * **Prefill** (requests with new cⱼ, context PIⱼ): seqⱼ = PIⱼ + cⱼ goes to bucket 512·2^k ≥
-  seqⱼ (cap 65536). Per bucket, ascending: ``G(M_b) + τ·L·Attn_b/1.8/(P·mfu_pf(bucket))``.
-  ``gemm_m='tokens'`` (physical default): M_b = Σcⱼ in the bucket and Attn_b = ΣA(cⱼ, seqⱼ)
-  (the v2 attention). ``gemm_m='requests'`` (reproduces the study): M_b = #requests in the
-  bucket and Attn_b = A(#requests, bucket), exactly as v2-pre. The /1.8 is the seed's causal
-  discount. ``Mp = τ·(W + ΣD(PIⱼ, cⱼ))/BW``.
+  seqⱼ (cap 65536); attention per bucket is ``τ·L·Attn_b/1.8/(P·mfu_pf(bucket))``.
+  ``gemm_m='tokens'`` (physical default): Attn_b = ΣA(cⱼ, seqⱼ) (the v2 attention) and one
+  GEMM pass G(Σcⱼ) over all prefill tokens, as vLLM executes it (v2 instead ran one GEMM per
+  bucket, paying the small-M inefficiency per bucket). ``gemm_m='requests'`` (reproduces the
+  study): per bucket G(#requests) and Attn_b = A(#requests, bucket), exactly as v2-pre.
+  The /1.8 is the seed's causal discount. ``Mp = τ·(W + ΣD(PIⱼ, cⱼ))/BW``.
 * **Mixed steps** combine Cp, Mp, Cd, Md with a formula from :mod:`sim.cost.combine`. The
   ``additive`` inputs: fused GEMM at M = prefill rows + Nd (rows = prefill tokens under
   ``'tokens'``, prefill requests under ``'requests'``); the GEMM subtracted from Cp is
@@ -186,22 +187,22 @@ class RooflineCostModel:
         buckets: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for ctx, new in items:
             buckets[prefill_bucket(ctx + new)].append((ctx, new))
-        compute = gemm_total = 0.0
+        attn_total = gemm_total = 0.0
         for bucket in sorted(buckets):
             group = buckets[bucket]
             if self.gemm_m == "requests":
-                rows = len(group)
+                gemm_total += self.gemm_s(len(group))  # one GEMM per bucket at M = #requests (v2-pre)
                 pairs = float(len(group) * bucket)  # A(#reqs, bucket), v2-pre
             else:
-                rows = sum(new for _, new in group)
                 pairs = float(sum(new * (ctx + new) for ctx, new in group))  # ΣA(c, seq), v2
-            gemm = self.gemm_s(rows)
             attn_flops = self._attn_flops_per_pair * pairs / CAUSAL_DISCOUNT
-            attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_prefill(bucket))
-            compute += gemm + attn
-            gemm_total += gemm
+            attn_total += self._tau * attn_flops / (self._peak_flops * self.mfu.attn_prefill(bucket))
+        if self.gemm_m == "tokens":
+            # vLLM runs one GEMM over all scheduled tokens; one call keeps the weight-streaming
+            # part of G paid once, whatever the bucket split (v2 paid it per bucket).
+            gemm_total = self.gemm_s(sum(new for _, new in items))
         dyn = sum(self.dynamic_bytes(ctx, new) for ctx, new in items)
-        return compute, self._memory_s(dyn), gemm_total
+        return gemm_total + attn_total, self._memory_s(dyn), gemm_total
 
     # --- the step -----------------------------------------------------------------------------
     def phase_terms(self, batch: Batch) -> PhaseTerms:

@@ -1,0 +1,119 @@
+"""Result files of the command line (the only module besides scripts that writes files).
+
+Every file is written atomically: to a temporary file in the same folder, flushed, then
+renamed over the target, so an interrupted run never leaves a half-written result. Outputs
+are deterministic: same config ⇒ byte-identical files (no wall-clock time in them).
+
+Layout of a results directory::
+
+    config.yaml            the effective config (after file, format conversion and flags)
+    summary.json           per-point summaries, derived limits, sweep/capacity findings
+    benchmarks.json        guidellm-compatible report
+    runs/<label>/requests.parquet, steps.parquet
+    plots/*.png
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from . import __version__
+from .simulation import SimResult
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf → None, numpy scalars → Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_yaml(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, yaml.safe_dump(_clean(obj), sort_keys=False).encode())
+
+
+def write_parquet(path: Path, df) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_figure(path: Path, fig) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_run_tables(out: Path, label: str, res: SimResult) -> None:
+    d = out / "runs" / label
+    write_parquet(d / "requests.parquet", res.requests)
+    write_parquet(d / "steps.parquet", res.steps)
+
+
+def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stable: bool | None = None) -> dict:
+    """One point of summary.json."""
+    a = res.config.arrival
+    return {
+        "label": label,
+        "strategy": a.strategy,
+        "offered_rate_rps": offered_rps if offered_rps is not None else a.rate_rps,
+        "concurrency": a.concurrency,
+        "stable": stable,
+        "derived": res.derived,
+        "summary": res.summary,
+    }
+
+
+def header(cfg) -> dict:
+    return {
+        "servesim_version": __version__,
+        "model": cfg.model,
+        "gpu": cfg.gpu,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "cost_model": cfg.cost.model,
+        "formula": cfg.cost.formula,
+        "gemm_m": cfg.cost.gemm_m,
+        "policy": cfg.scheduler.policy,
+        "seed": cfg.seed,
+    }

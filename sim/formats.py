@@ -1,0 +1,194 @@
+"""Configs from the ecosystem: guidellm benchmark profiles and inference-perf configs.
+
+Both convert to a partial servesim config mapping (workload, arrival, sweep, seed, model)
+that is deep-merged over a base config; server limits come from the base config or CLI flags.
+
+* **guidellm** profile (``guidellm benchmark`` options as YAML, e.g.
+  ``ground_truth/experiments/jan20-*/profile.yaml``): ``rate-type`` (synchronous, throughput,
+  concurrent, constant, poisson, sweep), ``rate`` (req/s; users for concurrent; number of
+  benchmarks for sweep), ``max-requests``, ``max-concurrency``, ``random-seed`` and ``data``
+  (synthetic: ``prompt_tokens[_stdev|_min|_max]``, ``output_tokens[...]``, ``prefix_tokens``;
+  as a mapping or guidellm's ``key=value,...`` string). guidellm prepends ``prefix_tokens`` to
+  each prompt, as servesim does.
+* **inference-perf** config (``ground_truth/experiments/2026*/profile.yaml``): ``load.type``
+  (constant, poisson), ``load.stages[] {rate, duration}``, ``data.type: shared_prefix`` with
+  ``num_unique_system_prompts``, ``system_prompt_len``, ``question_len``, ``output_len``
+  (fixed lengths), ``server.model_name``. Stages become a sweep over their rates with
+  ``rate·duration`` requests each.
+
+Pure functions of mappings (no I/O).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError
+
+GUIDELLM_KEYS = {"rate-type", "rate", "max-requests", "max-seconds", "max-concurrency", "random-seed", "data"}
+# guidellm options that describe the client or output, not the load: accepted and ignored.
+GUIDELLM_IGNORED = {
+    "target", "backend-type", "backend-args", "model", "processor", "processor-args", "data-args",
+    "data-sampler", "output-path", "output-extras", "warmup-percent", "cooldown-percent", "disable-progress",
+    "display-scheduler-stats", "disable-console-outputs", "request-type", "profile", "outputs",
+}
+GUIDELLM_DATA_KEYS = {
+    "prompt_tokens", "prompt_tokens_stdev", "prompt_tokens_min", "prompt_tokens_max",
+    "output_tokens", "output_tokens_stdev", "output_tokens_min", "output_tokens_max",
+    "prefix_tokens", "prefix_count", "samples",
+}
+
+
+def detect_format(data: Any) -> str:
+    """'servesim', 'guidellm' or 'inference-perf' for a loaded YAML/JSON mapping."""
+    if not isinstance(data, dict):
+        return "servesim"
+    if "rate-type" in data or ("max-requests" in data and "data" in data):
+        return "guidellm"
+    if isinstance(data.get("load"), dict) and ("stages" in data["load"] or "type" in data["load"]):
+        return "inference-perf"
+    return "servesim"
+
+
+def _num(value: Any, field: str, integer: bool = False, positive: bool = True) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field}: expected a number, got {value!r}") from None
+    if positive and not x > 0:
+        raise ConfigError(f"{field}: must be > 0, got {value!r}")
+    if integer:
+        if x != int(x):
+            raise ConfigError(f"{field}: expected an integer, got {value!r}")
+        return int(x)
+    return x
+
+
+def _parse_data_string(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ConfigError(f"guidellm data: expected key=value pairs, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _length(data: dict[str, Any], key: str) -> dict[str, Any]:
+    mean = _num(data[key], f"data.{key}", integer=True)
+    stdev = _num(data.get(f"{key}_stdev", 0), f"data.{key}_stdev", positive=False)
+    if stdev < 0:
+        raise ConfigError(f"data.{key}_stdev: must be >= 0")
+    lo = _num(data.get(f"{key}_min", 1), f"data.{key}_min", integer=True)
+    hi = _num(data.get(f"{key}_max", max(mean * 10, mean + 1)), f"data.{key}_max", integer=True)
+    if stdev == 0:
+        return {"dist": "fixed", "value": int(mean)}
+    return {"dist": "normal", "mean": mean, "stdev": stdev, "min": int(lo), "max": int(hi)}
+
+
+def from_guidellm(profile: dict[str, Any]) -> dict[str, Any]:
+    """Partial servesim config from a guidellm benchmark profile mapping."""
+    unknown = sorted(set(profile) - GUIDELLM_KEYS - GUIDELLM_IGNORED)
+    if unknown:
+        raise ConfigError(
+            f"guidellm profile: unknown option(s) {', '.join(unknown)}; servesim reads {', '.join(sorted(GUIDELLM_KEYS))}"
+        )
+    out: dict[str, Any] = {}
+    rate_type = profile.get("rate-type", "sweep")
+    rate = profile.get("rate")
+    if "random-seed" in profile:
+        out["seed"] = int(_num(profile["random-seed"], "random-seed", integer=True, positive=False))
+    if "max-requests" in profile:
+        out.setdefault("workload", {})["num_requests"] = _num(profile["max-requests"], "max-requests", integer=True)
+    data = profile.get("data")
+    if isinstance(data, str):
+        data = _parse_data_string(data)
+    if data is not None:
+        if not isinstance(data, dict):
+            raise ConfigError("guidellm data: expected synthetic options (a mapping or 'key=value,...'); dataset files are not supported")
+        bad = sorted(set(data) - GUIDELLM_DATA_KEYS)
+        if bad:
+            raise ConfigError(f"guidellm data: unknown key(s) {', '.join(bad)}; known: {', '.join(sorted(GUIDELLM_DATA_KEYS))}")
+        wl = out.setdefault("workload", {})
+        if "prompt_tokens" in data:
+            wl["prompt_tokens"] = _length(data, "prompt_tokens")
+        if "output_tokens" in data:
+            wl["output_tokens"] = _length(data, "output_tokens")
+        if data.get("prefix_tokens"):
+            wl["prefix_tokens"] = _num(data["prefix_tokens"], "data.prefix_tokens", integer=True)
+            if data.get("prefix_count"):
+                wl["prefix_groups"] = _num(data["prefix_count"], "data.prefix_count", integer=True)
+    arrival: dict[str, Any]
+    if rate_type == "synchronous":
+        arrival = {"strategy": "synchronous"}
+    elif rate_type == "throughput":
+        arrival = {"strategy": "throughput"}
+        if profile.get("max-concurrency"):
+            arrival["concurrency"] = _num(profile["max-concurrency"], "max-concurrency", integer=True)
+    elif rate_type == "concurrent":
+        arrival = {"strategy": "concurrent", "concurrency": _num(rate, "rate", integer=True)}
+    elif rate_type in ("constant", "poisson"):
+        arrival = {"strategy": rate_type, "rate_rps": _num(rate, "rate")}
+    elif rate_type == "sweep":
+        arrival = {"strategy": "synchronous"}
+        out["sweep"] = {"num_points": int(_num(rate, "rate", integer=True)) if rate is not None else 10}
+    else:
+        raise ConfigError(
+            f"guidellm rate-type: {rate_type!r} is not one of synchronous, throughput, concurrent, constant, poisson, sweep"
+        )
+    out["arrival"] = arrival
+    return out
+
+
+def from_inference_perf(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Partial servesim config from an inference-perf config mapping."""
+    out: dict[str, Any] = {}
+    load = cfg.get("load") or {}
+    kind = load.get("type", "constant")
+    if kind not in ("constant", "poisson"):
+        raise ConfigError(f"inference-perf load.type: {kind!r} is not supported; use constant or poisson")
+    stages = load.get("stages") or []
+    if not stages:
+        raise ConfigError("inference-perf load.stages: needs at least one {rate, duration} stage")
+    rates, durations = [], []
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict) or "rate" not in st or "duration" not in st:
+            raise ConfigError(f"inference-perf load.stages[{i}]: expected a mapping with rate and duration")
+        rates.append(_num(st["rate"], f"load.stages[{i}].rate"))
+        durations.append(_num(st["duration"], f"load.stages[{i}].duration"))
+    data = cfg.get("data") or {}
+    wl: dict[str, Any] = {}
+    if data.get("type") == "shared_prefix":
+        sp = data.get("shared_prefix") or {}
+        for key in ("system_prompt_len", "question_len", "output_len"):
+            if key not in sp:
+                raise ConfigError(f"inference-perf data.shared_prefix.{key}: missing")
+        wl["prefix_tokens"] = _num(sp["system_prompt_len"], "data.shared_prefix.system_prompt_len", integer=True)
+        wl["prefix_groups"] = _num(sp.get("num_unique_system_prompts", 1), "data.shared_prefix.num_unique_system_prompts", integer=True)
+        wl["prompt_tokens"] = {"dist": "fixed", "value": _num(sp["question_len"], "data.shared_prefix.question_len", integer=True)}
+        wl["output_tokens"] = {"dist": "fixed", "value": _num(sp["output_len"], "data.shared_prefix.output_len", integer=True)}
+    elif data.get("type") not in (None, "random", "synthetic"):
+        raise ConfigError(f"inference-perf data.type: {data.get('type')!r} is not supported; use shared_prefix")
+    if wl:
+        out["workload"] = wl
+    model = (cfg.get("server") or {}).get("model_name")
+    if model:
+        out["model"] = str(model)
+    if len(set(durations)) > 1:
+        raise ConfigError("inference-perf load.stages: stages of different durations are not supported; give them one duration")
+    out["arrival"] = {"strategy": kind, "rate_rps": rates[0]}
+    out["sweep"] = {"rates_rps": rates, "rate_strategy": kind, "duration_s": durations[0]}
+    return out
+
+
+def convert(data: Any) -> tuple[str, dict[str, Any]]:
+    """(format name, servesim mapping) for any supported config mapping."""
+    fmt = detect_format(data)
+    if fmt == "guidellm":
+        return fmt, from_guidellm(data)
+    if fmt == "inference-perf":
+        return fmt, from_inference_perf(data)
+    return fmt, data if data is not None else {}

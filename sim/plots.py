@@ -1,0 +1,80 @@
+"""Plots of runs and sweeps. Functions return matplotlib Figures; callers save them.
+
+Uses the non-interactive Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .simulation import SimResult  # noqa: E402
+from .sweep import SweepResult  # noqa: E402
+
+
+def latency_vs_rate(sweep: SweepResult, title: str = "") -> Figure:
+    """TTFT, TPOT and E2E (mean, p50, p90, p99) against achieved request rate."""
+    pts = sorted((p for p in sweep.points if p.achieved_rps == p.achieved_rps), key=lambda p: p.achieved_rps)
+    x = [p.achieved_rps for p in pts]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, metric, label in zip(axes, ("ttft", "tpot", "e2e"), ("TTFT (ms)", "TPOT (ms)", "E2E latency (ms)")):
+        for stat, style in (("mean", "-o"), ("p50", "--"), ("p90", ":"), ("p99", "-.")):
+            ax.plot(x, [p.result.summary[f"{metric}_{stat}_ms"] for p in pts], style, label=stat, markersize=4)
+        ax.set_xlabel("achieved request rate (req/s)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if sweep.saturation_rps is not None:
+            ax.axvline(sweep.saturation_rps, color="red", alpha=0.4, lw=1, label="saturation (offered)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "latency vs request rate")
+    fig.tight_layout()
+    return fig
+
+
+def throughput_vs_offered(sweep: SweepResult, title: str = "") -> Figure:
+    """Achieved request rate and output tokens/s against the offered rate (rate points)."""
+    pts = sorted((p for p in sweep.points if p.rate_rps is not None), key=lambda p: p.rate_rps)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    off = [p.rate_rps for p in pts]
+    ax.plot(off, [p.achieved_rps for p in pts], "-o", label="achieved req/s")
+    if off:
+        ax.plot([0, max(off)], [0, max(off)], "k:", lw=1, label="offered = achieved")
+    ax.set_xlabel("offered request rate (req/s)")
+    ax.set_ylabel("achieved request rate (req/s)")
+    ax2 = ax.twinx()
+    ax2.plot(off, [p.result.summary["output_tokens_per_s"] for p in pts], "s--", color="tab:green", label="output tok/s")
+    ax2.set_ylabel("output tokens/s")
+    if sweep.saturation_rps is not None:
+        ax.axvline(sweep.saturation_rps, color="red", alpha=0.4, lw=1)
+    ax.grid(alpha=0.3)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
+    ax.set_title(title or "throughput vs offered rate")
+    fig.tight_layout()
+    return fig
+
+
+def batch_composition(res: SimResult, title: str = "") -> Figure:
+    """Per-step prefill tokens, decode requests and KV usage over simulated time."""
+    st = res.steps
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    t = st["start_s"]
+    axes[0].plot(t, st["num_prefill_tokens"], lw=0.6, color="tab:orange")
+    axes[0].set_ylabel("prefill tokens")
+    axes[1].plot(t, st["num_decode_reqs"], lw=0.6, color="tab:blue", label="decode requests")
+    axes[1].plot(t, st["num_waiting"], lw=0.6, color="tab:red", label="waiting")
+    axes[1].set_ylabel("requests")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(t, st["kv_blocks_used"] / max(1, res.derived.get("num_gpu_blocks", 1)), lw=0.6, color="tab:purple")
+    axes[2].set_ylabel("KV usage")
+    axes[2].set_xlabel("simulated time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    mixed = int(st["is_mixed"].sum()) if len(st) else 0
+    axes[0].set_title(title or f"batch composition ({mixed} of {len(st)} steps mixed)")
+    fig.tight_layout()
+    return fig
