@@ -15,7 +15,7 @@ from __future__ import annotations
 import simpy
 
 from .cost.base import CostModel
-from .entities import Request, RequestStatus, StepRecord
+from .entities import Request, RequestStatus
 from .errors import SimulationError
 from .metrics import MetricsSink
 from .scheduler.vllm_v1 import VllmV1Scheduler
@@ -112,19 +112,17 @@ class Engine:
                 sink.on_token(req, end_s)
             batch = out.batch
             sink.on_step(
-                StepRecord(
-                    step_index=self.num_steps,
-                    start_s=start_s,
-                    duration_s=cost.total_s,
-                    num_prefill_tokens=batch.num_prefill_tokens,
-                    num_decode_reqs=batch.num_decode_reqs,
-                    num_prefill_reqs=batch.num_prefill_reqs,
-                    num_running=sched.num_running,
-                    num_waiting=sched.num_waiting,
-                    is_mixed=batch.is_mixed,
-                    kv_blocks_used=sched.kv.num_used_blocks,
-                    num_preempted=len(out.preempted),
-                )
+                self.num_steps,
+                start_s,
+                cost.total_s,
+                batch.num_prefill_tokens,
+                batch.num_decode_reqs,
+                batch.num_prefill_reqs,
+                sched.num_running,
+                sched.num_waiting,
+                batch.is_mixed,
+                sched.kv.num_used_blocks,
+                len(out.preempted),
             )
             self.num_steps += 1
             for req in finished:

@@ -155,7 +155,10 @@ class StepCost:
 
 @dataclass(slots=True)
 class StepRecord:
-    """One executed step (times in seconds of simulated time)."""
+    """The columns of the per-step table (times in seconds of simulated time).
+
+    The metrics sink stores steps column-wise in this field order; the class is the schema.
+    """
 
     step_index: int
     start_s: float

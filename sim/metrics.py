@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from dataclasses import asdict, fields
+from dataclasses import fields
+from operator import attrgetter
 
 import numpy as np
 import pandas as pd
@@ -59,14 +60,28 @@ def request_record(req: Request, status: str | None = None) -> RequestRecord:
     )
 
 
+_REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
+STEP_COLUMNS = [f.name for f in fields(StepRecord)]
+_request_row = attrgetter(*_REQUEST_COLUMNS)
+
+
 class MetricsSink:
-    """Collects request and step records in memory (records are small, plain rows)."""
+    """Collects request records and per-step columns in memory.
+
+    Step records are kept column-wise (one list per :class:`~sim.entities.StepRecord` field)
+    so a step costs one append per column and no per-step object.
+    """
 
     def __init__(self, record_itls: bool = True) -> None:
         self.record_itls = record_itls
         self.requests: list[RequestRecord] = []
-        self.steps: list[StepRecord] = []
+        self.step_columns: dict[str, list] = {name: [] for name in STEP_COLUMNS}
+        self._step_appenders = [self.step_columns[name].append for name in STEP_COLUMNS]
         self.itls_s = array("d")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_columns["step_index"])
 
     def on_token(self, req: Request, t_s: float) -> None:
         """``req`` produced an output token at ``t_s``."""
@@ -80,26 +95,25 @@ class MetricsSink:
                 self.itls_s.append(gap)
         req.last_token_s = t_s
 
-    def on_step(self, rec: StepRecord) -> None:
-        self.steps.append(rec)
+    def on_step(self, *values) -> None:
+        """One executed step; ``values`` in :class:`~sim.entities.StepRecord` field order."""
+        for append, v in zip(self._step_appenders, values):
+            append(v)
 
     def on_request_done(self, req: Request) -> None:
         """``req`` left the server (finished or rejected)."""
         self.requests.append(request_record(req))
 
 
-_REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
-_STEP_COLUMNS = [f.name for f in fields(StepRecord)]
-
-
 def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
     """Per-request table, sorted by request id (stable, for byte-identical outputs)."""
-    df = pd.DataFrame([asdict(r) for r in records], columns=_REQUEST_COLUMNS)
+    df = pd.DataFrame([_request_row(r) for r in records], columns=_REQUEST_COLUMNS)
     return df.sort_values("request_id", kind="stable").reset_index(drop=True)
 
 
-def steps_frame(records: list[StepRecord]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(r) for r in records], columns=_STEP_COLUMNS)
+def steps_frame(columns: dict[str, list]) -> pd.DataFrame:
+    """Per-step table from the sink's step columns."""
+    return pd.DataFrame({name: columns[name] for name in STEP_COLUMNS}, columns=STEP_COLUMNS)
 
 
 def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:

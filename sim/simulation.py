@@ -167,7 +167,7 @@ class Simulation:
                 status = "not_sent" if req.status is RequestStatus.PENDING else "in_flight"
                 records.append(request_record(req, status))
         req_df = requests_frame(records)
-        step_df = steps_frame(self.sink.steps)
+        step_df = steps_frame(self.sink.step_columns)
         itls = np.asarray(self.sink.itls_s, dtype=float)
         summary = summarize(req_df, step_df, itls if cfg.record_itls else None)
         derived = dict(
