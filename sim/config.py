@@ -91,12 +91,12 @@ class CostConfig(_Strict):
 class LengthDist(_Strict):
     """A token-length distribution. ``normal`` is clipped to [min, max] then rounded."""
 
-    dist: Literal["fixed", "normal", "uniform"] = "normal"
+    dist: Literal["fixed", "normal", "uniform"] = Field("normal", description="fixed | normal (clipped) | uniform")
     value: int | None = Field(None, ge=1, description="fixed: the length")
-    mean: float | None = Field(None, gt=0)
-    stdev: float = Field(0.0, ge=0)
-    min: int = Field(1, ge=1)
-    max: int = Field(1_000_000, ge=1)
+    mean: float | None = Field(None, gt=0, description="normal: mean tokens")
+    stdev: float = Field(0.0, ge=0, description="normal: standard deviation, tokens")
+    min: int = Field(1, ge=1, description="lower clip / uniform low, tokens")
+    max: int = Field(1_000_000, ge=1, description="upper clip / uniform high, tokens")
 
     @model_validator(mode="after")
     def _check(self) -> "LengthDist":
@@ -112,7 +112,7 @@ class LengthDist(_Strict):
 class TraceConfig(_Strict):
     """A measured per-request CSV (columns start_offset_s, prompt_tokens, output_tokens)."""
 
-    path: str
+    path: str = Field(description="CSV path")
     benchmark_index: int | None = Field(None, ge=0, description="keep only rows of this benchmark (ground-truth CSVs)")
     only_ok: bool = Field(True, description="drop rows whose ok column is 0")
 
@@ -133,7 +133,7 @@ ArrivalStrategy = Literal[
 
 
 class ArrivalConfig(_Strict):
-    strategy: ArrivalStrategy = "poisson"
+    strategy: ArrivalStrategy = Field("poisson", description="synchronous | constant | poisson | throughput | concurrent | replay | open-loop-at-measured-rate")
     rate_rps: float | None = Field(None, gt=0, description="requests per second (constant, poisson, open-loop-at-measured-rate)")
     concurrency: int | None = Field(None, gt=0, description="users (concurrent) or in-flight cap (throughput)")
 
@@ -174,9 +174,9 @@ class SweepConfig(_Strict):
 class SloConfig(_Strict):
     """Service-level objectives for ``capacity`` and goodput; None = not constrained."""
 
-    ttft_p99_ms: float | None = Field(None, gt=0)
-    tpot_p99_ms: float | None = Field(None, gt=0)
-    e2e_p99_ms: float | None = Field(None, gt=0)
+    ttft_p99_ms: float | None = Field(None, gt=0, description="bound on p99 TTFT, ms")
+    tpot_p99_ms: float | None = Field(None, gt=0, description="bound on p99 TPOT, ms")
+    e2e_p99_ms: float | None = Field(None, gt=0, description="bound on p99 E2E latency, ms")
     ttft_ms: float | None = Field(None, gt=0, description="per-request TTFT bound for goodput")
     tpot_ms: float | None = Field(None, gt=0, description="per-request TPOT bound for goodput")
 
@@ -184,10 +184,10 @@ class SloConfig(_Strict):
 class RunConfig(_Strict):
     """Everything one simulation needs."""
 
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, description="run seed; every random stream derives from it")
     model: str = Field("llama-2-7b", description="catalogue name or path to a Hugging Face config.json (or its folder)")
     gpu: str = Field("H100", description="GPU catalogue name")
-    tensor_parallel_size: int = Field(1, gt=0)
+    tensor_parallel_size: int = Field(1, gt=0, description="--tensor-parallel-size: GPUs per replica; must divide the attention heads")
     server: ServerConfig = ServerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     cost: CostConfig = CostConfig()

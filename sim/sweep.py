@@ -225,7 +225,7 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
         failing = [r for r, ok, _ in outcome if not ok]
         if failing:
             hi = min(failing)
-        passing = [(r, res) for r, ok, res in outcome if ok and r < hi]
+        passing = [(r, res) for r, ok, res in outcome if ok and (not failing or r < hi)]
         if passing:
             r, res = max(passing, key=lambda x: x[0])
             if r > lo:

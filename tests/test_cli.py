@@ -1,0 +1,216 @@
+"""End-to-end tests of the command line: files and numbers produced, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sim.cli import main, parse_slo
+from sim.errors import ConfigError
+
+FAST = [
+    "--cost-model", "linear", "--num-requests", "40", "--quiet", "--no-plots",
+    "--set", "workload.output_tokens={dist: normal, mean: 30, stdev: 10, min: 2, max: 80}",
+]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_run_writes_tables_summary_and_config(tmp_path):
+    out = tmp_path / "r"
+    res = invoke("run", *FAST, "--strategy", "poisson", "--rate", "4", "-o", str(out), "--max-num-seqs", "64")
+    assert res.exit_code == 0, res.output
+    req = pd.read_parquet(out / "runs/run/requests.parquet")
+    steps = pd.read_parquet(out / "runs/run/steps.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert len(req) == 40 and (req["status"] == "finished").all()
+    s = summary["runs"][0]["summary"]
+    assert s["num_finished"] == 40
+    assert s["ttft_mean_ms"] == pytest.approx(req["ttft_s"].mean() * 1e3)
+    assert s["num_steps"] == len(steps)
+    assert cfg["server"]["max_num_seqs"] == 64 and cfg["arrival"]["rate_rps"] == 4.0
+    assert summary["cost_model"] == "linear" and summary["formula"] == "weighted-average"
+    assert "finished" in res.output and "TTFT" in res.output
+
+
+def test_run_is_byte_identical_for_the_same_seed(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        assert invoke("run", *FAST, "-o", str(d)).exit_code == 0
+    for name in ("summary.json", "config.yaml", "runs/run/requests.parquet", "runs/run/steps.parquet"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_sweep_reports_points_and_saturation(tmp_path):
+    out = tmp_path / "s"
+    res = invoke("sweep", *FAST, "--num-points", "5", "--executor", "serial", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    assert [r["strategy"] for r in runs[:2]] == ["synchronous", "throughput"]
+    rates = [r["offered_rate_rps"] for r in runs[2:]]
+    sync_rps = runs[0]["summary"]["requests_per_s"]
+    thr_rps = runs[1]["summary"]["requests_per_s"]
+    # guidellm's rule: linspace(sync, throughput, n - 1)[1:]
+    step = (thr_rps - sync_rps) / 3
+    assert rates == pytest.approx([sync_rps + step, sync_rps + 2 * step, thr_rps])
+    assert "saturation_rps" in summary
+    assert "saturation point" in res.output
+    report = json.loads((out / "benchmarks.json").read_text())
+    assert len(report["benchmarks"]) == len(runs)
+
+
+def test_sweep_with_explicit_rates_and_plots(tmp_path):
+    out = tmp_path / "s"
+    args = [a for a in FAST if a != "--no-plots"]
+    res = invoke("sweep", *args, "--rates", "2,4", "--executor", "serial", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["offered_rate_rps"] for r in runs] == [2.0, 4.0]
+    for png in ("latency_vs_rate.png", "throughput_vs_offered.png", "batch_composition.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_results_do_not_depend_on_workers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert invoke("sweep", *FAST, "--rates", "2,4,6", "--executor", "serial", "-o", str(a)).exit_code == 0
+    assert invoke("sweep", *FAST, "--rates", "2,4,6", "--executor", "process", "--workers", "2", "-o", str(b)).exit_code == 0
+    assert (a / "summary.json").read_bytes() == (b / "summary.json").read_bytes()
+
+
+def test_capacity_finds_a_rate_meeting_the_slo(tmp_path):
+    out = tmp_path / "c"
+    res = invoke("capacity", *FAST, "--slo", "ttft_p99=60,tpot_p99=40", "--executor", "serial", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    cap = s["capacity_rps"]
+    assert cap is not None and cap > 0
+    tried = s["tried"]
+    # the capacity rate met the SLOs and every tried rate above the lowest failing one failed
+    assert any(t["rate_rps"] == cap and t["meets_slo"] for t in tried)
+    failing = [t["rate_rps"] for t in tried if not t["meets_slo"]]
+    if failing:
+        assert cap < min(failing)
+    run = s["runs"][0]["summary"]
+    assert run["ttft_p99_ms"] <= 60 and run["tpot_p99_ms"] <= 40
+    assert 0 < s["goodput_rps"] <= run["requests_per_s"] + 1e-9
+
+
+def test_guidellm_profile_as_config(tmp_path):
+    prof = tmp_path / "profile.yaml"
+    prof.write_text(
+        "target: http://x\nrate-type: constant\nrate: 3\nmax-requests: 25\nrandom-seed: 7\n"
+        "data:\n  prompt_tokens: 200\n  prompt_tokens_stdev: 50\n  prompt_tokens_min: 10\n  prompt_tokens_max: 400\n"
+        "  output_tokens: 20\n  prefix_tokens: 64\n"
+    )
+    out = tmp_path / "o"
+    res = invoke("run", str(prof), "--cost-model", "linear", "--quiet", "--no-plots", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["source_format"] == "guidellm"
+    assert cfg["arrival"] == {"strategy": "constant", "rate_rps": 3.0, "concurrency": None}
+    assert cfg["workload"]["num_requests"] == 25 and cfg["workload"]["prefix_tokens"] == 64 and cfg["seed"] == 7
+    req = pd.read_parquet(out / "runs/run/requests.parquet")
+    assert len(req) == 25 and (req["prompt_tokens"] >= 64 + 10).all()
+    assert req["arrival_s"].diff().dropna().round(9).eq(round(1 / 3, 9)).all()
+
+
+def test_inference_perf_config_as_sweep(tmp_path):
+    conf = tmp_path / "ip.yaml"
+    conf.write_text(yaml.safe_dump({
+        "load": {"type": "poisson", "stages": [{"rate": 2, "duration": 10}, {"rate": 4, "duration": 10}]},
+        "data": {"type": "shared_prefix", "shared_prefix": {"num_unique_system_prompts": 2, "system_prompt_len": 100, "question_len": 50, "output_len": 20}},
+        "server": {"model_name": "meta-llama/Llama-2-7b-hf"},
+    }))
+    out = tmp_path / "o"
+    res = invoke("sweep", str(conf), "--cost-model", "linear", "--quiet", "--no-plots", "--executor", "serial", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["offered_rate_rps"] for r in runs] == [2.0, 4.0]
+    assert [r["summary"]["num_requests"] for r in runs] == [20, 40]
+    req = pd.read_parquet(out / "runs/poisson@2/requests.parquet")
+    assert (req["prompt_tokens"] == 150).all() and (req["output_tokens"] == 20).all()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--rate", "-3", "--strategy", "poisson"], "arrival.rate_rps"),
+        (["run", "--set", "server.max_num_seq=5"], "server.max_num_seq: unknown key"),
+        (["run", "/nonexistent/config.yaml"], "file not found"),
+        (["run", "--model", "no-such-model"], "model"),
+        (["run", "--tensor-parallel-size", "3"], "tensor_parallel_size"),
+        (["run", "--max-num-batched-tokens", "4"], "smaller than one KV block"),
+        (["run", "--formula", "bogus"], "formula"),
+        (["run", "--policy", "bogus"], "scheduler.policy"),
+        (["capacity", "--cost-model", "linear", "--set", "slo={}"], "give at least one SLO"),
+        (["capacity", "--slo", "ttft=abc"], "--slo"),
+        (["sweep", "--rates", "1,x"], "--rates"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(args, message):
+    res = CliRunner().invoke(main, args + ["--quiet", "-o", "/tmp/servesim-should-not-exist"])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_yaml_config(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("server: [unclosed\n")
+    res = CliRunner().invoke(main, ["run", str(p)])
+    assert res.exit_code == 2 and "not valid YAML" in res.output
+
+
+def test_unknown_flag_exits_2():
+    res = CliRunner().invoke(main, ["run", "--max-num-seq", "3"])
+    assert res.exit_code == 2 and "No such option" in res.output
+
+
+def test_python_m_sim_exit_code_and_stderr(tmp_path):
+    """The real entry point prints no traceback and exits 2 for bad input."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim", "run", "--rate", "0", "--strategy", "constant", "-o", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "arrival.rate_rps" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_list_names_every_plug_point():
+    res = invoke("list")
+    assert res.exit_code == 0
+    for word in ("llama-2-7b", "H100", "vllm-v1", "roofline", "weighted-average", "poisson"):
+        assert word in res.output
+
+
+def test_parse_slo():
+    assert parse_slo("ttft_p99=500, tpot_p99_ms=50") == {"ttft_p99_ms": 500.0, "tpot_p99_ms": 50.0}
+    with pytest.raises(ConfigError, match="unknown SLO"):
+        parse_slo("latency=3")
+
+
+def test_shipped_configs_and_workloads_are_valid():
+    """Every file in configs/ and workloads/ loads strictly (unknown keys would fail)."""
+    from pathlib import Path
+
+    from sim.cli import build_config, default_config_dict
+    from sim.config import merge, parse_run_config
+
+    root = Path(__file__).resolve().parents[1]
+    configs = sorted((root / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        build_config(str(path), {}, ())
+    for path in sorted((root / "workloads").glob("*.yaml")):
+        parse_run_config(merge(default_config_dict(), yaml.safe_load(path.read_text())), source=str(path))
