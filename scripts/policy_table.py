@@ -1,7 +1,7 @@
 """Print a Markdown table of mean TTFT / TPOT / E2E per scheduling policy on one workload
 (docs/policies.md).
 
-Usage: ``python scripts/policy_table.py [--rate 16] [--requests 400] [--seed 1]
+Usage: ``python scripts/policy_table.py [--rate 20] [--requests 400] [--seed 1]
 [--cost roofline|linear] [--max-batched-tokens 2048]``. Writes to stdout only.
 
 Workload: Llama-2-7B on one H100, Poisson arrivals, prompts normal(1024, 512) in [16, 4096],
@@ -47,7 +47,7 @@ def config(policy: str, rate: float, requests: int, seed: int, cost: str, budget
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=16.0, help="requests per second")
+    ap.add_argument("--rate", type=float, default=20.0, help="requests per second")
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cost", default="roofline", help="cost model: roofline | linear | fixed")

@@ -108,8 +108,7 @@ class Engine:
             yield env.timeout(cost.total_s)
             end_s = env.now
             sampled, finished = sched.update_from_output(out, end_s)
-            for req in sampled:
-                sink.on_token(req, end_s)
+            sink.on_tokens(sampled, end_s)
             batch = out.batch
             sink.on_step(
                 self.num_steps,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 
 class RequestStatus(str, Enum):
@@ -75,9 +76,8 @@ class Request:
         return self.status is RequestStatus.FINISHED
 
 
-@dataclass(slots=True, frozen=True)
-class BatchItem:
-    """One request's share of a step.
+class BatchItem(NamedTuple):
+    """One request's share of a step (immutable; a tuple for cheap construction).
 
     ``context_tokens`` tokens are already in KV before the step; the step computes
     ``new_tokens`` more. ``is_decode`` is True when the item computes exactly the latest
@@ -97,26 +97,36 @@ class BatchItem:
 
 @dataclass(slots=True, frozen=True)
 class Batch:
-    """What one engine step computes. Empty batches are never executed."""
+    """What one engine step computes. Empty batches are never executed.
+
+    Besides the items it carries the aggregates cost models need, so that pricing the decode
+    part is O(1): decode count, the sum and the maximum of the decodes' context lengths.
+    """
 
     items: tuple[BatchItem, ...]
     num_prefill_tokens: int
     num_decode_tokens: int
     num_prefill_reqs: int
     num_decode_reqs: int
+    decode_context_sum: int = 0
+    decode_context_max: int = 0
 
     @classmethod
     def of(cls, items: tuple[BatchItem, ...] | list[BatchItem]) -> "Batch":
+        """A batch of ``items`` with its aggregates computed."""
         items = tuple(items)
-        pt = pr = dt = dr = 0
+        pt = pr = dt = dr = csum = cmax = 0
         for it in items:
             if it.is_decode:
                 dt += it.new_tokens
                 dr += 1
+                csum += it.context_tokens
+                if it.context_tokens > cmax:
+                    cmax = it.context_tokens
             else:
                 pt += it.new_tokens
                 pr += 1
-        return cls(items, pt, dt, pr, dr)
+        return cls(items, pt, dt, pr, dr, csum, cmax)
 
     @property
     def num_tokens(self) -> int:
@@ -130,6 +140,9 @@ class Batch:
     def is_mixed(self) -> bool:
         """True when prefill work and decodes share the step."""
         return self.num_prefill_reqs > 0 and self.num_decode_reqs > 0
+
+    def prefill_items(self) -> list[BatchItem]:
+        return [it for it in self.items if not it.is_decode]
 
     def __len__(self) -> int:
         return len(self.items)

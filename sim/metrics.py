@@ -95,6 +95,20 @@ class MetricsSink:
                 self.itls_s.append(gap)
         req.last_token_s = t_s
 
+    def on_tokens(self, reqs: list[Request], t_s: float) -> None:
+        """Each of ``reqs`` produced an output token at ``t_s`` (:meth:`on_token` for many)."""
+        record = self.itls_s.append if self.record_itls else None
+        for req in reqs:
+            if req.first_token_s < 0:
+                req.first_token_s = t_s
+            else:
+                gap = t_s - req.last_token_s
+                if gap > req.max_itl_s:
+                    req.max_itl_s = gap
+                if record is not None:
+                    record(gap)
+            req.last_token_s = t_s
+
     def on_step(self, *values) -> None:
         """One executed step; ``values`` in :class:`~sim.entities.StepRecord` field order."""
         for append, v in zip(self._step_appenders, values):

@@ -182,6 +182,21 @@ class RooflineCostModel:
         dyn = sum(self.dynamic_bytes(p, 1) for p in contexts)
         return gemm + attn, self._memory_s(dyn), gemm
 
+    def decode_terms_aggregate(self, n: int, context_sum: int, context_max: int) -> tuple[float, float, float]:
+        """:meth:`decode_terms` from the batch aggregates, O(1): ΣD(pᵢ, 1) is linear in Σpᵢ.
+
+        Equal to ``decode_terms(contexts)`` for any contexts with that count, sum and max
+        (a test compares both on random batches).
+        """
+        gemm = self.gemm_s(n)
+        attn_flops = self._attn_flops_per_pair * n * context_max
+        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, context_max)) if attn_flops else 0.0
+        dyn = (
+            self._kv_bytes_per_token * (n + KV_REUSE_DECODE * context_sum)
+            + self._act_bytes_per_token * n * ACT_DECODE
+        )
+        return gemm + attn, self._memory_s(dyn), gemm
+
     def prefill_terms(self, items: list[tuple[int, int]]) -> tuple[float, float, float]:
         """(Cp, Mp, GEMM part of Cp) for prefill items ``(context, new)`` (see module docstring)."""
         buckets: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -207,15 +222,25 @@ class RooflineCostModel:
     # --- the step -----------------------------------------------------------------------------
     def phase_terms(self, batch: Batch) -> PhaseTerms:
         """Every roofline term of ``batch`` (no overhead), for :func:`combine` and reports."""
-        dec = [it.context_tokens for it in batch.items if it.is_decode]
-        pre = [(it.context_tokens, it.new_tokens) for it in batch.items if not it.is_decode and it.new_tokens > 0]
+        n_dec = batch.num_decode_reqs
+        pre = (
+            [(it.context_tokens, it.new_tokens) for it in batch.items if not it.is_decode and it.new_tokens > 0]
+            if batch.num_prefill_reqs
+            else []
+        )
         cd = md = gd = cp = mp = gp = 0.0
-        if dec:
-            cd, md, gd = self.decode_terms(dec)
+        dyn_dec = 0.0
+        if n_dec:
+            cd, md, gd = self.decode_terms_aggregate(n_dec, batch.decode_context_sum, batch.decode_context_max)
+            dyn_dec = (
+                self._kv_bytes_per_token * (n_dec + KV_REUSE_DECODE * batch.decode_context_sum)
+                + self._act_bytes_per_token * n_dec * ACT_DECODE
+            )
         if pre:
             cp, mp, gp = self.prefill_terms(pre)
         np_tokens = sum(new for _, new in pre)
-        dyn_all = sum(self.dynamic_bytes(p, 1) for p in dec) + sum(self.dynamic_bytes(c, n) for c, n in pre)
+        dyn_all = dyn_dec + sum(self.dynamic_bytes(c, n) for c, n in pre)
+        dec = n_dec
         if self.gemm_m == "requests":
             pre_rows = len(pre)
             pre_gemm_sub = self.gemm_s(pre_rows)  # v2-pre subtracts G(#prefill reqs)
@@ -228,10 +253,10 @@ class RooflineCostModel:
             decode_compute_s=cd,
             decode_memory_s=md,
             num_prefill_tokens=np_tokens,
-            num_decode_reqs=len(dec),
+            num_decode_reqs=n_dec,
             prefill_gemm_s=pre_gemm_sub,
             decode_gemm_s=gd,
-            fused_gemm_s=self.gemm_s(pre_rows + len(dec)),
+            fused_gemm_s=self.gemm_s(pre_rows + n_dec),
             mixed_memory_s=self._memory_s(dyn_all) if (dec or pre) else 0.0,
         )
 

@@ -27,6 +27,9 @@ from .base import SCHEDULERS, SchedulerLimits, SchedulerOutput
 from .kv import KVCacheManager
 
 
+_new_item = tuple.__new__  # builds a BatchItem without NamedTuple's Python-level __new__ (hot path)
+
+
 @SCHEDULERS.register("vllm-v1", "vLLM V1: running first, then waiting; chunked prefill; mixed batches (default).")
 class VllmV1Scheduler:
     """vLLM V1 chunked-prefill scheduler with preemption by recompute.
@@ -41,6 +44,8 @@ class VllmV1Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        # the decode fast path in schedule() is valid only with the default running_chunk
+        self._plain_decodes = type(self).running_chunk is VllmV1Scheduler.running_chunk
 
     # ------------------------------------------------------------------ state
     def add_request(self, req: Request) -> None:
@@ -96,14 +101,38 @@ class VllmV1Scheduler:
         """Plan one step at time ``now_s`` (see module docstring)."""
         budget = self.limits.max_num_batched_tokens
         kv = self.kv
+        block_size = kv.block_size
+        owned = kv._owned
+        plain_decodes = self._plain_decodes
         items: list[BatchItem] = []
         reqs: list[Request] = []
         preempted: list[Request] = []
         running = self.running
+        # aggregates for Batch (decode count/context sum/max, prefill tokens/requests)
+        n_dec = ctx_sum = ctx_max = pre_tok = n_pre = 0
 
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
+            computed = req.num_computed_tokens
+            remaining = req.prompt_tokens + req.num_output_generated - computed
+            # Fast path: an ordinary decode whose next token fits in the blocks it holds.
+            if (
+                plain_decodes
+                and remaining == 1
+                and req.num_output_generated > 0
+                and computed < len(owned[req.request_id]) * block_size
+                and (not kv.enable_prefix_caching or (computed + 1) % block_size)
+            ):
+                items.append(_new_item(BatchItem, (req.request_id, 1, computed, True)))
+                reqs.append(req)
+                budget -= 1
+                n_dec += 1
+                ctx_sum += computed
+                if computed > ctx_max:
+                    ctx_max = computed
+                i += 1
+                continue
             n = self.running_chunk(req, budget)
             if n <= 0:
                 i += 1
@@ -113,7 +142,15 @@ class VllmV1Scheduler:
                 victim = self.pick_victim()
                 if victim in reqs:  # a policy may pick an already scheduled request
                     k = reqs.index(victim)
-                    budget += items[k].new_tokens
+                    gone = items[k]
+                    budget += gone.new_tokens
+                    if gone.is_decode:
+                        n_dec -= 1
+                        ctx_sum -= gone.context_tokens
+                        ctx_max = max((it.context_tokens for it in items if it.is_decode and it is not gone), default=0)
+                    else:
+                        n_pre -= 1
+                        pre_tok -= gone.new_tokens
                     del reqs[k], items[k]
                     i -= 1
                 self._preempt(victim)
@@ -123,9 +160,18 @@ class VllmV1Scheduler:
                     break
             if not scheduled:
                 break
-            items.append(self._item(req, n))
+            item = self._item(req, n)
+            items.append(item)
             reqs.append(req)
             budget -= n
+            if item.is_decode:
+                n_dec += 1
+                ctx_sum += item.context_tokens
+                if item.context_tokens > ctx_max:
+                    ctx_max = item.context_tokens
+            else:
+                n_pre += 1
+                pre_tok += n
             i += 1
 
         if self.waiting and self.admit_waiting(len(reqs), bool(preempted)):
@@ -135,7 +181,7 @@ class VllmV1Scheduler:
             while waiting and budget > 0 and len(running) < self.limits.max_num_seqs:
                 req = waiting[0]
                 hits = kv.get_computed_blocks(req) if req.num_computed_tokens == 0 else []
-                num_computed = req.num_computed_tokens + len(hits) * kv.block_size
+                num_computed = req.num_computed_tokens + len(hits) * block_size
                 n = self.waiting_chunk(req, num_computed, budget)
                 if n <= 0:
                     skipped.append(waiting.popleft())
@@ -144,19 +190,22 @@ class VllmV1Scheduler:
                     break
                 waiting.popleft()
                 if hits and req.num_computed_tokens == 0 and req.first_scheduled_s < 0:
-                    req.cached_prompt_tokens = min(len(hits) * kv.block_size, req.prompt_tokens)
+                    req.cached_prompt_tokens = min(len(hits) * block_size, req.prompt_tokens)
                 req.num_computed_tokens = num_computed
                 req.status = RequestStatus.RUNNING
                 if req.first_scheduled_s < 0:
                     req.first_scheduled_s = now_s
                 running.append(req)
-                items.append(self._item(req, n))
+                items.append(BatchItem(req.request_id, n, num_computed, False))
                 reqs.append(req)
                 budget -= n
+                n_pre += 1
+                pre_tok += n
             if skipped:
                 waiting.extendleft(reversed(skipped))
 
-        return SchedulerOutput(Batch.of(items), reqs, preempted)
+        batch = Batch(tuple(items), pre_tok, n_dec, n_pre, n_dec, ctx_sum, ctx_max)
+        return SchedulerOutput(batch, reqs, preempted)
 
     @staticmethod
     def _item(req: Request, n: int) -> BatchItem:
@@ -183,12 +232,16 @@ class VllmV1Scheduler:
         """
         sampled: list[Request] = []
         finished: list[Request] = []
+        add_sampled = sampled.append
         for req, item in zip(out.requests, out.batch.items):
-            req.num_computed_tokens += item.new_tokens
-            if req.num_computed_tokens == req.num_tokens:
-                req.num_output_generated += 1
-                sampled.append(req)
-                if req.num_output_generated >= req.output_tokens:
+            computed = req.num_computed_tokens + item[1]  # item.new_tokens
+            req.num_computed_tokens = computed
+            generated = req.num_output_generated
+            if computed == req.prompt_tokens + generated:
+                generated += 1
+                req.num_output_generated = generated
+                add_sampled(req)
+                if generated >= req.output_tokens:
                     finished.append(req)
         if finished:
             done = set(id(r) for r in finished)
