@@ -78,3 +78,27 @@ def batch_composition(res: SimResult, title: str = "") -> Figure:
     axes[0].set_title(title or f"batch composition ({mixed} of {len(st)} steps mixed)")
     fig.tight_layout()
     return fig
+
+
+def comparison(table, metrics=("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "output_tokens_per_s")) -> Figure:
+    """Per metric: mean and 95 % band per arm, against rate (or as points without rates)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    with_rates = table["rate_rps"].notna().any()
+    arms = list(dict.fromkeys(table["arm"]))
+    for ax, m in zip(axes, metrics):
+        sub = table[table["metric"] == m]
+        for i, arm in enumerate(arms):
+            a = sub[sub["arm"] == arm].sort_values("rate_rps")
+            x = a["rate_rps"].to_numpy(dtype=float) if with_rates else [i]
+            ax.plot(x, a["mean"], "-o" if with_rates else "o", label=arm, markersize=4)
+            ax.fill_between(x, a["ci_low"], a["ci_high"], alpha=0.2) if with_rates else ax.errorbar(
+                x, a["mean"], yerr=[a["mean"] - a["ci_low"], a["ci_high"] - a["mean"]], fmt="none", capsize=4)
+        ax.set_title(m)
+        ax.set_xlabel("request rate (req/s)" if with_rates else "arm")
+        if not with_rates:
+            ax.set_xticks(range(len(arms)), arms, rotation=30, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("comparison: mean and 95 % interval over seeds")
+    fig.tight_layout()
+    return fig

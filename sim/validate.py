@@ -21,7 +21,8 @@ each also without the points flagged ``overloaded`` (see :func:`overload_flags`)
 
 The per-step check (:func:`step_check`) compares, request by request, the simulated prefill
 time (first scheduled → first token) and decode time (first token → finish) with vLLM's
-server-side spans (``prefill_ms``, ``decode_ms``) of set B.
+server-side spans (``prefill_ms``, ``decode_ms``) of set B, matching requests by their
+(prompt, output) lengths.
 """
 
 from __future__ import annotations
@@ -165,23 +166,27 @@ def mape_table(long: pd.DataFrame, by: Sequence[str] = GROUP_BYS, keys: Sequence
     return pd.concat(out, ignore_index=True)
 
 
-def step_check(sim_requests: pd.DataFrame, trace: pd.DataFrame, spans: pd.DataFrame) -> dict:
+def step_check(sim_requests: pd.DataFrame, spans: pd.DataFrame) -> dict:
     """Per-request prefill/decode times of one point: simulated vs vLLM's spans.
 
-    ``sim_requests``: the SimResult's ``requests`` (request_id i = ``trace`` row i);
-    ``trace``: the point's replayed rows (with ``request_index``); ``spans``: the point's
-    server rows (``request_index``, ``prefill_ms``, ``decode_ms``). Requests are matched by
-    ``request_index``; only finished simulated requests count. Returns matched count, means
-    (ms) and the MAPE of the means and the mean per-request APE for both phases.
+    ``sim_requests``: the SimResult's ``requests`` (request_id = send order); ``spans``: the
+    point's server rows (``prompt_tokens``, ``output_tokens``, ``prefill_ms``, ``decode_ms``,
+    optionally ``start_offset_s``). The client and server files number requests differently,
+    so requests are matched by (prompt_tokens, output_tokens) and, among equal pairs, by send
+    order. Only finished simulated requests count. Returns the matched count, means (ms), the
+    APE of the means and the mean per-request APE for both phases.
     """
-    sim = sim_requests[sim_requests["status"] == "finished"].copy()
+    sim = sim_requests[sim_requests["status"] == "finished"].sort_values("request_id", kind="stable").copy()
     sim["sim_prefill_ms"] = (sim["first_token_s"] - sim["first_scheduled_s"]) * 1e3
     sim["sim_decode_ms"] = (sim["finish_s"] - sim["first_token_s"]) * 1e3
-    idx = trace[["request_index"]].reset_index(drop=True)
-    idx["request_id"] = np.arange(len(idx))
-    merged = sim.merge(idx, on="request_id").merge(
-        spans[["request_index", "prefill_ms", "decode_ms"]], on="request_index", how="inner"
-    )
+    sp = spans.sort_values("start_offset_s", kind="stable") if "start_offset_s" in spans.columns else spans
+    sp = sp[["prompt_tokens", "output_tokens", "prefill_ms", "decode_ms"]].copy()
+    keys = ["prompt_tokens", "output_tokens"]
+    for df in (sim, sp):
+        for k in keys:
+            df[k] = df[k].astype(np.int64)
+        df["_occ"] = df.groupby(keys).cumcount()
+    merged = sim.merge(sp, on=keys + ["_occ"], how="inner")
     out: dict = {"n_matched": int(len(merged))}
     for phase in ("prefill", "decode"):
         s = merged[f"sim_{phase}_ms"].to_numpy(dtype=float)

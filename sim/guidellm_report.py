@@ -1,0 +1,384 @@
+"""Export simulation results as a guidellm-compatible benchmark report (``benchmarks.json``).
+
+Matched schema: **guidellm 0.8.1**, ``GenerativeBenchmarksReport`` in
+``guidellm/benchmark/schemas/report.py`` (report ``metadata.version == 2``), with
+``GenerativeBenchmark`` (``benchmark/schemas/benchmark.py``), ``GenerativeMetrics`` and
+``SchedulerMetrics`` (``benchmark/schemas/metrics.py``), ``BenchmarkConfig``
+(``benchmark/schemas/base.py``), ``GenerativeRequestStats`` (``schemas/base/request_stats.py``)
+and ``DistributionSummary`` / ``StatusDistributionSummary`` / ``Percentiles``
+(``schemas/base/statistics.py``). Validated against the real loader:
+``GenerativeBenchmarksReport.load_file`` of guidellm 0.8.1 (installed with ``--no-deps`` in a
+throw-away venv, torch stubbed out in-process because only guidellm's data loader imports it)
+accepts our output; see ``scripts/check_guidellm_compat.py`` and the optional test in
+``tests/test_guidellm_report.py``. guidellm is *not* a dependency of servesim.
+
+:func:`build_report` is pure (no I/O) and returns a JSON-serialisable dict; writing it with
+``json.dumps(report)`` gives a file guidellm loads. Same run ⇒ byte-identical output.
+
+Mapping
+-------
+* One :class:`~sim.simulation.SimResult` → one ``GenerativeBenchmark``; its index is
+  ``config.run_index``; ids are deterministic (``servesim-<index>``), not random UUIDs.
+* Status: finished → ``successful``; rejected → ``errored``; in_flight (cut by the horizon) →
+  ``incomplete``; not_sent requests were never issued and appear nowhere (guidellm never
+  records unsent requests either).
+* Time: simulated seconds are written as epoch timestamps with epoch 0 (so ``start_time`` is
+  ``0.0`` plus the first arrival, not wall-clock time). The measurement window is first
+  arrival → last finish (servesim's ``duration_s``); no warm-up/cool-down is cut.
+* Per request: ``request_start`` = arrival (the request reaches the server; servesim has no
+  client/network), ``first_token_iteration`` = first token, ``last_token_iteration`` =
+  ``request_end`` = finish, ``token_iterations`` = output tokens (vLLM streams one token per
+  step per request). Rejected requests carry ``request_end`` = ``resolve_end`` = arrival (the
+  simulator rejects on admission), in-flight ones = the simulation end.
+* Strategies: synchronous, constant, poisson, throughput, concurrent map 1:1
+  (``rate_rps`` → ``rate``; ``concurrency`` → ``streams`` / ``max_concurrency``).
+  ``replay`` → guidellm ``trace`` (send at recorded offsets, ``time_scale`` 1).
+  ``open-loop-at-measured-rate`` → guidellm ``constant`` at ``rate_rps`` (the only difference:
+  servesim sends the first request at 1/rate instead of 0).
+
+Metric definitions (guidellm's, reproduced here; they are *not* always servesim's):
+* Percentiles are guidellm's: values are turned into a weighted PDF and ``pXX`` is the first
+  value whose cumulative probability reaches XX% (an inverted-CDF order statistic). servesim's
+  ``summary`` uses numpy linear interpolation, so ``pXX`` can differ slightly; means agree.
+* ``time_to_first_token_ms`` — per-request TTFT (= servesim ``ttft``; same mean).
+* ``inter_token_latency_ms`` — per-request (last − first token)/(output − 1) weighted by
+  output − 1 (= vLLM TPOT = servesim ``tpot_s``); its mean equals servesim's all-gaps ITL mean,
+  percentiles are of per-request averages, not of individual gaps.
+* ``time_per_output_token_ms`` — per-request E2E/output weighted by output tokens (so its
+  mean is Σe2e/Σoutput, not servesim's unweighted ``time_per_output_token_mean_ms``).
+* ``request_latency`` — seconds, E2E. Errored/incomplete contribute 0.0 as in guidellm.
+* ``requests_per_second`` / ``*_tokens_per_second`` / ``request_concurrency`` — guidellm's
+  time-weighted rate and concurrency distributions over the measurement window; the mean of
+  ``requests_per_second.successful`` equals finished/duration (servesim ``requests_per_s``).
+* No confidence intervals are reported (``config.confidence`` is ``None``), and metrics that
+  a simulator cannot observe (text words/characters, images, audio, websocket round trips,
+  scheduler-internal delays) are ``None``/empty or ``-1.0`` where the schema demands a number
+  — the same sentinel guidellm writes when it has no measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__ as SERVESIM_VERSION
+
+__all__ = ["GUIDELLM_SCHEMA_VERSION", "GUIDELLM_VERSION", "build_report", "distribution_summary"]
+
+GUIDELLM_VERSION = "0.8.1"
+GUIDELLM_SCHEMA_VERSION = 2
+
+PERCENTILE_PROBABILITIES: dict[str, float] = {
+    "p001": 0.001,
+    "p01": 0.01,
+    "p05": 0.05,
+    "p10": 0.1,
+    "p25": 0.25,
+    "p50": 0.5,
+    "p75": 0.75,
+    "p90": 0.9,
+    "p95": 0.95,
+    "p99": 0.99,
+    "p999": 0.999,
+}
+_EPS = 1e-6
+_MERGE_THRESHOLD_S = 1e-4  # guidellm merges events closer than 0.1 ms
+
+# --------------------------------------------------------------------------------------------
+# Distribution summaries: a port of guidellm 0.8.1 schemas/base/statistics.py (Apache-2.0),
+# same arithmetic in the same order so the numbers agree bit for bit.
+# --------------------------------------------------------------------------------------------
+
+
+def _summary_from_pdf(pdf: np.ndarray, count: int | None) -> dict[str, Any]:
+    if pdf.shape[0] == 0:
+        return {
+            "mean": 0.0, "median": 0.0, "mode": 0.0, "variance": 0.0, "std_dev": 0.0,
+            "min": 0.0, "max": 0.0, "count": 0 if count is None else int(count), "total_sum": 0.0,
+            "percentiles": dict.fromkeys(PERCENTILE_PROBABILITIES, 0.0),
+            "pdf": None, "mean_ci": None, "percentile_cis": None,
+        }  # fmt: skip
+    values = pdf[:, 0]
+    probabilities = pdf[:, 1]
+    cdf = np.cumsum(probabilities)
+    percentiles = {k: pdf[np.searchsorted(cdf, q, side="left"), 0].item() for k, q in PERCENTILE_PROBABILITIES.items()}
+    mean = np.sum(values * probabilities).item()
+    variance = np.sum((values - mean) ** 2 * probabilities).item()
+    if count is None:
+        count = len(pdf)
+    return {
+        "mean": mean,
+        "median": percentiles["p50"],
+        "mode": values[np.argmax(probabilities)].item(),
+        "variance": variance,
+        "std_dev": math.sqrt(variance),
+        "min": values[0].item(),
+        "max": values[-1].item(),
+        "count": int(count),
+        "total_sum": mean * count,
+        "percentiles": percentiles,
+        "pdf": None,
+        "mean_ci": None,
+        "percentile_cis": None,
+    }
+
+
+def _weighted(values: Sequence | np.ndarray, n: int) -> np.ndarray:
+    """guidellm's ``_to_weighted_ndarray``: (N, n) with weight 1.0 filled in."""
+    if isinstance(values, np.ndarray):
+        arr = values.astype(float)
+        if arr.ndim == 1:
+            arr = arr.reshape(-1, 1)
+        if arr.shape[0] == 0:
+            return np.empty((0, n))
+        if arr.shape[1] == n - 1:
+            arr = np.hstack((arr, np.ones((arr.shape[0], 1))))
+        return arr
+    out = np.empty((len(values), n), dtype=float)
+    for i, v in enumerate(values):
+        if isinstance(v, tuple):
+            out[i, :] = v if len(v) == n else (*v, 1.0)
+        else:
+            out[i, :] = (v, 1.0) if n == 2 else (v, v, 1.0)
+    return out
+
+
+def distribution_summary(values: Sequence | np.ndarray, count: int | None = None) -> dict[str, Any]:
+    """``DistributionSummary.from_values``: values or (value, weight) pairs → summary dict."""
+    arr = _weighted(values, 2)
+    if arr.shape[0] == 0:
+        return _summary_from_pdf(np.empty((0, 2)), 0)
+    if count is None:
+        count = round(np.sum(arr[:, 1]).item())
+    order = np.argsort(arr[:, 0])
+    sorted_values = arr[order, 0]
+    sorted_weights = arr[order, 1]
+    uniq, inverse = np.unique(sorted_values, return_inverse=True)
+    weights = np.zeros_like(uniq, dtype=float)
+    np.add.at(weights, inverse, sorted_weights)
+    mask = weights > 0
+    final_values = uniq[mask]
+    final_weights = weights[mask]
+    total = np.sum(final_weights)
+    if total <= _EPS:
+        final_weights = np.ones_like(final_values)
+        total = np.sum(final_weights)
+    return _summary_from_pdf(np.column_stack((final_values, final_weights / total)), count)
+
+
+def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
+    """guidellm's ``_merge_sorted_times_with_weights``."""
+    uniq, inverse = np.unique(wt[:, 0], return_inverse=True)
+    w = np.zeros_like(uniq, dtype=float)
+    np.add.at(w, inverse, wt[:, 1])
+    wt = np.column_stack((uniq, w))
+    if threshold is None or threshold <= 0.0 or wt.shape[0] <= 1:
+        return wt
+    times = wt[:, 0]
+    within = np.diff(times) <= threshold
+    if not np.any(within):
+        return wt
+    run_starts = np.flatnonzero(np.concatenate(([True], ~within)))
+    run_lengths = np.diff(run_starts, append=len(times))
+    long_runs = run_lengths > 1
+    in_long_run = np.repeat(long_runs, run_lengths)
+    long_inds = np.flatnonzero(in_long_run)
+    long_times = times[long_inds]
+    group_ends = np.searchsorted(long_times, long_times + threshold, side="right")
+    group_starts = []
+    run_start = 0
+    for run_end in np.cumsum(run_lengths[long_runs]).tolist():
+        ind = run_start
+        while ind < run_end:
+            group_starts.append(ind)
+            ind = int(group_ends[ind])
+        run_start = run_end
+    is_start = ~in_long_run
+    is_start[long_inds[group_starts]] = True
+    starts = np.flatnonzero(is_start)
+    return np.column_stack((times[starts], np.add.reduceat(wt[:, 1], starts)))
+
+
+def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
+    """``DistributionSummary.rate_distribution_from_timings`` (time-weighted local rates)."""
+    wt = _weighted(events, 2)
+    wt = np.insert(wt[wt[:, 0] >= start], 0, [start, 0.0], axis=0)
+    wt = np.append(wt[wt[:, 0] <= end], [[end, 0.0]], axis=0)
+    wt = wt[np.argsort(wt[:, 0])]
+    wt = _merge_times(wt, _MERGE_THRESHOLD_S)
+    if len(wt) <= 1:
+        return distribution_summary([], count=len(wt))
+    times = wt[:, 0]
+    occurrences = wt[:, 1]
+    mid = (times[1:] + times[:-1]) / 2
+    durations = np.empty_like(times)
+    durations[0] = mid[0] - times[0]
+    durations[1:-1] = mid[1:] - mid[:-1]
+    durations[-1] = np.clip(times[-1] - mid[-1], _EPS, None)
+    rates = occurrences / durations
+    return distribution_summary(np.column_stack((rates, durations)), count=round(np.sum(occurrences).item()))
+
+
+def _concurrency_summary(intervals: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
+    """``DistributionSummary.concurrency_distribution_from_timings`` (time-weighted levels)."""
+    wi = _weighted(intervals, 3)
+    wi = wi[wi[:, 1] >= start]
+    wi = wi[wi[:, 0] <= end]
+    count = len(wi)
+    if count:
+        adds = np.stack((wi[:, 0], wi[:, 2]), axis=1)
+        removes = np.stack((wi[:, 1], -1 * wi[:, 2]), axis=1)
+    else:
+        adds = removes = np.empty((0, 2))
+    wt = np.vstack((adds, removes))
+    wt = wt[np.argsort(wt[:, 0])]
+    wt = _merge_times(wt, _MERGE_THRESHOLD_S)
+    if len(wt) > 0:
+        i = np.searchsorted(wt[:, 0], start, side="left")
+        prior = np.sum(wt[:i, 1]) if i > 0 else 0.0
+        wt = np.insert(wt[i:], 0, [start, prior], axis=0)
+        j = np.searchsorted(wt[:, 0], end, side="right")
+        wt = np.append(wt[:j], [[end, 0.0]], axis=0)
+    conc = np.clip(np.cumsum(wt[:, 1]), 0, None)
+    if len(conc) <= 1:
+        return distribution_summary([] if count == 0 else [conc[0].item()])
+    durations = np.clip(np.diff(wt[:, 0]), 0, None)
+    if not np.any(durations > 0):
+        return distribution_summary([], count=count)
+    return distribution_summary(np.column_stack((conc[:-1], durations)), count=count)
+
+
+def _status_summary(kind: str, groups: dict[str, list], start: float = 0.0, end: float = 0.0) -> dict[str, Any]:
+    """A ``StatusDistributionSummary``: successful / incomplete / errored / total."""
+    n = 3 if kind == "concurrency" else 2
+    arrs = {k: _weighted(groups[k], n) for k in ("successful", "incomplete", "errored")}
+    arrs["total"] = np.concatenate((arrs["successful"], arrs["incomplete"], arrs["errored"]), axis=0)
+    out = {}
+    for k in ("successful", "incomplete", "errored", "total"):
+        if kind == "values":
+            out[k] = distribution_summary(arrs[k])
+        elif kind == "rate":
+            out[k] = _rate_summary(arrs[k], start, end)
+        else:
+            out[k] = _concurrency_summary(arrs[k], start, end)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-request records (GenerativeRequestStats)
+# --------------------------------------------------------------------------------------------
+
+_STATUS_GROUP = {"finished": "successful", "in_flight": "incomplete", "rejected": "errored"}
+_GUIDELLM_STATUS = {"finished": "completed", "in_flight": "cancelled", "rejected": "errored"}
+
+
+def _f(x: Any) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+class _Req:
+    """One request's guidellm timings and the derived per-request metrics guidellm computes."""
+
+    def __init__(self, row: Any, end_s: float) -> None:
+        self.status = row.status
+        self.id = int(row.request_id)
+        self.prompt = int(row.prompt_tokens)
+        self.start = float(row.arrival_s)
+        self.first = _f(row.first_token_s) if row.status == "finished" else None
+        finish = _f(row.finish_s)
+        if row.status == "finished":
+            self.output = int(row.output_tokens)
+            self.last = finish
+            self.end = finish
+        elif row.status == "rejected":
+            self.output = 0
+            self.last = None
+            self.end = finish if finish is not None else self.start
+        else:  # in flight at the horizon: cancelled by the end of the run, as guidellm does
+            self.output = 0
+            self.last = None
+            self.end = end_s
+        self.iterations = self.output
+        self.cached = int(getattr(row, "cached_prompt_tokens", 0) or 0)
+
+    # guidellm GenerativeRequestStats computed fields
+    @property
+    def latency(self) -> float | None:
+        return self.end - self.start if self.status == "finished" else None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first is None else 1000 * (self.first - self.start)
+
+    @property
+    def tpot_ms(self) -> float | None:
+        last = self.last if self.last is not None else self.end
+        return None if not self.output else 1000 * (last - self.start) / self.output
+
+    @property
+    def itl_ms(self) -> float | None:
+        if self.first is None or self.last is None or self.output <= 1:
+            return None
+        return 1000 * (self.last - self.first) / (self.output - 1)
+
+    @property
+    def iter_tokens_per_iteration(self) -> float | None:
+        if self.output <= 1 or self.iterations <= 1:
+            return None
+        return (self.output - 1.0) / (self.iterations - 1.0)
+
+    def iter_tokens_timings(self) -> list[tuple[float, float]]:
+        tpi = self.iter_tokens_per_iteration
+        if self.first is None or self.last is None or tpi is None or self.iterations <= 1:
+            return []
+        times = np.linspace(self.first, self.last, num=self.iterations)[1:]
+        return [(t, tpi) for t in times.tolist()]
+
+    def output_tokens_timings(self) -> list[tuple[float, float]]:
+        if self.first is None or self.last is None or self.iterations <= 1:
+            return [(self.last if self.last is not None else self.end, float(self.output))]
+        return [(self.first, 1.0 * bool(self.output)), *self.iter_tokens_timings()]
+
+    def prompt_tokens_timing(self) -> tuple[float, float]:
+        return (self.first if self.first is not None else self.end, float(self.prompt))
+
+    def record(self, run_id: str, index: int) -> dict[str, Any]:
+        finished = self.status == "finished"
+        timings = {
+            "targeted_start": self.start,
+            "queued": self.start,
+            "dequeued": self.start,
+            "scheduled_at": self.start,
+            "resolve_start": self.start,
+            "request_start": self.start,
+            "first_request_iteration": self.start,
+            "first_token_iteration": self.first,
+            "first_output_token_iteration": self.first,
+            "last_token_iteration": self.last,
+            "last_request_iteration": self.last,
+            "request_iterations": 1,
+            "token_iterations": self.iterations,
+            "request_end": self.end,
+            "resolve_end": self.end,
+            "finalized": self.end,
+        }
+        return {
+            "type_": "generative_request_stats",
+            "request_id": str(self.id),
+            "info": {
+                "request_id": str(self.id),
+                "status": _GUIDELLM_STATUS[self.status],
+                "scheduler_node_id": 0,
+                "scheduler_process_id": 0,
+                "scheduler_start_time": 0.0,
+                "timings": timings,
+                "error": None if self.status != "rejected" else "rejected by the simulated server",
+            },
+            "input_metrics": {"text_tokens": self.prompt, "cached_tokens": self.cached},
+            "output_metrics": {"text_tokens": self.output if finished else 0},
+        }
