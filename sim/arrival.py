@@ -38,7 +38,7 @@ Submit = Callable[[Request], None]
 ARRIVALS: Registry = Registry("arrival strategy")
 
 
-def _open_loop(env: simpy.Environment, submit: Submit, reqs: list[Request], times_s: np.ndarray):
+def _open_loop(env: simpy.Environment, submit: Submit, reqs: Iterator[Request], times_s: np.ndarray):
     for req, t in zip(reqs, times_s):
         delay = float(t) - env.now
         if delay > 0:
@@ -53,50 +53,50 @@ def _closed_loop_user(env: simpy.Environment, submit: Submit, source: Iterator[R
         yield req.done_event
 
 
-def _start_closed_loop(env: simpy.Environment, submit: Submit, reqs: list[Request], users: int) -> None:
-    source = iter(reqs)
-    for _ in range(min(users, len(reqs))):
+def _start_closed_loop(env: simpy.Environment, submit: Submit, workload: Workload, users: int) -> None:
+    source = workload.iter_requests()
+    for _ in range(min(users, len(workload))):
         env.process(_closed_loop_user(env, submit, source))
 
 
 @ARRIVALS.register("synchronous", "Closed loop, one request in flight (guidellm synchronous).")
 def synchronous(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    _start_closed_loop(env, submit, workload.requests, 1)
+    _start_closed_loop(env, submit, workload, 1)
 
 
 @ARRIVALS.register("concurrent", "N closed-loop users (guidellm concurrent).")
 def concurrent(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    _start_closed_loop(env, submit, workload.requests, int(cfg.concurrency))
+    _start_closed_loop(env, submit, workload, int(cfg.concurrency))
 
 
 @ARRIVALS.register("throughput", "All requests at t=0, optional in-flight cap (guidellm throughput).")
 def throughput(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     if cfg.concurrency is not None:
-        _start_closed_loop(env, submit, workload.requests, int(cfg.concurrency))
+        _start_closed_loop(env, submit, workload, int(cfg.concurrency))
     else:
-        env.process(_open_loop(env, submit, workload.requests, np.zeros(len(workload))))
+        env.process(_open_loop(env, submit, workload.iter_requests(), np.zeros(len(workload))))
 
 
 @ARRIVALS.register("constant", "Fixed spacing 1/rate from t=0 (guidellm constant).")
 def constant(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     times = np.arange(len(workload), dtype=float) / float(cfg.rate_rps)
-    env.process(_open_loop(env, submit, workload.requests, times))
+    env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
 @ARRIVALS.register("poisson", "Exponential gaps of mean 1/rate (guidellm poisson).")
 def poisson(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     gaps = streams.get("arrival.poisson").exponential(1.0 / float(cfg.rate_rps), size=len(workload))
-    env.process(_open_loop(env, submit, workload.requests, np.cumsum(gaps)))
+    env.process(_open_loop(env, submit, workload.iter_requests(), np.cumsum(gaps)))
 
 
 @ARRIVALS.register("replay", "Send each request at its trace offset.")
 def replay(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     if workload.offsets_s is None:
         raise ConfigError("arrival.strategy: 'replay' needs a workload trace with a start_offset_s column")
-    env.process(_open_loop(env, submit, workload.requests, workload.offsets_s))
+    env.process(_open_loop(env, submit, workload.iter_requests(), workload.offsets_s))
 
 
 @ARRIVALS.register("open-loop-at-measured-rate", "Constant 1/rate, first at 1/rate (the seed study's harness).")
 def open_loop_at_measured_rate(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     times = (np.arange(len(workload), dtype=float) + 1.0) / float(cfg.rate_rps)
-    env.process(_open_loop(env, submit, workload.requests, times))
+    env.process(_open_loop(env, submit, workload.iter_requests(), times))

@@ -315,26 +315,50 @@ def main(ctx: click.Context) -> None:
         ctx.invoke(sweep, output_dir="results/default")
 
 
+STREAM_THRESHOLD_REQUESTS = 100_000
+
+
 @main.command()
 @common_options
+@click.option(
+    "--stream/--no-stream", default=None,
+    help=f"Stream records to disk in chunks (bounded memory); default: on above {STREAM_THRESHOLD_REQUESTS:,} requests.",
+)
 @handle_errors
 def run(config: str | None, **kwargs: Any) -> None:
     """Simulate one run of CONFIG (YAML: servesim, guidellm profile or inference-perf config)."""
-    from .cli_output import header, run_entry, write_figure, write_json, write_run_tables
+    from .cli_output import StreamingParquet, header, run_entry, write_figure, write_json, write_run_tables
     from .simulation import Simulation
 
+    stream = kwargs.pop("stream")
     flags, opts = _split(kwargs)
     cfg, fmt = build_config(config, flags, opts["sets"])
     out = _out_dir(opts, "run")
     t0 = time.perf_counter()
-    sim = Simulation(cfg)
-    res = sim.run()
+    n = cfg.workload.num_requests or 0
+    if stream is None:
+        stream = n > STREAM_THRESHOLD_REQUESTS
+    writer = None
+    if stream:
+        writer = StreamingParquet({"requests": out / "runs/run/requests.parquet", "steps": out / "runs/run/steps.parquet"})
+    try:
+        sim = Simulation(cfg, spill=writer)
+        with _Progress(opts["quiet"], "run") as prog:
+            res = sim.run(progress=prog.phase("requests", len(sim.workload)))
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     wall = time.perf_counter() - t0
     _write_common(out, cfg, fmt)
-    write_run_tables(out, "run", res)
+    if writer is None:
+        write_run_tables(out, "run", res)
     write_json(out / "summary.json", {**header(cfg), "runs": [run_entry("run", res)]})
-    _write_guidellm(out, [res], cfg)
-    if not opts["no_plots"] and len(res.steps):
+    if not res.derived.get("streamed"):  # the guidellm report needs the full request table
+        _write_guidellm(out, [res], cfg)
+    if not opts["no_plots"] and len(res.steps):  # streamed runs keep no steps in memory
         from .plots import batch_composition
 
         write_figure(out / "plots" / "batch_composition.png", batch_composition(res))
@@ -607,6 +631,15 @@ def config_cmd(config: str | None, **kwargs: Any) -> None:
     cfg, fmt = build_config(config, flags, opts["sets"])
     click.echo(f"# source format: {fmt}")
     click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+def _register_validate() -> None:
+    from .validate_cli import validate
+
+    main.add_command(validate)
+
+
+_register_validate()
 
 
 if __name__ == "__main__":  # pragma: no cover

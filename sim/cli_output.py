@@ -117,3 +117,42 @@ def header(cfg) -> dict:
         "policy": cfg.scheduler.policy,
         "seed": cfg.seed,
     }
+
+
+class StreamingParquet:
+    """Parquet files written chunk by chunk for streaming runs; atomic as a whole.
+
+    Chunks go to hidden temporary files next to the targets; :meth:`commit` renames them into
+    place, :meth:`abort` deletes them (so an interrupted run leaves no partial result file).
+    Use as the ``spill(kind, frame)`` callable of a streaming simulation.
+    """
+
+    def __init__(self, targets: dict[str, Path]) -> None:
+        self.targets = targets
+        self.tmp = {k: p.parent / f".{p.name}.partial" for k, p in targets.items()}
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        for p in targets.values():
+            p.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, kind: str, frame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        w = self.writers.get(kind)
+        if w is None:
+            w = self.writers[kind] = pq.ParquetWriter(self.tmp[kind], table.schema, compression="zstd")
+        w.write_table(table)
+
+    def commit(self) -> None:
+        for kind, w in self.writers.items():
+            w.close()
+            os.replace(self.tmp[kind], self.targets[kind])
+        self.writers = {}
+
+    def abort(self) -> None:
+        for kind, w in self.writers.items():
+            w.close()
+        for tmp in self.tmp.values():
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self.writers = {}

@@ -111,17 +111,19 @@ class Engine:
             sink.on_tokens(sampled, end_s)
             batch = out.batch
             sink.on_step(
-                self.num_steps,
-                start_s,
-                cost.total_s,
-                batch.num_prefill_tokens,
-                batch.num_decode_reqs,
-                batch.num_prefill_reqs,
-                sched.num_running,
-                sched.num_waiting,
-                batch.is_mixed,
-                sched.kv.num_used_blocks,
-                len(out.preempted),
+                (
+                    self.num_steps,
+                    start_s,
+                    cost.total_s,
+                    batch.num_prefill_tokens,
+                    batch.num_decode_reqs,
+                    batch.num_prefill_reqs,
+                    sched.num_running,
+                    len(sched.waiting),
+                    batch.num_prefill_reqs > 0 and batch.num_decode_reqs > 0,
+                    sched.kv.num_used_blocks,
+                    len(out.preempted),
+                )
             )
             self.num_steps += 1
             for req in finished:

@@ -21,6 +21,7 @@ Pure functions of mappings (no I/O).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .errors import ConfigError
@@ -55,6 +56,8 @@ def _num(value: Any, field: str, integer: bool = False, positive: bool = True) -
         x = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{field}: expected a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{field}: expected a finite number, got {value!r}")
     if positive and not x > 0:
         raise ConfigError(f"{field}: must be > 0, got {value!r}")
     if integer:
@@ -62,6 +65,15 @@ def _num(value: Any, field: str, integer: bool = False, positive: bool = True) -
             raise ConfigError(f"{field}: expected an integer, got {value!r}")
         return int(x)
     return x
+
+
+def _mapping(value: Any, field: str) -> dict[str, Any]:
+    """``value`` if it is a mapping, {} if empty/None; ConfigError naming ``field`` otherwise."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{field}: expected a mapping, got {type(value).__name__}")
+    return value
 
 
 def _parse_data_string(text: str) -> dict[str, Any]:
@@ -91,7 +103,7 @@ def _length(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def from_guidellm(profile: dict[str, Any]) -> dict[str, Any]:
     """Partial servesim config from a guidellm benchmark profile mapping."""
-    unknown = sorted(set(profile) - GUIDELLM_KEYS - GUIDELLM_IGNORED)
+    unknown = sorted(str(k) for k in set(profile) - GUIDELLM_KEYS - GUIDELLM_IGNORED)
     if unknown:
         raise ConfigError(
             f"guidellm profile: unknown option(s) {', '.join(unknown)}; servesim reads {', '.join(sorted(GUIDELLM_KEYS))}"
@@ -109,7 +121,7 @@ def from_guidellm(profile: dict[str, Any]) -> dict[str, Any]:
     if data is not None:
         if not isinstance(data, dict):
             raise ConfigError("guidellm data: expected synthetic options (a mapping or 'key=value,...'); dataset files are not supported")
-        bad = sorted(set(data) - GUIDELLM_DATA_KEYS)
+        bad = sorted(str(k) for k in set(data) - GUIDELLM_DATA_KEYS)
         if bad:
             raise ConfigError(f"guidellm data: unknown key(s) {', '.join(bad)}; known: {', '.join(sorted(GUIDELLM_DATA_KEYS))}")
         wl = out.setdefault("workload", {})
@@ -146,11 +158,13 @@ def from_guidellm(profile: dict[str, Any]) -> dict[str, Any]:
 def from_inference_perf(cfg: dict[str, Any]) -> dict[str, Any]:
     """Partial servesim config from an inference-perf config mapping."""
     out: dict[str, Any] = {}
-    load = cfg.get("load") or {}
+    load = _mapping(cfg.get("load"), "inference-perf load")
     kind = load.get("type", "constant")
     if kind not in ("constant", "poisson"):
         raise ConfigError(f"inference-perf load.type: {kind!r} is not supported; use constant or poisson")
     stages = load.get("stages") or []
+    if not isinstance(stages, list):
+        raise ConfigError(f"inference-perf load.stages: expected a list of {{rate, duration}} stages, got {type(stages).__name__}")
     if not stages:
         raise ConfigError("inference-perf load.stages: needs at least one {rate, duration} stage")
     rates, durations = [], []
@@ -159,10 +173,10 @@ def from_inference_perf(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"inference-perf load.stages[{i}]: expected a mapping with rate and duration")
         rates.append(_num(st["rate"], f"load.stages[{i}].rate"))
         durations.append(_num(st["duration"], f"load.stages[{i}].duration"))
-    data = cfg.get("data") or {}
+    data = _mapping(cfg.get("data"), "inference-perf data")
     wl: dict[str, Any] = {}
     if data.get("type") == "shared_prefix":
-        sp = data.get("shared_prefix") or {}
+        sp = _mapping(data.get("shared_prefix"), "inference-perf data.shared_prefix")
         for key in ("system_prompt_len", "question_len", "output_len"):
             if key not in sp:
                 raise ConfigError(f"inference-perf data.shared_prefix.{key}: missing")
@@ -174,7 +188,7 @@ def from_inference_perf(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"inference-perf data.type: {data.get('type')!r} is not supported; use shared_prefix")
     if wl:
         out["workload"] = wl
-    model = (cfg.get("server") or {}).get("model_name")
+    model = _mapping(cfg.get("server"), "inference-perf server").get("model_name")
     if model:
         out["model"] = str(model)
     if len(set(durations)) > 1:

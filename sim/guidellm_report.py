@@ -303,13 +303,16 @@ class _Req:
             self.output = 0
             self.last = None
             self.end = end_s
+        # a cancelled request never got a response: request_end unset, resolve_end = cancel time
+        self.request_end = None if row.status == "in_flight" else self.end
         self.iterations = self.output
         self.cached = int(getattr(row, "cached_prompt_tokens", 0) or 0)
+        self.reason = str(getattr(row, "reject_reason", "") or "")
 
     # guidellm GenerativeRequestStats computed fields
     @property
     def latency(self) -> float | None:
-        return self.end - self.start if self.status == "finished" else None
+        return None if self.request_end is None else self.request_end - self.start
 
     @property
     def ttft_ms(self) -> float | None:
@@ -363,7 +366,7 @@ class _Req:
             "last_request_iteration": self.last,
             "request_iterations": 1,
             "token_iterations": self.iterations,
-            "request_end": self.end,
+            "request_end": self.request_end,
             "resolve_end": self.end,
             "finalized": self.end,
         }
@@ -377,8 +380,281 @@ class _Req:
                 "scheduler_process_id": 0,
                 "scheduler_start_time": 0.0,
                 "timings": timings,
-                "error": None if self.status != "rejected" else "rejected by the simulated server",
+                "error": None if self.status != "rejected" else f"rejected by the simulated server: {self.reason or 'unknown'}",
             },
             "input_metrics": {"text_tokens": self.prompt, "cached_tokens": self.cached},
             "output_metrics": {"text_tokens": self.output if finished else 0},
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Strategy / profile mapping
+# --------------------------------------------------------------------------------------------
+
+
+def _strategy(arrival: Any) -> dict[str, Any]:
+    """guidellm ``SchedulingStrategy`` dict for a servesim arrival config."""
+    s = arrival.strategy
+    if s == "synchronous":
+        return {"type_": "synchronous", "worker_count": None, "max_concurrency": None}
+    if s == "concurrent":
+        return {"type_": "concurrent", "worker_count": None, "max_concurrency": None, "streams": int(arrival.concurrency), "rampup_duration": 0.0}
+    if s == "throughput":
+        return {"type_": "throughput", "worker_count": None, "max_concurrency": arrival.concurrency, "rampup_duration": 0.0}
+    if s in ("constant", "open-loop-at-measured-rate"):
+        return {"type_": "constant", "worker_count": None, "max_concurrency": None, "rate": float(arrival.rate_rps), "rampup_duration": 0.0}
+    if s == "poisson":
+        return {"type_": "poisson", "worker_count": None, "max_concurrency": None, "rate": float(arrival.rate_rps), "random_seed": 42}
+    if s == "replay":
+        return {"type_": "trace", "worker_count": None, "max_concurrency": None, "time_scale": 1.0}
+    raise ValueError(f"arrival.strategy {s!r} has no guidellm equivalent")
+
+
+def _profile(results: list) -> dict[str, Any]:
+    """guidellm ``ProfileArgs`` for the report-level ``config.spec.profile``."""
+    # guidellm has one profile per report: take the first benchmark's; every benchmark
+    # still carries its own exact strategy in ``config.strategy``
+    kind = _strategy(results[0].config.arrival)["type_"] if results else "synchronous"
+    if kind in ("constant", "poisson"):
+        rates = [float(r.config.arrival.rate_rps) for r in results if _strategy(r.config.arrival)["type_"] == kind]
+        prof: dict[str, Any] = {"kind": kind, "rate": rates}
+    elif kind == "concurrent":
+        prof = {"kind": kind, "streams": [int(r.config.arrival.concurrency) for r in results if r.config.arrival.strategy == "concurrent"]}
+    elif kind == "throughput":
+        prof = {"kind": kind, "max_concurrency": results[0].config.arrival.concurrency}
+    elif kind == "trace":
+        prof = {"kind": "replay"}
+    else:
+        prof = {"kind": kind}
+    return prof
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+_NONE_SUMMARY_FIELDS = {
+    "text": ("tokens", "words", "characters"),
+    "image": ("tokens", "images", "pixels", "bytes"),
+    "video": ("tokens", "frames", "seconds", "bytes"),
+    "audio": ("tokens", "samples", "seconds", "bytes"),
+}
+
+
+def _token_summary(groups: dict[str, list[_Req]], start: float, end: float) -> dict[str, Any]:
+    """``GenerativeMetricsSummary`` for text tokens (input = prompt, output = generated)."""
+
+    def timed(r: _Req) -> tuple[float, float, float, float]:
+        return (r.start, r.end, float(r.prompt), float(r.output))
+
+    out: dict[str, Any] = {}
+    for name, idx in (("input", 2), ("output", 3)):
+        vals = {k: [timed(r)[idx] for r in v] for k, v in groups.items()}
+        out[name] = _status_summary("values", vals)
+        out[f"{name}_per_second"] = _status_summary("rate", {k: [(r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
+        out[f"{name}_concurrency"] = _status_summary("concurrency", {k: [(r.start, r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
+    out["total"] = _status_summary("values", {k: [float(r.prompt + r.output) for r in v] for k, v in groups.items()})
+    out["total_per_second"] = _status_summary("rate", {k: [(r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
+    out["total_concurrency"] = _status_summary("concurrency", {k: [(r.start, r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
+    return out
+
+
+def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[str, Any]:
+    def values(fn) -> dict[str, Any]:
+        vals: dict[str, list] = {}
+        for k, reqs in groups.items():
+            acc: list = []
+            for r in reqs:
+                v = fn(r)
+                if v is None:
+                    continue
+                acc.extend(v) if isinstance(v, list) else acc.append(v)
+            vals[k] = acc
+        return _status_summary("values", vals)
+
+    def rates(fn) -> dict[str, Any]:
+        vals = {}
+        for k, reqs in groups.items():
+            acc: list = []
+            for r in reqs:
+                v = fn(r)
+                acc.extend(v) if isinstance(v, list) else acc.append(v)
+            vals[k] = acc
+        return _status_summary("rate", vals, start, end)
+
+    n = {k: len(v) for k, v in groups.items()}
+    zero = values(lambda r: 0.0)  # metrics guidellm defaults to 0.0 when unmeasured
+    text = _token_summary(groups, start, end)
+    return {
+        "request_totals": {**n, "total": sum(n.values())},
+        "requests_per_second": rates(lambda r: r.end),
+        "request_concurrency": _status_summary("concurrency", {k: [(r.start, r.end) for r in v] for k, v in groups.items()}, start, end),
+        "request_latency": values(lambda r: r.latency or 0.0),
+        "request_dispatch_delay": None,
+        "request_scheduled_latency": None,
+        "turn_predecessor_delay": None,
+        "turn_scheduling_delay": None,
+        "root_dispatch_delay": None,
+        "request_streaming_iterations_count": values(lambda r: 1.0),
+        "prompt_token_count": values(lambda r: float(r.prompt)),
+        "output_token_count": values(lambda r: float(r.output) or 0.0),
+        "total_token_count": values(lambda r: float(r.prompt + r.output)),
+        "time_to_first_token_ms": values(lambda r: r.ttft_ms or 0.0),
+        "time_to_first_output_token_ms": values(lambda r: r.ttft_ms or 0.0),
+        "time_per_output_token_ms": values(lambda r: (r.tpot_ms or 0.0, float(r.output))),
+        "inter_token_latency_ms": values(lambda r: (r.itl_ms or 0.0, float((r.output or 1) - 1))),
+        "time_to_last_round_trip_ms": zero,
+        "avg_round_trip_time_ms": zero,
+        "prompt_tokens_per_second": rates(lambda r: r.prompt_tokens_timing()),
+        "output_tokens_per_second": rates(lambda r: r.output_tokens_timings()),
+        "tokens_per_second": rates(lambda r: [r.prompt_tokens_timing(), *r.output_tokens_timings()]),
+        "output_tokens_per_iteration": values(lambda r: [t for _, t in r.output_tokens_timings()]),
+        "iter_tokens_per_iteration": values(lambda r: [t for _, t in r.iter_tokens_timings()]),
+        "text": {"tokens": text, "words": None, "characters": None},
+        "image": dict.fromkeys(_NONE_SUMMARY_FIELDS["image"]),
+        "video": dict.fromkeys(_NONE_SUMMARY_FIELDS["video"]),
+        "audio": dict.fromkeys(_NONE_SUMMARY_FIELDS["audio"]),
+        "tool_call": {"tokens": None, "mixed_tokens": None, "count": None},
+        "turns": None,
+        "slo_attainment": None,
+        "slo_determined_requests": 0,
+        "request_goodput": None,
+    }
+
+
+def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: str) -> dict[str, Any]:
+    df = res.requests
+    end_s = float(res.derived.get("end_s", 0.0)) if res.derived else 0.0
+    sent = df[df["status"] != "not_sent"]
+    reqs = [_Req(row, end_s) for row in sent.itertuples(index=False)]
+    groups: dict[str, list[_Req]] = {"successful": [], "incomplete": [], "errored": []}
+    for r in reqs:
+        groups[_STATUS_GROUP[r.status]].append(r)
+    fin = groups["successful"]
+    request_start = min((r.start for r in reqs), default=0.0)
+    request_end = max((r.end for r in reqs), default=request_start)
+    # measurement window = servesim's duration_s: first arrival → last finish
+    measure_end = max((r.end for r in fin), default=request_end)
+    strategy = _strategy(res.config.arrival)
+    n = {k: len(v) for k, v in groups.items()}
+    cfg_dump = res.config.model_dump(mode="json")
+    latency_avg = (sum(r.end - r.start for r in fin) / len(fin)) if fin else -1.0  # servesim mean E2E
+    return {
+        "type_": "generative_benchmark",
+        "config": {
+            "id_": f"{run_id}-{index}",
+            "run_id": run_id,
+            "run_index": index,
+            "strategy": strategy,
+            "constraints": {"max_requests": {"max_num": int(len(df))}},
+            "sample_size": None,
+            "prefer_response_metrics": True,
+            "slo": None,
+            "confidence": None,
+            "warnings": [],
+            "profile": _profile([res]),
+            "requests": {"servesim_workload": cfg_dump["workload"], "seed": cfg_dump["seed"]},
+            "backend": {"kind": "servesim", "target": backend_target, "model": model},
+            "environment": {"kind": "servesim", "simulated": True, "servesim_config": cfg_dump, "servesim_derived": _jsonable(res.derived)},
+        },
+        "scheduler_state": {
+            "node_id": 0,
+            "num_processes": 1,
+            "start_time": request_start,
+            "end_time": request_end,
+            "start_requests_time": request_start,
+            "end_requests_time": request_end,
+            "end_queuing_time": request_end,
+            "end_processing_time": request_end,
+            "created_requests": len(reqs),
+            "queued_requests": 0,
+            "pending_requests": 0,
+            "processing_requests": 0,
+            "processed_requests": len(reqs),
+            "successful_requests": n["successful"],
+            "errored_requests": n["errored"],
+            "cancelled_requests": n["incomplete"],
+        },
+        "scheduler_metrics": {
+            "start_time": request_start,
+            "request_start_time": request_start,
+            "measure_start_time": request_start,
+            "measure_end_time": measure_end,
+            "request_end_time": request_end,
+            "end_time": request_end,
+            "requests_made": {**n, "total": sum(n.values())},
+            "generation_delay": distribution_summary([]),
+            "queued_time_avg": -1.0,
+            "resolve_start_delay_avg": -1.0,
+            "resolve_targeted_start_delay_avg": -1.0,
+            "request_start_delay_avg": -1.0,
+            "request_targeted_start_delay_avg": -1.0,
+            "request_time_avg": latency_avg,
+            "resolve_end_delay_avg": -1.0,
+            "resolve_time_avg": latency_avg,
+            "finalized_delay_avg": -1.0,
+            "processed_delay_avg": -1.0,
+            "dataset_incomplete": bool(n["incomplete"] or (df["status"] == "not_sent").any()),
+            "strategy_type": strategy["type_"],
+        },
+        "metrics": _metrics(groups, request_start, measure_end),
+        "requests": {
+            "successful": [r.record(run_id, index) for r in groups["successful"]],
+            "incomplete": [r.record(run_id, index) for r in groups["incomplete"]],
+            "errored": [r.record(run_id, index) for r in groups["errored"]],
+            "total": None,
+        },
+        "warnings": [],
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return x
+
+
+def build_report(results: list, *, model: str, backend_target: str = "servesim://simulated") -> dict:
+    """A guidellm 0.8.1 ``GenerativeBenchmarksReport`` (as a JSON-serialisable dict).
+
+    ``results``: :class:`~sim.simulation.SimResult` objects, one benchmark each, in order.
+    ``model``: the model name to record (e.g. the Hugging Face id the run simulates).
+    Deterministic: no wall clock, no random ids; the same results give the same dict.
+    """
+    run_id = "servesim"
+    benchmarks = [_benchmark(res, i, run_id, model, backend_target) for i, res in enumerate(results)]
+    first = results[0].config if results else None
+    data = {"kind": "synthetic_text"}
+    if first is not None and first.workload.trace is None:
+        wl = first.workload
+        for key, dist in (("prompt_tokens", wl.prompt_tokens), ("output_tokens", wl.output_tokens)):
+            v = dist.value if dist.dist == "fixed" else dist.mean
+            if v is not None:
+                data[key] = int(round(v))
+    report = {
+        "metadata": {
+            "version": GUIDELLM_SCHEMA_VERSION,
+            "guidellm_version": f"servesim-{SERVESIM_VERSION} (guidellm {GUIDELLM_VERSION} schema)",
+            "python_version": platform.python_version(),
+            "platform": "servesim simulation",
+        },
+        "config": {
+            "metadata": {"labels": {"generator": "servesim", "servesim_version": SERVESIM_VERSION, "simulated": "true", "model": model}},
+            "spec": {
+                "backend": {"kind": "openai_http", "target": backend_target, "model": model},
+                "profile": _profile(results),
+                "data": [data],
+            },
+            "benchmarks": [None],
+        },
+        "benchmarks": benchmarks,
+        "conclusions": [],
+    }
+    return _jsonable(report)

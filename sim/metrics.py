@@ -6,8 +6,9 @@ Definitions (times in seconds in records, milliseconds in summaries, as ``_ms`` 
 * ITL = every gap between consecutive output tokens of a request (preemption gaps included).
 * TPOT = (E2E − TTFT) / (output − 1), vLLM's definition; undefined (NaN) for 1-token outputs.
 * ``time_per_output_token`` = E2E / output, guidellm's ``time_per_output_token_ms``.
-* Percentiles interpolate linearly between order statistics (numpy ``linear``), as vLLM's and
-  guidellm's benchmarks do.
+* Percentiles interpolate linearly between order statistics (numpy ``linear``), as vLLM's
+  benchmark scripts do. (guidellm 0.8.1 instead takes the first value whose cumulative share
+  reaches the percentile; the guidellm-compatible report applies guidellm's own rule.)
 
 The sink only records; it never decides anything about the simulation.
 """
@@ -60,43 +61,95 @@ def request_record(req: Request, status: str | None = None) -> RequestRecord:
     )
 
 
-_REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
+REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]
-_request_row = attrgetter(*_REQUEST_COLUMNS)
+_request_row = attrgetter(*REQUEST_COLUMNS)
+# Columns the summary needs; kept for every request even when records stream to disk.
+SUMMARY_COLUMNS = ("request_id", "status", "arrival_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queue_delay_s", "output_tokens", "num_preemptions")
+
+
+class ItlHistogram:
+    """Streaming ITL statistics for runs too long to keep every gap: exact count, mean and
+    max; percentiles from geometric bins 0.5 % wide (relative error <= 0.25 %) between
+    1e-7 s and 1e4 s, linearly interpolated within a bin."""
+
+    RATIO = 1.005  # bin width; the resolution the percentiles carry
+    LOW_S = 1e-7
+    HIGH_S = 1e4
+
+    def __init__(self) -> None:
+        n = int(math.ceil(math.log(self.HIGH_S / self.LOW_S) / math.log(self.RATIO)))
+        self.edges = self.LOW_S * self.RATIO ** np.arange(n + 1)
+        self.counts = np.zeros(n + 2, dtype=np.int64)  # [under, bins..., over]
+        self.count = 0
+        self.total_s = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        idx = np.searchsorted(self.edges, values, side="right")
+        self.counts += np.bincount(idx, minlength=len(self.counts))
+        self.count += len(values)
+        self.total_s += float(values.sum())
+
+    def percentile(self, q: float) -> float:
+        if self.count == 0:
+            return math.nan
+        rank = q / 100.0 * (self.count - 1)
+        cum = np.cumsum(self.counts)
+        i = int(np.searchsorted(cum, rank, side="right"))
+        lo = self.edges[max(i - 1, 0)] if i > 0 else 0.0
+        hi = self.edges[min(i, len(self.edges) - 1)]
+        before = cum[i - 1] if i > 0 else 0
+        frac = (rank - before) / max(self.counts[i], 1)
+        return float(lo + (hi - lo) * frac)
+
+    def stats_ms(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}_mean_ms": self.total_s / self.count * 1e3 if self.count else math.nan}
+        for p in PERCENTILES:
+            out[f"{prefix}_p{p}_ms"] = self.percentile(p) * 1e3
+        return out
+
+
 
 
 class MetricsSink:
-    """Collects request records and per-step columns in memory.
+    """Records a run: request records and step records, column-wise, plus ITLs.
 
-    Step records are kept column-wise (one list per :class:`~sim.entities.StepRecord` field)
-    so a step costs one append per column and no per-step object.
+    In memory by default. With ``spill`` (a callable ``spill(kind, frame)`` given by the
+    caller, e.g. a Parquet writer of the CLI), full chunks of ``chunk_rows`` records of kind
+    ``"requests"`` or ``"steps"`` are handed over and dropped from memory; the summary
+    columns (:data:`SUMMARY_COLUMNS`, ~60 bytes a request) and step counters stay, and ITLs
+    go to an :class:`ItlHistogram` instead of a list. Memory then stays bounded by the chunk
+    size plus the summary columns.
     """
 
-    def __init__(self, record_itls: bool = True) -> None:
+    def __init__(self, record_itls: bool = True, spill=None, chunk_rows: int = 65536) -> None:
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be >= 1")
         self.record_itls = record_itls
-        self.requests: list[RequestRecord] = []
-        self.step_columns: dict[str, list] = {name: [] for name in STEP_COLUMNS}
-        self._step_appenders = [self.step_columns[name].append for name in STEP_COLUMNS]
+        self.spill = spill
+        self.chunk_rows = chunk_rows
+        self.request_columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
+        self.summary_columns: dict[str, list | array] = {
+            name: ([] if name == "status" else array("q") if name in ("request_id", "output_tokens", "num_preemptions") else array("d"))
+            for name in SUMMARY_COLUMNS
+        }
+        self.step_rows: list[tuple] = []
         self.itls_s = array("d")
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.step_columns["step_index"])
+        self.itl_histogram = ItlHistogram() if spill is not None else None
+        self.num_steps = 0
+        self.num_mixed_steps = 0
+        self.sum_batch_tokens = 0
+        self.num_requests_done = 0
+        self.progress = None  # optional callable(done) for long runs
 
     def on_token(self, req: Request, t_s: float) -> None:
         """``req`` produced an output token at ``t_s``."""
-        if req.first_token_s < 0:
-            req.first_token_s = t_s
-        else:
-            gap = t_s - req.last_token_s
-            if gap > req.max_itl_s:
-                req.max_itl_s = gap
-            if self.record_itls:
-                self.itls_s.append(gap)
-        req.last_token_s = t_s
+        self.on_tokens([req], t_s)
 
     def on_tokens(self, reqs: list[Request], t_s: float) -> None:
-        """Each of ``reqs`` produced an output token at ``t_s`` (:meth:`on_token` for many)."""
+        """Each of ``reqs`` produced an output token at ``t_s``."""
         record = self.itls_s.append if self.record_itls else None
         for req in reqs:
             if req.first_token_s < 0:
@@ -108,26 +161,84 @@ class MetricsSink:
                 if record is not None:
                     record(gap)
             req.last_token_s = t_s
+        if self.itl_histogram is not None and len(self.itls_s) >= 1 << 20:
+            self._fold_itls()
 
-    def on_step(self, *values) -> None:
-        """One executed step; ``values`` in :class:`~sim.entities.StepRecord` field order."""
-        for append, v in zip(self._step_appenders, values):
-            append(v)
+    def _fold_itls(self) -> None:
+        self.itl_histogram.add(np.frombuffer(self.itls_s, dtype=float))
+        self.itls_s = array("d")
 
-    def on_request_done(self, req: Request) -> None:
-        """``req`` left the server (finished or rejected)."""
-        self.requests.append(request_record(req))
+    def on_step(self, row: tuple) -> None:
+        """One executed step; ``row`` in :class:`~sim.entities.StepRecord` field order."""
+        self.step_rows.append(row)
+        self.num_steps += 1
+        if row[8]:  # is_mixed
+            self.num_mixed_steps += 1
+        self.sum_batch_tokens += row[3] + row[4]  # prefill tokens + decode requests
+        if self.spill is not None and len(self.step_rows) >= self.chunk_rows:
+            self._spill_steps()
+
+    def on_request_done(self, req: Request, status: str | None = None) -> None:
+        """``req`` left the server (finished or rejected), or is reported at the horizon."""
+        self.add_record(request_record(req, status))
+
+    def add_record(self, rec: RequestRecord) -> None:
+        cols = self.request_columns
+        for name, value in zip(REQUEST_COLUMNS, _request_row(rec)):
+            cols[name].append(value)
+        sc = self.summary_columns
+        for name in SUMMARY_COLUMNS:
+            sc[name].append(getattr(rec, name))
+        self.num_requests_done += 1
+        if self.progress is not None:
+            self.progress(self.num_requests_done)
+        if self.spill is not None and len(cols["request_id"]) >= self.chunk_rows:
+            self._spill_requests()
+
+    def _spill_requests(self) -> None:
+        cols = self.request_columns
+        if cols["request_id"]:
+            self.spill("requests", pd.DataFrame(cols, columns=REQUEST_COLUMNS))
+            self.request_columns = {name: [] for name in REQUEST_COLUMNS}
+
+    def _spill_steps(self) -> None:
+        if self.step_rows:
+            self.spill("steps", steps_frame(self.step_rows))
+            self.step_rows = []
+
+    def finish(self) -> None:
+        """Flush what is buffered (streaming mode)."""
+        if self.spill is not None:
+            self._spill_requests()
+            self._spill_steps()
+            if self.itl_histogram is not None:
+                self._fold_itls()
+
+    def summary_frame(self) -> pd.DataFrame:
+        """The summary columns of every recorded request, sorted by request id (so sums run
+        in the same order as over the full table)."""
+        df = pd.DataFrame({n: (self.summary_columns[n] if n == "status" else np.asarray(self.summary_columns[n])) for n in SUMMARY_COLUMNS})
+        return df.sort_values("request_id", kind="stable").reset_index(drop=True)
+
+    def step_stats(self) -> dict:
+        return {
+            "num_steps": self.num_steps,
+            "num_mixed_steps": self.num_mixed_steps,
+            "mean_batch_tokens": self.sum_batch_tokens / self.num_steps if self.num_steps else math.nan,
+        }
 
 
-def requests_frame(records: list[RequestRecord]) -> pd.DataFrame:
-    """Per-request table, sorted by request id (stable, for byte-identical outputs)."""
-    df = pd.DataFrame([_request_row(r) for r in records], columns=_REQUEST_COLUMNS)
+def requests_frame(columns: dict[str, list]) -> pd.DataFrame:
+    """Per-request table from record columns, sorted by request id (stable ⇒ byte-identical)."""
+    df = pd.DataFrame(columns, columns=REQUEST_COLUMNS)
     return df.sort_values("request_id", kind="stable").reset_index(drop=True)
 
 
-def steps_frame(columns: dict[str, list]) -> pd.DataFrame:
-    """Per-step table from the sink's step columns."""
-    return pd.DataFrame({name: columns[name] for name in STEP_COLUMNS}, columns=STEP_COLUMNS)
+def steps_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Per-step table from the sink's step rows."""
+    return pd.DataFrame.from_records(rows, columns=STEP_COLUMNS) if rows else pd.DataFrame(
+        {name: [] for name in STEP_COLUMNS}, columns=STEP_COLUMNS
+    )
 
 
 def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:
@@ -138,18 +249,22 @@ def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def summarize(requests: pd.DataFrame, steps: pd.DataFrame, itls_s: np.ndarray | array | None = None) -> dict[str, float | int]:
+def summarize(requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array | ItlHistogram | None = None) -> dict[str, float | int]:
     """Aggregate metrics of one run (latencies over finished requests).
 
-    Throughput is measured over the run's span, first arrival to last finish.
+    ``requests`` needs the :data:`SUMMARY_COLUMNS`; ``step_stats`` holds ``num_steps``,
+    ``num_mixed_steps`` and ``mean_batch_tokens``; ``itls`` are all inter-token gaps (seconds)
+    or their histogram. Throughput is measured over the run's span, first arrival to last
+    finish.
     """
-    fin = requests[requests["status"] == RequestStatus.FINISHED.value]
+    status = requests["status"]
+    fin = requests[status == RequestStatus.FINISHED.value]
     out: dict[str, float | int] = {
         "num_requests": int(len(requests)),
         "num_finished": int(len(fin)),
-        "num_rejected": int((requests["status"] == RequestStatus.REJECTED.value).sum()),
-        "num_in_flight": int((requests["status"] == "in_flight").sum()),
-        "num_not_sent": int((requests["status"] == "not_sent").sum()),
+        "num_rejected": int((status == RequestStatus.REJECTED.value).sum()),
+        "num_in_flight": int((status == "in_flight").sum()),
+        "num_not_sent": int((status == "not_sent").sum()),
     }
     for col, name in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e"), ("queue_delay_s", "queue_delay")):
         out.update(_stats_ms(fin[col].to_numpy(dtype=float), name))
@@ -157,17 +272,16 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, itls_s: np.ndarray | 
         out["time_per_output_token_mean_ms"] = float((fin["e2e_s"] / fin["output_tokens"]).mean() * 1e3)
     else:
         out["time_per_output_token_mean_ms"] = math.nan
-    if itls_s is not None:
-        out.update(_stats_ms(np.asarray(itls_s, dtype=float), "itl"))
-    if len(fin):
-        span_s = float(fin["finish_s"].max() - requests["arrival_s"].min())
-    else:
-        span_s = 0.0
+    if isinstance(itls, ItlHistogram):
+        out.update(itls.stats_ms("itl"))
+    elif itls is not None:
+        out.update(_stats_ms(np.asarray(itls, dtype=float), "itl"))
+    span_s = float(fin["finish_s"].max() - requests["arrival_s"].min()) if len(fin) else 0.0
     out["duration_s"] = span_s
     out["output_tokens_per_s"] = float(fin["output_tokens"].sum() / span_s) if span_s > 0 else math.nan
     out["requests_per_s"] = float(len(fin) / span_s) if span_s > 0 else math.nan
     out["num_preemptions"] = int(requests["num_preemptions"].sum())
-    out["num_steps"] = int(len(steps))
-    out["num_mixed_steps"] = int(steps["is_mixed"].sum()) if len(steps) else 0
-    out["mean_batch_tokens"] = float((steps["num_prefill_tokens"] + steps["num_decode_reqs"]).mean()) if len(steps) else math.nan
+    out["num_steps"] = int(step_stats["num_steps"])
+    out["num_mixed_steps"] = int(step_stats["num_mixed_steps"])
+    out["mean_batch_tokens"] = float(step_stats["mean_batch_tokens"])
     return out

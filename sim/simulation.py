@@ -32,7 +32,6 @@ from .config import (
 )
 from .cost import COST_MODELS
 from .engine import Engine
-from .entities import RequestStatus
 from .errors import ConfigError
 from .hardware import GpuSpec, resolve_gpu
 from .metrics import MetricsSink, request_record, requests_frame, steps_frame, summarize
@@ -124,7 +123,9 @@ class Simulation:
     server limits), ``cost_model``, ``kv``, ``scheduler``, ``workload``, ``sink``, ``engine``.
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536) -> None:
+        """Build every part of the run. ``spill(kind, frame)``, if given, receives the request
+        and step records in chunks of ``chunk_rows`` (streaming mode, for very long runs)."""
         self.cfg = cfg
         self.model = resolve_model(cfg.model)
         self.gpu = resolve_gpu(cfg.gpu)
@@ -144,7 +145,7 @@ class Simulation:
         self.scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(sched_limits, self.kv)
         self.workload = build_workload(cfg.workload, self.streams)
         self.env = simpy.Environment()
-        self.sink = MetricsSink(record_itls=cfg.record_itls)
+        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows)
         self.engine = Engine(
             self.env,
             self.scheduler,
@@ -156,20 +157,42 @@ class Simulation:
         )
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, self.engine.submit, self.workload, cfg.arrival, self.streams)
 
-    def run(self) -> SimResult:
-        """Run to the horizon (or until every request left) and tabulate. Call once."""
+    def run(self, progress=None) -> SimResult:
+        """Run to the horizon (or until every request left) and tabulate. Call once.
+
+        ``progress(done, total)`` is called as requests leave (about every 1 %). Requests
+        still in the server at the horizon are recorded ``in_flight``, those never sent
+        ``not_sent``. In streaming mode the returned ``requests`` table holds only the
+        summary columns and ``steps`` is empty: the full records went to ``spill``.
+        """
         cfg = self.cfg
+        sink = self.sink
+        total = len(self.workload)
+        if progress is not None:
+            every = max(1, total // 100)
+            sink.progress = lambda done: progress(done, total) if done % every == 0 or done == total else None
         self.env.run(until=cfg.horizon_s)
-        records = list(self.sink.requests)
-        left = {r.request_id for r in records}
-        for req in self.workload.requests:
-            if req.request_id not in left:
-                status = "not_sent" if req.status is RequestStatus.PENDING else "in_flight"
-                records.append(request_record(req, status))
-        req_df = requests_frame(records)
-        step_df = steps_frame(self.sink.step_columns)
-        itls = np.asarray(self.sink.itls_s, dtype=float)
-        summary = summarize(req_df, step_df, itls if cfg.record_itls else None)
+        sink.progress = None
+        # Requests are created and submitted in id order, so ids >= num_submitted were never sent.
+        for req in sorted([*self.scheduler.waiting, *self.scheduler.running], key=lambda r: r.request_id):
+            sink.on_request_done(req, "in_flight")
+        for i in range(self.engine.num_submitted, total):
+            sink.add_record(request_record(self.workload.make_request(i), "not_sent"))
+        if progress is not None:
+            progress(total, total)
+        streamed = sink.spill is not None
+        sink.finish()
+        if streamed:
+            req_df = sink.summary_frame()
+            step_df = steps_frame([])
+            itls = np.empty(0)
+            itl_source = sink.itl_histogram if cfg.record_itls else None
+        else:
+            req_df = requests_frame(sink.request_columns)
+            step_df = steps_frame(sink.step_rows)
+            itls = np.asarray(sink.itls_s, dtype=float)
+            itl_source = itls if cfg.record_itls else None
+        summary = summarize(req_df, sink.step_stats(), itl_source)
         derived = dict(
             self.limits,
             cost_model=self.cost_model.name,
@@ -177,6 +200,7 @@ class Simulation:
             policy=cfg.scheduler.policy,
             end_s=float(self.env.now),
             num_steps=self.engine.num_steps,
+            streamed=streamed,
         )
         return SimResult(cfg, req_df, step_df, itls, summary, derived)
 

@@ -13,6 +13,7 @@ Randomness: named streams ``workload.prompt``, ``workload.output``, ``workload.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,45 @@ DEFAULT_NUM_SYNTHETIC_REQUESTS = 100
 
 @dataclass
 class Workload:
-    """Requests in send order, and their send offsets (seconds) when the source has them."""
+    """The requests of a run as arrays, in send order (request id = index).
 
-    requests: list[Request]
+    Request objects are created lazily by :meth:`iter_requests`, so a million-request run
+    holds only the requests in flight. ``offsets_s`` are trace send offsets when the source
+    has them.
+    """
+
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    prefix_groups: np.ndarray
+    prefix_tokens: np.ndarray
+    priorities: np.ndarray
     offsets_s: np.ndarray | None = None
+    created: int = 0
 
     def __len__(self) -> int:
-        return len(self.requests)
+        return len(self.prompt_tokens)
+
+    def make_request(self, i: int) -> Request:
+        group = int(self.prefix_groups[i])
+        return Request(
+            request_id=i,
+            prompt_tokens=int(self.prompt_tokens[i]),
+            output_tokens=int(self.output_tokens[i]),
+            prefix_group=group,
+            prefix_tokens=int(self.prefix_tokens[i]) if group >= 0 else 0,
+            priority=int(self.priorities[i]),
+        )
+
+    def iter_requests(self) -> Iterator[Request]:
+        """Requests 0..n-1 in order, created on demand (``created`` counts them)."""
+        for i in range(len(self)):
+            self.created = i + 1
+            yield self.make_request(i)
+
+    @property
+    def requests(self) -> list[Request]:
+        """All requests as new objects (for inspection; simulations use :meth:`iter_requests`)."""
+        return [self.make_request(i) for i in range(len(self))]
 
 
 def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,6 +82,9 @@ def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.nda
 
 
 TRACE_REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
+# Largest token count a trace cell may hold: far beyond any model's context, and small enough
+# that float64 holds it exactly and int64 sums of many requests cannot overflow.
+TRACE_MAX_TOKENS = 2**40
 
 
 def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bool = True) -> pd.DataFrame:
@@ -79,11 +115,14 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
     if df.empty:
         raise ConfigError(f"workload.trace.path: {p} has no usable rows")
     for col in TRACE_REQUIRED_COLUMNS:
-        vals = pd.to_numeric(df[col], errors="coerce")
-        bad = vals.isna() | (vals < 1) | (vals != np.floor(vals))
+        vals = pd.to_numeric(df[col], errors="coerce").astype(float)
+        # inf and values past TRACE_MAX_TOKENS would not survive the int64 cast below
+        bad = vals.isna() | ~np.isfinite(vals) | (vals < 1) | (vals > TRACE_MAX_TOKENS) | (vals != np.floor(vals))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ConfigError(f"workload.trace.path: {p}: column {col} must hold integers >= 1; row {row} has {df[col].iloc[row]!r}")
+            raise ConfigError(
+                f"workload.trace.path: {p}: column {col} must hold integers >= 1 and <= {TRACE_MAX_TOKENS}; row {row} has {df[col].iloc[row]!r}"
+            )
         df = df.assign(**{col: vals.astype(np.int64)})
     if "start_offset_s" in df.columns:
         off = pd.to_numeric(df["start_offset_s"], errors="coerce")
@@ -122,15 +161,12 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
         priorities = streams.get("workload.priority").integers(0, cfg.priority_levels, size=n)
     else:
         priorities = np.zeros(n, dtype=np.int64)
-    reqs = [
-        Request(
-            request_id=i,
-            prompt_tokens=int(prompts[i]),
-            output_tokens=int(outputs[i]),
-            prefix_group=int(groups[i]),
-            prefix_tokens=int(prefix[i]) if groups[i] >= 0 else 0,
-            priority=int(priorities[i]),
-        )
-        for i in range(n)
-    ]
-    return Workload(reqs, offsets)
+    prefix = np.where(groups >= 0, prefix, 0)
+    return Workload(
+        np.asarray(prompts, dtype=np.int64),
+        np.asarray(outputs, dtype=np.int64),
+        np.asarray(groups, dtype=np.int64),
+        np.asarray(prefix, dtype=np.int64),
+        np.asarray(priorities, dtype=np.int64),
+        offsets,
+    )

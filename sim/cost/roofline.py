@@ -266,9 +266,16 @@ class RooflineCostModel:
         ``compute_s``/``memory_s`` are the single-pass bounds of the whole step (Cmix, Mmix:
         fused GEMM + attention; weights read once); ``prefill_s``/``decode_s`` are Tp and Td.
         """
+        oh = self._overhead_s
+        if batch.num_prefill_reqs == 0 and batch.num_decode_reqs:
+            # Decode-only step, the common case: O(1) from the batch aggregates, and the same
+            # arithmetic as the general path below (combine() of one phase is max(C, M)).
+            cd, md, gd = self.decode_terms_aggregate(batch.num_decode_reqs, batch.decode_context_sum, batch.decode_context_max)
+            td = cd if cd > md else md
+            return StepCost(total_s=td + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
         terms = self.phase_terms(batch)
         if not (terms.has_prefill or terms.has_decode):
-            return StepCost(total_s=self._overhead_s, overhead_s=self._overhead_s)
+            return StepCost(total_s=oh, overhead_s=oh)
         gpu_s = combine(self.formula, terms)
         return StepCost(
             total_s=gpu_s + self._overhead_s,
@@ -278,6 +285,34 @@ class RooflineCostModel:
             prefill_s=terms.prefill_s,
             decode_s=terms.decode_s,
         )
+
+
+def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
+    """The straightforward pricing of ``batch``: per-item decode terms (:meth:`decode_terms`
+    over every context, Σ D(p, 1) item by item), no aggregates, no fast path. Equal to
+    :meth:`RooflineCostModel.price` up to floating-point rounding; tests compare the two."""
+    dec = [it.context_tokens for it in batch.items if it.is_decode]
+    pre = [(it.context_tokens, it.new_tokens) for it in batch.items if not it.is_decode and it.new_tokens > 0]
+    cd = md = gd = cp = mp = gp = 0.0
+    if dec:
+        cd, md, gd = model.decode_terms(dec)
+    if pre:
+        cp, mp, gp = model.prefill_terms(pre)
+    np_tokens = sum(new for _, new in pre)
+    if model.gemm_m == "requests":
+        pre_rows, pre_gemm_sub = len(pre), model.gemm_s(len(pre))
+    else:
+        pre_rows, pre_gemm_sub = np_tokens, gp
+    dyn_all = sum(model.dynamic_bytes(p, 1) for p in dec) + sum(model.dynamic_bytes(c, n) for c, n in pre)
+    terms = PhaseTerms(
+        prefill_compute_s=cp, prefill_memory_s=mp, decode_compute_s=cd, decode_memory_s=md,
+        num_prefill_tokens=np_tokens, num_decode_reqs=len(dec), prefill_gemm_s=pre_gemm_sub, decode_gemm_s=gd,
+        fused_gemm_s=model.gemm_s(pre_rows + len(dec)), mixed_memory_s=model._memory_s(dyn_all),
+    )
+    oh = model._overhead_s
+    gpu_s = combine(model.formula, terms)
+    return StepCost(total_s=gpu_s + oh, compute_s=terms.mixed_compute_s, memory_s=terms.mixed_memory_s,
+                    overhead_s=oh, prefill_s=terms.prefill_s, decode_s=terms.decode_s)
 
 
 def build_roofline(

@@ -1,0 +1,123 @@
+"""Performance benchmarks P1–P3 and scaling, printed as a Markdown table.
+
+Each case runs in a fresh subprocess so that its peak memory (ru_maxrss) is its own.
+
+    python scripts/bench.py                 # P1, P3 and the scaling table
+    python scripts/bench.py --p2            # also P2 (100,000 requests, streamed)
+    python scripts/bench.py --million       # also 1,000,000 requests, streamed to disk
+
+P1: Llama-2-7B, TP 1, H100, 10,000 requests, prompt 512±256 [2, 7000], output 215±100
+[2, 7000], constant 50 req/s, seed 42, 256 seats, 2048-token budget, roofline +
+weighted-average. P2: the same at 100,000 requests, records streamed to Parquet. P3: a
+12-point sweep of P1 at 1,000 requests per point (process pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+P1 = {
+    "seed": 42,
+    "model": "llama-2-7b",
+    "gpu": "H100",
+    "server": {"max_num_seqs": 256, "max_num_batched_tokens": 2048},
+    "cost": {"model": "roofline", "formula": "weighted-average"},
+    "workload": {
+        "num_requests": 10000,
+        "prompt_tokens": {"dist": "normal", "mean": 512, "stdev": 256, "min": 2, "max": 7000},
+        "output_tokens": {"dist": "normal", "mean": 215, "stdev": 100, "min": 2, "max": 7000},
+    },
+    "arrival": {"strategy": "constant", "rate_rps": 50},
+}
+
+
+def _child(case: dict) -> dict:
+    """Runs inside the subprocess: one case, returns its figures."""
+    from sim.config import merge, parse_run_config
+
+    cfg = parse_run_config(merge(P1, case.get("override", {})))
+    t0 = time.perf_counter()
+    if case["kind"] == "run":
+        from sim.simulation import Simulation
+
+        spill = None
+        tmp = None
+        if case.get("stream"):
+            from pathlib import Path
+
+            from sim.cli_output import StreamingParquet
+
+            tmp = tempfile.mkdtemp(prefix="servesim-bench-")
+            spill = StreamingParquet({"requests": Path(tmp) / "requests.parquet", "steps": Path(tmp) / "steps.parquet"})
+        res = Simulation(cfg, spill=spill).run()
+        if spill is not None:
+            spill.commit()
+        wall = time.perf_counter() - t0
+        s = res.summary
+        return {
+            "wall_s": wall, "requests": s["num_requests"], "steps": s["num_steps"],
+            "requests_per_wall_s": s["num_requests"] / wall, "steps_per_wall_s": s["num_steps"] / wall,
+            "mean_batch_tokens": s["mean_batch_tokens"], "finished": s["num_finished"],
+        }
+    from sim.executor import run_many
+    from sim.sweep import run_sweep
+
+    res = run_sweep(cfg, lambda cfgs: run_many(cfgs, "process"))
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "points": len(res.points), "requests": sum(p.result.summary["num_requests"] for p in res.points),
+            "steps": sum(p.result.summary["num_steps"] for p in res.points)}
+
+
+def run_case(case: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child")
+    ap.add_argument("--p2", action="store_true", help="also P2: 100,000 requests (streamed)")
+    ap.add_argument("--million", action="store_true", help="also 1,000,000 requests (streamed)")
+    args = ap.parse_args()
+    if args.child:
+        case = json.loads(args.child)
+        out = _child(case)
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out))
+        return
+
+    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+          f"{__import__('os').cpu_count()} CPUs")
+    cases = [("P1", {"kind": "run"})]
+    if args.p2:
+        cases.append(("P2", {"kind": "run", "stream": True, "override": {"workload": {"num_requests": 100000}}}))
+    if args.million:
+        cases.append(("1M", {"kind": "run", "stream": True, "override": {"workload": {"num_requests": 1000000}, "record_itls": False}}))
+    cases.append(("P3", {"kind": "sweep", "override": {"workload": {"num_requests": 1000}, "sweep": {"num_points": 12}}}))
+    # scaling with load: cost per step vs batch size, same number of requests
+    for rate in (5, 20, 50):
+        cases.append((f"scale@{rate}", {"kind": "run", "override": {"workload": {"num_requests": 3000}, "arrival": {"rate_rps": rate}}}))
+    print("| case | wall s | peak RSS MB | requests | steps | req/wall-s | steps/wall-s | mean batch tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    results = {}
+    for name, case in cases:
+        r = run_case(case)
+        results[name] = r
+        print(f"| {name} | {r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['requests']} | {r['steps']} | "
+              f"{r.get('requests_per_wall_s', r['requests'] / r['wall_s']):.0f} | "
+              f"{r.get('steps_per_wall_s', r['steps'] / r['wall_s']):.0f} | {r.get('mean_batch_tokens', float('nan')):.1f} |", flush=True)
+    if "P2" in results:
+        print(f"\nP2/P1 wall ratio: {results['P2']['wall_s'] / results['P1']['wall_s']:.2f} (target <= 12)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The optimised pricing path equals the straightforward model on random batches."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.config import parse_run_config
+from sim.cost import COST_MODELS
+from sim.cost.roofline import price_reference
+from sim.entities import Batch, BatchItem
+
+MODELS = {
+    (formula, gemm_m, model, tp): COST_MODELS.get("roofline")(
+        parse_run_config({"model": model, "tensor_parallel_size": tp, "cost": {"formula": formula, "gemm_m": gemm_m}})
+    )
+    for formula in ("weighted-average", "smooth-wa", "additive", "max")
+    for gemm_m in ("tokens", "requests")
+    for model, tp in (("llama-2-7b", 1), ("llama-2-70b", 4))
+}
+
+items = st.lists(
+    st.one_of(
+        st.tuples(st.just(True), st.just(1), st.integers(0, 8000)),  # decode: 1 token at context p
+        st.tuples(st.just(False), st.integers(1, 4096), st.integers(0, 8000)),  # prefill chunk
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=items, key=st.sampled_from(sorted(MODELS)))
+def test_fast_price_equals_reference(items, key):
+    model = MODELS[key]
+    batch = Batch.of([BatchItem(i, n, ctx, dec) for i, (dec, n, ctx) in enumerate(items)])
+    fast, ref = model.price(batch), price_reference(model, batch)
+    for field in ("total_s", "compute_s", "memory_s", "overhead_s", "prefill_s", "decode_s"):
+        assert getattr(fast, field) == pytest.approx(getattr(ref, field), rel=1e-12, abs=1e-15), field
