@@ -12,6 +12,7 @@ When there is no work the engine sleeps until :meth:`Engine.submit` wakes it.
 
 from __future__ import annotations
 
+import numpy as np
 import simpy
 
 from .cost.base import CostModel
@@ -34,6 +35,7 @@ class Engine:
         max_model_len: int,
         kv_capacity_tokens: int,
         max_prefill_tokens_unchunked: int | None = None,
+        fast_forward: bool = True,
     ) -> None:
         self.env = env
         self.scheduler = scheduler
@@ -43,6 +45,13 @@ class Engine:
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_prefill_tokens_unchunked = max_prefill_tokens_unchunked
         self._idle: simpy.Event | None = None
+        # Fast-forward applies to policies that schedule every running decode-ready request
+        # for one token when nothing waits (vLLM V1 and policies that only reorder the queue).
+        self.fast_forward = (
+            fast_forward
+            and getattr(type(scheduler), "schedule", None) is VllmV1Scheduler.schedule
+            and getattr(scheduler, "_plain_decodes", False)
+        )
         self.num_submitted = 0
         self.num_steps = 0
         self.process = env.process(self._loop())
@@ -88,6 +97,7 @@ class Engine:
         sched = self.scheduler
         price = self.cost_model.price
         sink = self.sink
+        ff_price = getattr(self.cost_model, "price_decode", None) if self.fast_forward else None
         while True:
             if not sched.has_work():
                 self._idle = env.event()
@@ -95,6 +105,11 @@ class Engine:
                 self._idle = None
             if env.peek() == env.now:
                 yield env.timeout(0)  # let arrivals due now join this step
+            if ff_price is not None and not sched.waiting and sched.running:
+                window = self._decode_window(ff_price)
+                if window is not None:
+                    yield from self._fast_forward(*window)
+                    continue
             start_s = env.now
             out = sched.schedule(start_s)
             if out.is_empty:
@@ -130,3 +145,129 @@ class Engine:
                 req.finish_s = end_s
                 sink.on_request_done(req)
                 self._signal_done(req)
+
+    # ------------------------------------------------------------ fast-forward
+    MAX_WINDOW_STEPS = 4096  # bounds the per-window arrays
+    MIN_WINDOW_STEPS = 2
+
+    def _decode_window(self, price_decode):
+        """A stretch of pure-decode steps that can be applied at once, or None.
+
+        Preconditions checked here: nothing waits; every running request is an ordinary decode
+        that produced a token at ``now`` (so it was in the previous step and every gap equals
+        the step time); all fit the budget. The window ends before the first step that would
+        finish a request, start at or after the next pending event (arrivals, horizon), or
+        need KV blocks that are not free (preemption). Inside it, the scheduler would plan the
+        same batch shape every step: all running requests, one token each.
+        """
+        sched = self.scheduler
+        running = sched.running
+        n = len(running)
+        if n > sched.limits.max_num_batched_tokens:
+            return None
+        now = self.env.now
+        k_finish = self.MAX_WINDOW_STEPS + 1
+        ctx_sum = ctx_max = 0
+        for r in running:
+            if r.num_output_generated == 0 or r.last_token_s != now or r.num_computed_tokens != r.num_tokens - 1:
+                return None
+            left = r.output_tokens - r.num_output_generated
+            if left < k_finish:
+                k_finish = left
+            c = r.num_computed_tokens
+            ctx_sum += c
+            if c > ctx_max:
+                ctx_max = c
+        k_max = k_finish - 1  # the step that finishes a request runs normally
+        if k_max < self.MIN_WINDOW_STEPS:
+            return None
+        # KV: blocks needed after k steps must be free now (no preemption inside the window)
+        kv = sched.kv
+        bs = kv.block_size
+        computed = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=n)
+        held = np.fromiter((kv.blocks_of(r.request_id) for r in running), dtype=np.int64, count=n)
+        free = kv.num_free_blocks
+
+        def extra_blocks(k: int) -> int:
+            return int(np.maximum(-(-(computed + k) // bs) - held, 0).sum())
+
+        if extra_blocks(k_max) > free:
+            lo, hi = 0, k_max  # largest k with extra_blocks(k) <= free
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if extra_blocks(mid) <= free:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k_max = lo
+            if k_max < self.MIN_WINDOW_STEPS:
+                return None
+        # step times, accumulated exactly as the clock would (t += duration)
+        nxt = self.env.peek()
+        t = now
+        times = [now]
+        costs = []
+        for j in range(k_max):
+            cost = price_decode(n, ctx_sum + j * n, ctx_max + j)
+            if not cost.total_s > 0:
+                raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {cost.total_s} s")
+            t_next = t + cost.total_s
+            if not t_next < nxt:
+                break
+            t = t_next
+            times.append(t)
+            costs.append(cost.total_s)
+        if len(costs) < self.MIN_WINDOW_STEPS:
+            return None
+        return times, costs, computed, held
+
+    def _fast_forward(self, times: list[float], costs: list[float], computed: np.ndarray, held: np.ndarray):
+        """Apply a decode window (see :meth:`_decode_window`): the clock advances step by
+        step, but request state, KV and records are updated in bulk; the records are exactly
+        those the step-by-step loop would have written."""
+        env = self.env
+        sched = self.scheduler
+        kv = sched.kv
+        sink = self.sink
+        running = list(sched.running)
+        n = len(running)
+        k = len(costs)
+        base_used = kv.num_used_blocks
+        # Allocate the window's new blocks in the order the step loop would (by step, then by
+        # running order), so free-queue order and prefix-cache evictions stay identical.
+        bs = kv.block_size
+        events = []
+        for i in range(n):
+            j = int(held[i]) * bs - int(computed[i]) + 1  # first step whose token needs a new block
+            while j <= k:
+                events.append((j, i))
+                j += bs
+        events.sort()
+        for j, i in events:
+            if not kv.allocate_slots(running[i], j):
+                raise SimulationError("fast-forward KV allocation failed after the window check")
+        # One timeout per step keeps the clock's float arithmetic identical to the step loop
+        # (a single jump cannot always land on the same double); it is cheap next to the
+        # per-request work the window skips.
+        timeout = env.timeout
+        for c in costs:
+            yield timeout(c)
+        end = times[-1]
+        if env.now != end:
+            raise SimulationError(f"fast-forward clock drift: {env.now!r} != {end!r}")
+        gaps = [times[j + 1] - times[j] for j in range(k)]
+        max_gap = max(gaps)
+        for r in running:
+            r.num_computed_tokens += k
+            r.num_output_generated += k
+            r.last_token_s = end
+            if max_gap > r.max_itl_s:
+                r.max_itl_s = max_gap
+        sink.on_gaps(np.repeat(np.asarray(gaps), n))
+        steps = np.arange(1, k + 1, dtype=np.int64)
+        need = -(-(computed[:, None] + steps[None, :]) // bs) - held[:, None]
+        used = base_used + np.maximum(need, 0).sum(axis=0)
+        first = self.num_steps
+        for j in range(k):
+            sink.on_step((first + j, times[j], costs[j], 0, n, 0, n, 0, False, int(used[j]), 0))
+        self.num_steps += k

@@ -164,6 +164,14 @@ class MetricsSink:
         if self.itl_histogram is not None and len(self.itls_s) >= 1 << 20:
             self._fold_itls()
 
+    def on_gaps(self, gaps_s: np.ndarray) -> None:
+        """Inter-token gaps recorded in bulk (engine fast-forward), in the order the
+        step-by-step loop would have recorded them."""
+        if self.record_itls:
+            self.itls_s.frombytes(np.ascontiguousarray(gaps_s, dtype=np.float64).tobytes())
+            if self.itl_histogram is not None and len(self.itls_s) >= 1 << 20:
+                self._fold_itls()
+
     def _fold_itls(self) -> None:
         self.itl_histogram.add(np.frombuffer(self.itls_s, dtype=float))
         self.itls_s = array("d")

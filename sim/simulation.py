@@ -123,9 +123,11 @@ class Simulation:
     server limits), ``cost_model``, ``kv``, ``scheduler``, ``workload``, ``sink``, ``engine``.
     """
 
-    def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536) -> None:
+    def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536, fast_forward: bool = True) -> None:
         """Build every part of the run. ``spill(kind, frame)``, if given, receives the request
-        and step records in chunks of ``chunk_rows`` (streaming mode, for very long runs)."""
+        and step records in chunks of ``chunk_rows`` (streaming mode, for very long runs).
+        ``fast_forward`` lets the engine apply stretches of pure-decode steps at once (same
+        results; off only to check that)."""
         self.cfg = cfg
         self.model = resolve_model(cfg.model)
         self.gpu = resolve_gpu(cfg.gpu)
@@ -154,6 +156,7 @@ class Simulation:
             max_model_len=self.limits["max_model_len"],
             kv_capacity_tokens=self.limits["kv_capacity_tokens"],
             max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else self.limits["max_num_batched_tokens"],
+            fast_forward=fast_forward,
         )
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, self.engine.submit, self.workload, cfg.arrival, self.streams)
 

@@ -27,5 +27,16 @@ class CostModel(Protocol):
         ...
 
 
+class DecodePricer(Protocol):
+    """Optional extension: a cost model that can price a decode-only step from its aggregates.
+
+    ``price_decode(n, context_sum, context_max)`` must equal ``price(batch)`` for every
+    decode-only batch of ``n`` decodes with those context sum and maximum. Cost models that
+    have it let the engine fast-forward stretches of pure decode steps.
+    """
+
+    def price_decode(self, n: int, context_sum: int, context_max: int) -> StepCost: ...
+
+
 COST_MODELS: Registry = Registry("cost model")
 """Registry of cost-model factories: ``factory(ctx: BuildContext) -> CostModel``."""

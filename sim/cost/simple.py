@@ -27,6 +27,10 @@ class FixedCostModel:
     def price(self, batch: Batch) -> StepCost:
         return StepCost(total_s=self.step_s, overhead_s=self.step_s)
 
+    def price_decode(self, n: int, context_sum: int, context_max: int) -> StepCost:
+        """Price of a decode-only step (same as :meth:`price`)."""
+        return StepCost(total_s=self.step_s, overhead_s=self.step_s)
+
 
 @dataclass(frozen=True, slots=True)
 class LinearCostModel:
@@ -40,6 +44,11 @@ class LinearCostModel:
     def __post_init__(self) -> None:
         if not self.base_s > 0 or self.per_prefill_token_s < 0 or self.per_decode_token_s < 0:
             raise ValueError("linear cost model needs base_s > 0 and non-negative per-token terms")
+
+    def price_decode(self, n: int, context_sum: int, context_max: int) -> StepCost:
+        """Price of a decode-only step of ``n`` decodes (same as :meth:`price`)."""
+        decode_s = self.per_decode_token_s * n
+        return StepCost(total_s=self.base_s + 0.0 + decode_s, compute_s=0.0 + decode_s, overhead_s=self.base_s, prefill_s=0.0, decode_s=decode_s)
 
     def price(self, batch: Batch) -> StepCost:
         prefill_s = self.per_prefill_token_s * batch.num_prefill_tokens
