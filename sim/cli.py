@@ -435,7 +435,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         title = f"{cfg.model}, {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.formula}"
         write_figure(out / "plots" / "latency_vs_rate.png", latency_vs_rate(result, title))
         write_figure(out / "plots" / "throughput_vs_offered.png", throughput_vs_offered(result, title))
-        busiest = max(result.points, key=lambda p: p.result.summary["num_steps"])
+        busiest = max(result.points, key=lambda p: p.result.summary["mean_batch_tokens"])  # the most loaded point
         write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
     out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{cfg.cost.formula}"))
@@ -640,6 +640,15 @@ def _register_validate() -> None:
 
 
 _register_validate()
+
+
+def _register_calibrate() -> None:
+    from .calibrate_cli import calibrate
+
+    main.add_command(calibrate)
+
+
+_register_calibrate()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,29 +108,32 @@ class VllmV1Scheduler:
         reqs: list[Request] = []
         preempted: list[Request] = []
         running = self.running
-        # aggregates for Batch (decode count/context sum/max, prefill tokens/requests)
+        # aggregates for Batch (decode count/context sum/max, prefill tokens/requests); the
+        # fast path only collects decode contexts, summed once after the loop
         n_dec = ctx_sum = ctx_max = pre_tok = n_pre = 0
+        dec_ctx: list[int] = []
+        add_item, add_req, add_ctx = items.append, reqs.append, dec_ctx.append
+        caching = kv.enable_prefix_caching
+        recount = False
 
         i = 0
-        while i < len(running) and budget > 0:
+        n_run = len(running)
+        while i < n_run and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
-            remaining = req.prompt_tokens + req.num_output_generated - computed
+            generated = req.num_output_generated
             # Fast path: an ordinary decode whose next token fits in the blocks it holds.
             if (
                 plain_decodes
-                and remaining == 1
-                and req.num_output_generated > 0
+                and generated
+                and req.prompt_tokens + generated - computed == 1
                 and computed < len(owned[req.request_id]) * block_size
-                and (not kv.enable_prefix_caching or (computed + 1) % block_size)
+                and (not caching or (computed + 1) % block_size)
             ):
-                items.append(_new_item(BatchItem, (req.request_id, 1, computed, True)))
-                reqs.append(req)
+                add_item(_new_item(BatchItem, (req.request_id, 1, computed, True)))
+                add_req(req)
+                add_ctx(computed)
                 budget -= 1
-                n_dec += 1
-                ctx_sum += computed
-                if computed > ctx_max:
-                    ctx_max = computed
                 i += 1
                 continue
             n = self.running_chunk(req, budget)
@@ -142,18 +145,12 @@ class VllmV1Scheduler:
                 victim = self.pick_victim()
                 if victim in reqs:  # a policy may pick an already scheduled request
                     k = reqs.index(victim)
-                    gone = items[k]
-                    budget += gone.new_tokens
-                    if gone.is_decode:
-                        n_dec -= 1
-                        ctx_sum -= gone.context_tokens
-                        ctx_max = max((it.context_tokens for it in items if it.is_decode and it is not gone), default=0)
-                    else:
-                        n_pre -= 1
-                        pre_tok -= gone.new_tokens
+                    budget += items[k].new_tokens
                     del reqs[k], items[k]
+                    recount = True
                     i -= 1
                 self._preempt(victim)
+                n_run = len(running)
                 preempted.append(victim)
                 if victim is req:
                     scheduled = False
@@ -161,18 +158,23 @@ class VllmV1Scheduler:
             if not scheduled:
                 break
             item = self._item(req, n)
-            items.append(item)
-            reqs.append(req)
+            add_item(item)
+            add_req(req)
             budget -= n
             if item.is_decode:
-                n_dec += 1
-                ctx_sum += item.context_tokens
-                if item.context_tokens > ctx_max:
-                    ctx_max = item.context_tokens
+                add_ctx(item.context_tokens)
             else:
                 n_pre += 1
                 pre_tok += n
             i += 1
+        if recount:  # rare: rebuild the aggregates from the remaining items
+            dec_ctx = [it.context_tokens for it in items if it.is_decode]
+            pre_tok = sum(it.new_tokens for it in items if not it.is_decode)
+            n_pre = len(items) - len(dec_ctx)
+        if dec_ctx:
+            n_dec = len(dec_ctx)
+            ctx_sum = sum(dec_ctx)
+            ctx_max = max(dec_ctx)
 
         if self.waiting and self.admit_waiting(len(reqs), bool(preempted)):
             self.order_waiting(now_s)
