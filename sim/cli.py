@@ -40,17 +40,41 @@ def default_config_dict() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML safe loader that rejects duplicate keys (a silent last-one-wins hides typos)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # unhashable key; let the base class report it
+                dup = False
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            try:
+                seen.add(key)
+            except TypeError:
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
     """(format, servesim mapping) from a YAML/JSON file: servesim, guidellm or inference-perf."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"CONFIG: file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=StrictLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"CONFIG: {p} is not valid YAML/JSON: {err}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"CONFIG: {p} is not a text file") from None
+    except RecursionError:
+        raise ConfigError(f"CONFIG: {p} is nested too deeply to be a config") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -206,6 +230,9 @@ def handle_errors(func):
         except KeyboardInterrupt:
             err_console.print("interrupted: no partial result files were written")
             sys.exit(130)
+        except MemoryError:
+            err_console.print("[bold red]error:[/] out of memory: lower workload.num_requests or server.num_gpu_blocks, or use --stream")
+            sys.exit(2)
 
     return wrapper
 

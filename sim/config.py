@@ -26,6 +26,11 @@ VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU = 2048
 VLLM_LARGE_GPU_THRESHOLD_GIB = 70.0
 
 
+# Largest integer any config field accepts: float64 holds it exactly and numpy's int64
+# arithmetic (length sampling, sums over requests) cannot overflow with it.
+MAX_CONFIG_INT = 2**53
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -34,6 +39,8 @@ class _Strict(BaseModel):
         for name, value in self:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_CONFIG_INT:
+                raise ValueError(f"{name} must be at most 2**53 in magnitude, got {value}")
         return self
 
 
@@ -50,7 +57,7 @@ class ServerConfig(_Strict):
     enable_chunked_prefill: bool = Field(True, description="--enable-chunked-prefill (vLLM V1 default on)")
     enable_prefix_caching: bool = Field(False, description="--enable-prefix-caching: reuse KV blocks of identical prefixes")
     block_size: int = Field(VLLM_DEFAULT_BLOCK_SIZE, gt=0, description="--block-size: tokens per KV block")
-    num_gpu_blocks: int | None = Field(None, gt=0, description="--num-gpu-blocks-override: KV blocks; None = derive from GPU memory")
+    num_gpu_blocks: int | None = Field(None, gt=0, le=50_000_000, description="--num-gpu-blocks-override: KV blocks; None = derive from GPU memory")
     gpu_memory_utilization: float = Field(
         VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="--gpu-memory-utilization: share of GPU memory vLLM may use"
     )
@@ -75,6 +82,15 @@ class CostConfig(_Strict):
     bench_data_dir: str | None = Field(None, description="microbenchmark directory (bench_data/); None = built-in MFU model")
     bw_efficiency: float | None = Field(None, gt=0, le=1, description="HBM bandwidth efficiency; None = GPU default")
     per_layer_overhead_us: float | None = Field(None, ge=0, description="CPU overhead per layer, µs (divided by TP); None = GPU default")
+    # calibration knobs (docs/calibration.md); None = the calibration's value, else the seed's
+    per_step_overhead_us: float | None = Field(None, ge=0, le=1e5, description="CPU time per step, µs, not divided by TP (scheduler, sampling, launch); None = 0")
+    prefill_compute_scale: float | None = Field(None, gt=0, le=10, description="multiplier on prefill compute time (GEMM + attention; 1/MFU correction); None = 1")
+    decode_compute_scale: float | None = Field(None, gt=0, le=10, description="multiplier on decode compute time (GEMM + attention; 1/MFU correction); None = 1")
+    attention_scale: float | None = Field(None, gt=0, le=10, description="extra multiplier on the attention cores of both phases; None = 1")
+    mixed_penalty: float | None = Field(None, ge=0, le=5, description="a mixed step's combined GPU time is multiplied by 1 + penalty; None = 0")
+    calibration: str | None = Field(
+        None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset"
+    )
     # fixed / linear test models
     fixed_step_s: float = Field(0.01, gt=0, description="fixed model: seconds per step")
     linear_base_s: float = Field(0.005, ge=0, description="linear model: seconds per step")
@@ -118,7 +134,7 @@ class TraceConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    num_requests: int | None = Field(None, gt=0, description="requests to simulate; None = 100 synthetic, or every trace row")
+    num_requests: int | None = Field(None, gt=0, le=100_000_000, description="requests to simulate; None = 100 synthetic, or every trace row")
     prompt_tokens: LengthDist = LengthDist(dist="normal", mean=512, stdev=256, min=2, max=7000)
     output_tokens: LengthDist = LengthDist(dist="normal", mean=215, stdev=100, min=2, max=7000)
     prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")
@@ -206,13 +222,22 @@ class RunConfig(_Strict):
         return v
 
 
+def _loc_part(part: Any) -> str:
+    """One element of an error location; keys that would not read as a name (empty, blank,
+    with dots, colons or control characters) are quoted."""
+    text = str(part)
+    if isinstance(part, str) and (not text or not text.isprintable() or any(c.isspace() or c in ".:" for c in text)):
+        return repr(text)
+    return text
+
+
 def _format_validation_error(err: ValidationError, source: str | None) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(_loc_part(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            parent = ".".join(str(p) for p in e["loc"][:-1])
+            parent = ".".join(_loc_part(p) for p in e["loc"][:-1])
             msg = f"unknown key; check its spelling{' under ' + parent if parent else ''}"
         lines.append(f"{loc}: {msg}")
     head = f"invalid config{' in ' + source if source else ''}"

@@ -98,6 +98,7 @@ class Engine:
         price = self.cost_model.price
         sink = self.sink
         ff_price = getattr(self.cost_model, "price_decode", None) if self.fast_forward else None
+        carried_preemptions = 0
         while True:
             if not sched.has_work():
                 self._idle = env.event()
@@ -105,7 +106,7 @@ class Engine:
                 self._idle = None
             if env.peek() == env.now:
                 yield env.timeout(0)  # let arrivals due now join this step
-            if ff_price is not None and not sched.waiting and sched.running:
+            if ff_price is not None and not sched.waiting and sched.running and not carried_preemptions:
                 window = self._decode_window(ff_price)
                 if window is not None:
                     yield from self._fast_forward(*window)
@@ -113,6 +114,13 @@ class Engine:
             start_s = env.now
             out = sched.schedule(start_s)
             if out.is_empty:
+                if out.preempted:
+                    # vLLM V1 plans an empty step when the request that needed KV preempted
+                    # itself (scheduler.py: "No more request to preempt"): nothing runs, no
+                    # time passes, and the next plan starts from the freed blocks. The
+                    # preemptions are reported with the next executed step.
+                    carried_preemptions += len(out.preempted)
+                    continue
                 raise SimulationError(
                     f"scheduler planned an empty step at t={start_s:.6f}s with {sched.num_waiting} waiting and "
                     f"{sched.num_running} running requests (work conservation broken)"
@@ -137,9 +145,10 @@ class Engine:
                     len(sched.waiting),
                     batch.num_prefill_reqs > 0 and batch.num_decode_reqs > 0,
                     sched.kv.num_used_blocks,
-                    len(out.preempted),
+                    len(out.preempted) + carried_preemptions,
                 )
             )
+            carried_preemptions = 0
             self.num_steps += 1
             for req in finished:
                 req.finish_s = end_s

@@ -102,12 +102,22 @@ def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
             f"choose a divisor such as {', '.join(str(d) for d in (1, 2, 4, 8) if model.num_heads % d == 0)}"
         )
     blocks = s.num_gpu_blocks or derive_num_gpu_blocks(model, gpu, tp, s.gpu_memory_utilization, s.block_size)
+    max_len = s.max_model_len or model.max_position_embeddings
     budget = s.max_num_batched_tokens or default_max_num_batched_tokens(gpu)
+    if not s.enable_chunked_prefill:
+        if s.max_num_batched_tokens is None:
+            budget = max(budget, max_len)  # vLLM: max(max_model_len, default) without chunking
+        elif budget < max_len:
+            # vLLM refuses this too (SchedulerConfig._verify_args): a prompt, or a preempted
+            # request's recompute, must fit one step when prompts cannot be chunked.
+            raise ConfigError(
+                f"server.max_num_batched_tokens: {budget} is smaller than max_model_len {max_len} with chunked prefill "
+                "disabled; raise it, lower server.max_model_len, or enable chunked prefill"
+            )
     if budget < s.block_size:
         raise ConfigError(
             f"server.max_num_batched_tokens: {budget} is smaller than one KV block ({s.block_size} tokens); raise it"
         )
-    max_len = s.max_model_len or model.max_position_embeddings
     return {
         "num_gpu_blocks": int(blocks),
         "max_num_batched_tokens": int(budget),

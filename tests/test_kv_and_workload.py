@@ -173,12 +173,19 @@ def test_budget_smaller_than_a_block_is_rejected():
         simulate(make_config(server={"max_num_batched_tokens": 8}))
 
 
-def test_no_chunked_prefill_rejects_prompts_over_budget_and_never_chunks():
-    cfg = make_config(server={"enable_chunked_prefill": False, "max_num_batched_tokens": 400}, arrival={"strategy": "throughput"})
+def test_no_chunked_prefill_never_chunks():
+    """Without chunked prefill (budget >= max_model_len, as vLLM requires) prompts are prefilled
+    whole; requests longer than max_model_len are rejected."""
+    cfg = make_config(
+        server={"enable_chunked_prefill": False, "max_num_batched_tokens": 400, "max_model_len": 400},
+        arrival={"strategy": "throughput"},
+    )
     res, _, chk = run_checked(cfg)
     df = res.requests
-    assert (df.loc[df["prompt_tokens"] > 400, "status"] == "rejected").all()
-    assert (df.loc[df["prompt_tokens"] <= 400, "status"] == "finished").all()
+    too_long = df["prompt_tokens"] + df["output_tokens"] > 400
+    assert too_long.any()
+    assert (df.loc[too_long, "status"] == "rejected").all()
+    assert (df.loc[~too_long, "status"] == "finished").all()
     # every prompt is prefilled in one piece
     for b in chk.batches:
         for it in b.items:

@@ -16,7 +16,8 @@ Laws (each a named helper below, applied to every generated run):
 * **token accounting** — sampled tokens (ITL count + first tokens) equal the outputs of
   finished requests, and without preemption the computed tokens equal prompt + output − 1 −
   cached per request;
-* **determinism** — the same config gives byte-identical request and step tables.
+* **determinism** — the same config gives byte-identical request and step tables, with the
+  engine's decode fast-forward on and off.
 
 Runs use the ``fixed`` or ``linear`` cost models and 5–40 requests so that a few hundred
 generated runs take well under a minute.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,11 @@ from hypothesis import strategies as st
 
 from conftest import LawChecker
 from sim.config import parse_run_config
+from sim.errors import ConfigError, SimulationError
+from sim.entities import Request
 from sim.scheduler import SCHEDULERS
+from sim.scheduler.base import SchedulerLimits
+from sim.scheduler.kv import KVCacheManager
 from sim.simulation import Simulation, simulate
 
 POLICIES = SCHEDULERS.names()
@@ -124,6 +130,8 @@ def run_configs(draw, arrivals=ARRIVALS, horizon: bool = True, kv_sizes=KV_SIZES
     }
     if draw(st.integers(0, 5)) == 0:
         server["max_model_len"] = draw(st.integers(1, 4096))
+    if not chunked:  # vLLM (and servesim) require max_num_batched_tokens >= max_model_len then
+        server["max_model_len"] = min(server.get("max_model_len", budget), budget)
     cfg = {
         "seed": draw(st.integers(0, 2**32 - 1)),
         "server": server,
@@ -197,6 +205,7 @@ class StrictLawChecker(LawChecker):
 
 
 def run_strict(cfg):
+    """Run ``cfg`` under :class:`StrictLawChecker` and check the KV invariants at the end."""
     sim = Simulation(cfg)
     work = int(sim.workload.prompt_tokens.sum() + sim.workload.output_tokens.sum())
     checker = StrictLawChecker(sim, max(LIVELOCK_FLOOR_STEPS, LIVELOCK_FACTOR * work))
@@ -204,6 +213,12 @@ def run_strict(cfg):
     res = sim.run()
     sim.kv.check()
     return res, sim, checker
+
+
+def run_and_check(cfg) -> None:
+    """Run ``cfg`` and check every law."""
+    res, sim, _ = run_strict(cfg)
+    check_all_laws(res, sim)
 
 
 # ---------------------------------------------------------------------------- laws
@@ -389,7 +404,7 @@ def _with_policy(data: dict, policy: str) -> dict:
 SCALE = float(os.environ.get("SERVESIM_HYPOTHESIS_SCALE", "1"))
 N_LAWS_PER_POLICY = max(1, int(40 * SCALE))
 N_PRESSURE_PER_POLICY = max(1, int(20 * SCALE))
-N_DETERMINISM = max(1, int(30 * SCALE))
+N_DETERMINISM = max(1, int(15 * SCALE))
 N_REPLAY = max(1, int(30 * SCALE))
 
 
@@ -400,9 +415,7 @@ def test_laws_hold_for_random_configs(policy, data):
     """GIVEN a random workload, server limits, policy, arrival strategy and maybe a horizon
     WHEN simulated THEN every law (conservation, causality, clock, budget, seats, KV, work
     conservation, completion, token accounting) holds."""
-    cfg = parse_run_config(_with_policy(data, policy))
-    res, sim, _ = run_strict(cfg)
-    check_all_laws(res, sim)
+    run_and_check(parse_run_config(_with_policy(data, policy)))
 
 
 PRESSURE_ARRIVALS = st.one_of(
@@ -419,21 +432,51 @@ def test_laws_hold_under_kv_pressure(policy, data):
     """GIVEN many requests at once, several seats and a KV cache of 1-3 of the largest
     requests WHEN simulated THEN requests are preempted and recomputed, yet every law holds
     and every request that fits finishes."""
-    cfg = parse_run_config(_with_policy(data, policy))
-    res, sim, _ = run_strict(cfg)
-    check_all_laws(res, sim)
+    run_and_check(parse_run_config(_with_policy(data, policy)))
 
 
+def _tables(res) -> tuple[str, str, bytes]:
+    return res.requests.to_csv(index=False), res.steps.to_csv(index=False), res.itls_s.tobytes()
+
+
+def _run_tables(cfg, fast_forward: bool):
+    """(tables, result, simulation) of one run, counting fast-forward windows."""
+    sim = Simulation(cfg, fast_forward=fast_forward)
+    engine = sim.engine
+    sim.ff_windows = 0
+    if engine.fast_forward:
+        apply = engine._fast_forward
+
+        def counted(*window):
+            sim.ff_windows += 1
+            return apply(*window)
+
+        engine._fast_forward = counted
+    res = sim.run()
+    return _tables(res), res, sim
+
+
+# Fast-forward applies to the policies that plan with VllmV1Scheduler.schedule; the others
+# run the step loop either way (still compared, once each).
+FF_POLICIES = ["vllm-v1", "priority", "sjf"]
+
+
+@pytest.mark.parametrize("policy", FF_POLICIES + ["other"])
 @settings(max_examples=N_DETERMINISM, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(run_configs())
-def test_same_config_gives_byte_identical_tables(data):
-    """GIVEN any config WHEN simulated twice THEN the request and step tables and the ITLs are
-    byte-identical."""
-    cfg = parse_run_config(data)
-    a, b = simulate(cfg), simulate(cfg)
-    assert a.requests.to_csv(index=False) == b.requests.to_csv(index=False)
-    assert a.steps.to_csv(index=False) == b.steps.to_csv(index=False)
-    assert a.itls_s.tobytes() == b.itls_s.tobytes()
+@given(data=run_configs())
+def test_same_config_gives_byte_identical_tables_with_and_without_fast_forward(policy, data):
+    """GIVEN any config WHEN simulated twice with the engine's decode fast-forward and once
+    without THEN the request and step tables and the ITLs are byte-identical, and the laws
+    checkable from the tables hold for the fast-forwarded run (the per-step checker of the
+    other tests prices every step, which turns fast-forward off)."""
+    cfg = parse_run_config(data if policy == "other" else _with_policy(data, policy))
+    a, res, sim = _run_tables(cfg, True)
+    b, _, _ = _run_tables(cfg, True)
+    c, _, _ = _run_tables(cfg, False)
+    assert a == b, "same config, different tables"
+    assert a == c, "fast-forward changed the tables"
+    event("fast-forward windows applied" if sim.ff_windows else "no fast-forward window")
+    check_all_laws(res, sim)
 
 
 TRACE_ROWS = st.lists(
@@ -461,3 +504,126 @@ def test_laws_hold_for_trace_replay(trace_dir, rows, data, name):
     offsets = np.sort(np.array([r[0] for r in rows]))
     sent = res.requests[res.requests["status"] != "not_sent"]
     np.testing.assert_allclose(sent["arrival_s"].to_numpy(), (offsets - offsets.min())[: len(sent)])
+
+
+# ---------------------------------------------------------------------------- atomic result files
+
+FAIL_POINTS = ["none", "write", "fsync", "replace", "interrupt"]
+
+
+@settings(max_examples=max(1, int(25 * SCALE)), deadline=None)
+@given(old=st.one_of(st.none(), st.binary(max_size=64)), new=st.binary(max_size=4096), fail=st.sampled_from(FAIL_POINTS), name=st.uuids())
+def test_result_files_are_replaced_atomically(atomic_dir, old, new, fail, name):
+    """GIVEN a result file (or none) WHEN it is rewritten and the write fails at any point
+    (I/O error or Ctrl-C) THEN the file holds either all the old bytes or all the new ones,
+    and no temporary file is left behind."""
+    from sim import cli_output
+
+    target = atomic_dir / f"{name}.bin"
+    if old is not None:
+        target.write_bytes(old)
+    exc = KeyboardInterrupt if fail == "interrupt" else OSError
+
+    def boom(*_a, **_k):
+        raise exc("injected")
+
+    where = {"write": "sim.cli_output.os.fdopen", "fsync": "sim.cli_output.os.fsync", "replace": "sim.cli_output.os.replace", "interrupt": "sim.cli_output.os.fsync"}
+    if fail == "none":
+        cli_output.atomic_write_bytes(target, new)
+        assert target.read_bytes() == new
+    else:
+        with mock.patch(where[fail], boom), pytest.raises(exc):
+            cli_output.atomic_write_bytes(target, new)
+        if old is None:
+            assert not target.exists()
+        else:
+            assert target.read_bytes() == old
+    assert not [p for p in atomic_dir.iterdir() if p.name.startswith(f".{name}")], "temporary file left behind"
+
+
+@pytest.fixture(scope="module")
+def atomic_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("atomic")
+
+
+# ---------------------------------------------------------------------------- regressions
+# Minimal reproductions of bugs the properties found, kept as regression tests.
+
+
+def _drive(policy: str, limits: SchedulerLimits, num_blocks: int, arrivals: dict[int, list[Request]], steps: int = 50) -> None:
+    """Plan and apply steps of ``policy`` directly (no engine): ``arrivals[k]`` join before
+    step k. An empty plan is allowed only when it preempted (vLLM V1: the request that needed
+    KV preempted itself); every request must finish."""
+    sched = SCHEDULERS.get(policy)(limits, KVCacheManager(num_blocks, 1))
+    for k in range(steps):
+        for req in arrivals.get(k, []):
+            sched.add_request(req)
+        if not sched.has_work() and k > max(arrivals):
+            return
+        out = sched.schedule(float(k))
+        state = [(r.request_id, r.num_computed_tokens) for r in sched.running], [r.request_id for r in sched.waiting]
+        assert not out.is_empty or out.preempted, f"step {k}: empty plan; running (id, computed) {state[0]}, waiting {state[1]}"
+        sched.update_from_output(out, float(k + 1))
+    assert not sched.has_work(), "requests left unfinished"
+
+
+LIMITS_2X8 = dict(max_num_seqs=2, max_num_batched_tokens=8, enable_chunked_prefill=True, max_model_len=100)
+
+
+def test_priority_self_preemption_recovers():
+    """GIVEN 4 one-token KV blocks, A (priority 1, prompt 1, output 3) admitted one step before
+    B (priority 0, prompt 2, output 2) WHEN A needs a block at step 2 THEN A is the victim
+    (least urgent) and preempts itself: vLLM V1 plans an empty step; the engine must carry on
+    (it used to raise) and both finish."""
+    a = Request(0, prompt_tokens=1, output_tokens=3, priority=1)
+    b = Request(1, prompt_tokens=2, output_tokens=2, priority=0)
+    _drive("priority", SchedulerLimits(long_prefill_token_threshold=0, **LIMITS_2X8), 4, {0: [a], 1: [b]})
+
+
+@pytest.mark.parametrize("policy", ["decode-first", "sarathi"])
+def test_decode_first_self_preemption_recovers(policy):
+    """GIVEN 4 one-token KV blocks, long_prefill_token_threshold 1, A (prompt 3, output 1) and B
+    (prompt 1, output 3) arriving together WHEN B's decode needs a block at step 2 THEN B (the
+    latest admitted) preempts itself, and both requests still finish."""
+    a = Request(0, prompt_tokens=3, output_tokens=1)
+    b = Request(1, prompt_tokens=1, output_tokens=3)
+    _drive(policy, SchedulerLimits(long_prefill_token_threshold=1, **LIMITS_2X8), 4, {0: [a, b]})
+
+
+@pytest.mark.parametrize("policy", ["vllm-v1", "priority", "decode-first", "sarathi"])
+def test_self_preemption_through_the_engine(policy):
+    """The same situations end to end: every request finishes and the preemptions are counted
+    in the step records."""
+    cfg = parse_run_config(
+        {
+            "cost": {"model": "fixed"},
+            "scheduler": {"policy": policy},
+            "server": {"block_size": 1, "num_gpu_blocks": 6, "max_num_batched_tokens": 8, "long_prefill_token_threshold": 1},
+            "workload": {"num_requests": 4, "prompt_tokens": {"dist": "uniform", "min": 1, "max": 3},
+                         "output_tokens": {"dist": "fixed", "value": 3}, "priority_levels": 2},
+            "arrival": {"strategy": "throughput"},
+        }
+    )
+    res = simulate(cfg)
+    assert res.summary["num_finished"] == 4
+    assert res.summary["num_preemptions"] > 0
+    assert res.steps["num_preempted"].sum() == res.requests["num_preemptions"].sum()
+
+
+def test_unchunked_budget_below_max_model_len_is_refused():
+    """Without chunked prefill a preempted request recomputes prompt + generated tokens in one
+    step, so vLLM requires max_num_batched_tokens >= max_model_len; servesim refuses the
+    config the same way (it used to admit it and then stall)."""
+    with pytest.raises(ConfigError, match="max_num_batched_tokens"):
+        simulate(parse_run_config({"cost": {"model": "fixed"}, "server": {"max_num_batched_tokens": 2, "enable_chunked_prefill": False}}))
+    cfg = parse_run_config(
+        {
+            "cost": {"model": "fixed"},
+            "server": {"block_size": 1, "num_gpu_blocks": 4, "max_num_batched_tokens": 4, "max_model_len": 4,
+                       "enable_chunked_prefill": False},
+            "workload": {"num_requests": 2, "prompt_tokens": {"dist": "fixed", "value": 1}, "output_tokens": {"dist": "fixed", "value": 3}},
+            "arrival": {"strategy": "throughput"},
+        }
+    )
+    res = simulate(cfg)
+    assert res.summary["num_finished"] == 2

@@ -30,7 +30,14 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
   ``'tokens'``, prefill requests under ``'requests'``); the GEMM subtracted from Cp is
   G(#prefill requests) under ``'requests'`` (as v2-pre) and the actual per-bucket GEMM sum
   under ``'tokens'``; mixed memory τ·(W + all D)/BW.
-* **Overhead** ``per_layer_overhead_us·L/tp`` µs per step, added after combination.
+* **Overhead** ``per_layer_overhead_us·L/tp + per_step_overhead_us`` µs per step, added after
+  combination.
+* **Calibration knobs** (``docs/calibration.md``; each defaults to the seed's behaviour, so an
+  uncalibrated model prices exactly as before): ``prefill_compute_scale`` multiplies every
+  prefill-side compute term (GEMM and attention; the fused GEMM of ``additive``),
+  ``decode_compute_scale`` the decode compute terms, ``attention_scale`` the attention cores of
+  both phases, ``mixed_penalty`` multiplies a mixed step's combined GPU time by ``1 + penalty``,
+  ``per_step_overhead_us`` is a CPU time per step not divided by TP.
 
 Differences from the seed, on purpose: times are float seconds (no rounding to integer µs);
 an empty batch costs only the overhead (the engine never prices one).
@@ -90,6 +97,12 @@ class RooflineCostModel:
         mfu: MfuProvider,
         bw_efficiency: float | None = None,
         per_layer_overhead_us: float | None = None,
+        *,
+        per_step_overhead_us: float | None = None,
+        prefill_compute_scale: float | None = None,
+        decode_compute_scale: float | None = None,
+        attention_scale: float | None = None,
+        mixed_penalty: float | None = None,
     ) -> None:
         if tp < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
@@ -116,11 +129,32 @@ class RooflineCostModel:
         self.formula, self.gemm_m, self.mfu = formula, gemm_m, mfu
         self.bw_efficiency = eta
         self.per_layer_overhead_us = overhead_us
+        # calibration knobs; None = the seed's behaviour (×1, +0)
+        step_us = 0.0 if per_step_overhead_us is None else float(per_step_overhead_us)
+        knobs = {
+            "prefill_compute_scale": 1.0 if prefill_compute_scale is None else float(prefill_compute_scale),
+            "decode_compute_scale": 1.0 if decode_compute_scale is None else float(decode_compute_scale),
+            "attention_scale": 1.0 if attention_scale is None else float(attention_scale),
+        }
+        for name, value in knobs.items():
+            if not value > 0:
+                raise ConfigError(f"cost.{name} must be > 0, got {value}")
+        pen = 0.0 if mixed_penalty is None else float(mixed_penalty)
+        if step_us < 0:
+            raise ConfigError(f"cost.per_step_overhead_us must be >= 0, got {step_us}")
+        if pen < 0:
+            raise ConfigError(f"cost.mixed_penalty must be >= 0, got {pen}")
+        self.per_step_overhead_us = step_us
+        self.prefill_compute_scale = knobs["prefill_compute_scale"]
+        self.decode_compute_scale = knobs["decode_compute_scale"]
+        self.attention_scale = knobs["attention_scale"]
+        self.mixed_penalty = pen
+        self._ps, self._ds, self._as = self.prefill_compute_scale, self.decode_compute_scale, self.attention_scale
 
         self._tau = 1.0 / tp
         self._peak_flops = gpu.peak_flops
         self._bw_bytes_s = gpu.peak_bw_bytes_s * eta
-        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6
+        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6
         self._weights_bytes = model.weights_bytes
         self._kv_bytes_per_token = model.kv_bytes_per_token  # 2·L·Hk·dh·b, whole model
         self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.bytes_per_param
@@ -176,9 +210,9 @@ class RooflineCostModel:
         """(Cd, Md, G(N)) for decode requests with KV lengths ``contexts`` (v2-pre §1.4)."""
         n = len(contexts)
         p_max = max(contexts)
-        gemm = self.gemm_s(n)
+        gemm = self.gemm_s(n) * self._ds
         attn_flops = self._attn_flops_per_pair * n * p_max
-        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, p_max)) if attn_flops else 0.0
+        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, p_max)) * (self._as * self._ds) if attn_flops else 0.0
         dyn = sum(self.dynamic_bytes(p, 1) for p in contexts)
         return gemm + attn, self._memory_s(dyn), gemm
 
@@ -188,9 +222,9 @@ class RooflineCostModel:
         Equal to ``decode_terms(contexts)`` for any contexts with that count, sum and max
         (a test compares both on random batches).
         """
-        gemm = self.gemm_s(n)
+        gemm = self.gemm_s(n) * self._ds
         attn_flops = self._attn_flops_per_pair * n * context_max
-        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, context_max)) if attn_flops else 0.0
+        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, context_max)) * (self._as * self._ds) if attn_flops else 0.0
         dyn = (
             self._kv_bytes_per_token * (n + KV_REUSE_DECODE * context_sum)
             + self._act_bytes_per_token * n * ACT_DECODE
@@ -216,6 +250,8 @@ class RooflineCostModel:
             # vLLM runs one GEMM over all scheduled tokens; one call keeps the weight-streaming
             # part of G paid once, whatever the bucket split (v2 paid it per bucket).
             gemm_total = self.gemm_s(sum(new for _, new in items))
+        gemm_total *= self._ps
+        attn_total *= self._as * self._ps
         dyn = sum(self.dynamic_bytes(ctx, new) for ctx, new in items)
         return gemm_total + attn_total, self._memory_s(dyn), gemm_total
 
@@ -243,7 +279,7 @@ class RooflineCostModel:
         dec = n_dec
         if self.gemm_m == "requests":
             pre_rows = len(pre)
-            pre_gemm_sub = self.gemm_s(pre_rows)  # v2-pre subtracts G(#prefill reqs)
+            pre_gemm_sub = self.gemm_s(pre_rows) * self._ps  # v2-pre subtracts G(#prefill reqs)
         else:
             pre_rows = np_tokens
             pre_gemm_sub = gp
@@ -256,9 +292,18 @@ class RooflineCostModel:
             num_decode_reqs=n_dec,
             prefill_gemm_s=pre_gemm_sub,
             decode_gemm_s=gd,
-            fused_gemm_s=self.gemm_s(pre_rows + n_dec),
+            fused_gemm_s=self.gemm_s(pre_rows + n_dec) * (self._ps if pre_rows else self._ds),
             mixed_memory_s=self._memory_s(dyn_all) if (dec or pre) else 0.0,
         )
+
+    def price_decode(self, n: int, context_sum: int, context_max: int) -> StepCost:
+        """Price of a decode-only step of ``n`` decodes whose contexts sum to ``context_sum``
+        tokens with maximum ``context_max`` — equal to ``price`` of any such batch. The engine
+        uses it to fast-forward runs of identical-shape decode steps."""
+        cd, md, gd = self.decode_terms_aggregate(n, context_sum, context_max)
+        td = cd if cd > md else md
+        oh = self._overhead_s
+        return StepCost(total_s=td + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
 
     def price(self, batch: Batch) -> StepCost:
         """Duration of ``batch``, seconds: combined GPU time + overhead.
@@ -270,13 +315,13 @@ class RooflineCostModel:
         if batch.num_prefill_reqs == 0 and batch.num_decode_reqs:
             # Decode-only step, the common case: O(1) from the batch aggregates, and the same
             # arithmetic as the general path below (combine() of one phase is max(C, M)).
-            cd, md, gd = self.decode_terms_aggregate(batch.num_decode_reqs, batch.decode_context_sum, batch.decode_context_max)
-            td = cd if cd > md else md
-            return StepCost(total_s=td + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
+            return self.price_decode(batch.num_decode_reqs, batch.decode_context_sum, batch.decode_context_max)
         terms = self.phase_terms(batch)
         if not (terms.has_prefill or terms.has_decode):
             return StepCost(total_s=oh, overhead_s=oh)
         gpu_s = combine(self.formula, terms)
+        if self.mixed_penalty and terms.has_prefill and terms.has_decode:
+            gpu_s *= 1.0 + self.mixed_penalty
         return StepCost(
             total_s=gpu_s + self._overhead_s,
             compute_s=terms.mixed_compute_s,
@@ -300,17 +345,20 @@ def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
         cp, mp, gp = model.prefill_terms(pre)
     np_tokens = sum(new for _, new in pre)
     if model.gemm_m == "requests":
-        pre_rows, pre_gemm_sub = len(pre), model.gemm_s(len(pre))
+        pre_rows, pre_gemm_sub = len(pre), model.gemm_s(len(pre)) * model.prefill_compute_scale
     else:
         pre_rows, pre_gemm_sub = np_tokens, gp
     dyn_all = sum(model.dynamic_bytes(p, 1) for p in dec) + sum(model.dynamic_bytes(c, n) for c, n in pre)
     terms = PhaseTerms(
         prefill_compute_s=cp, prefill_memory_s=mp, decode_compute_s=cd, decode_memory_s=md,
         num_prefill_tokens=np_tokens, num_decode_reqs=len(dec), prefill_gemm_s=pre_gemm_sub, decode_gemm_s=gd,
-        fused_gemm_s=model.gemm_s(pre_rows + len(dec)), mixed_memory_s=model._memory_s(dyn_all),
+        fused_gemm_s=model.gemm_s(pre_rows + len(dec)) * (model.prefill_compute_scale if pre_rows else model.decode_compute_scale),
+        mixed_memory_s=model._memory_s(dyn_all),
     )
     oh = model._overhead_s
     gpu_s = combine(model.formula, terms)
+    if model.mixed_penalty and pre and dec:
+        gpu_s *= 1.0 + model.mixed_penalty
     return StepCost(total_s=gpu_s + oh, compute_s=terms.mixed_compute_s, memory_s=terms.mixed_memory_s,
                     overhead_s=oh, prefill_s=terms.prefill_s, decode_s=terms.decode_s)
 
@@ -325,19 +373,24 @@ def build_roofline(
     bench_data_dir: str | None = None,
     bw_efficiency: float | None = None,
     per_layer_overhead_us: float | None = None,
+    **knobs: float | None,
 ) -> RooflineCostModel:
-    """Convenience constructor from names (used by the factory, scripts and tests)."""
+    """Convenience constructor from names (used by the factory, scripts and tests); ``knobs``
+    are the calibration keywords of :class:`RooflineCostModel` (per_step_overhead_us, …)."""
     spec = resolve_model(model) if isinstance(model, str) else model
     hw = resolve_gpu(gpu) if isinstance(gpu, str) else gpu
     mfu = make_mfu_provider(
         spec.num_heads, spec.num_kv_heads, spec.head_dim, tp, hw.name, bench_data_dir, mfu_lookup  # type: ignore[arg-type]
     )
-    return RooflineCostModel(spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us)
+    return RooflineCostModel(spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us, **knobs)
 
 
 @COST_MODELS.register("roofline", "MFU-table roofline (seed v2-pre structure) with a mixed-batch formula (cost.formula).")
 def _roofline_factory(cfg) -> RooflineCostModel:
+    from ..calibration import effective_knobs  # cost.calibration fills the knobs left unset
+
     c = cfg.cost
+    k = effective_knobs(cfg)
     return build_roofline(
         cfg.model,
         cfg.gpu,
@@ -346,6 +399,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
         c.gemm_m,
         c.mfu_lookup,
         c.bench_data_dir,
-        c.bw_efficiency,
-        c.per_layer_overhead_us,
+        k.pop("bw_efficiency"),
+        k.pop("per_layer_overhead_us"),
+        **k,
     )
