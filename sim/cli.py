@@ -282,7 +282,7 @@ class _Progress:
         self.task = None
 
     def __enter__(self):
-        if not self.quiet:
+        if not self.quiet and err_console.is_terminal:
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=err_console, transient=False,
@@ -295,8 +295,19 @@ class _Progress:
             self.bar.__exit__(*exc)
 
     def phase(self, description: str, total: int):
-        if self.bar is None:
+        if self.quiet:
             return None
+        if not err_console.is_terminal:
+            # logs and pipes: a plain line at every tenth instead of a redrawn bar
+            start = time.perf_counter()
+            state = {"next": 1}  # next tenth to report
+
+            def log_line(done: int, _total: int) -> None:
+                if state["next"] <= 10 and done * 10 >= state["next"] * total:
+                    state["next"] = done * 10 // max(total, 1) + 1
+                    err_console.print(f"{description}: {done}/{total} ({100 * done // max(total, 1)} %) after {time.perf_counter() - start:.1f} s")
+
+            return log_line
         self.task = self.bar.add_task(description, total=total)
 
         def update(done: int, _total: int) -> None:
