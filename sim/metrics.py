@@ -64,18 +64,17 @@ def request_record(req: Request, status: str | None = None) -> RequestRecord:
 REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]
 _request_row = attrgetter(*REQUEST_COLUMNS)
-# Columns the summary needs; kept for every request even when records stream to disk.
-SUMMARY_COLUMNS = ("request_id", "status", "arrival_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queue_delay_s", "output_tokens", "num_preemptions")
 
 
-class ItlHistogram:
-    """Streaming ITL statistics for runs too long to keep every gap: exact count, mean and
-    max; percentiles from geometric bins 0.5 % wide (relative error <= 0.25 %) between
-    1e-7 s and 1e4 s, linearly interpolated within a bin."""
+class LogHistogram:
+    """Streaming statistics of a positive quantity (seconds) for runs too long to keep every
+    value: exact count and mean; percentiles from geometric bins 0.5 % wide (relative error
+    <= 0.25 %) between 1e-7 s and 1e7 s, linearly interpolated within a bin (values below
+    1e-7 s, e.g. a zero queue delay, land in an underflow bin read as [0, 1e-7 s])."""
 
     RATIO = 1.005  # bin width; the resolution the percentiles carry
     LOW_S = 1e-7
-    HIGH_S = 1e4
+    HIGH_S = 1e7
 
     def __init__(self) -> None:
         n = int(math.ceil(math.log(self.HIGH_S / self.LOW_S) / math.log(self.RATIO)))
@@ -113,15 +112,72 @@ class ItlHistogram:
 
 
 
+class StreamingSummary:
+    """The run summary accumulated chunk by chunk (streaming mode): status counts, sums and
+    extremes exactly, latency percentiles from :class:`LogHistogram` s. Memory is constant."""
+
+    def __init__(self) -> None:
+        self.hist = {name: LogHistogram() for name in ("ttft", "tpot", "e2e", "queue_delay")}
+        self.status_counts: dict[str, int] = {}
+        self.num_requests = 0
+        self.sum_output_tokens_finished = 0
+        self.sum_time_per_output_token_s = 0.0
+        self.sum_preemptions = 0
+        self.min_arrival_s = math.inf
+        self.max_finish_s = -math.inf
+
+    def add(self, df: pd.DataFrame) -> None:
+        """Fold a chunk of request records (columns of :data:`REQUEST_COLUMNS`)."""
+        self.num_requests += len(df)
+        for status, n in df["status"].value_counts().items():
+            self.status_counts[status] = self.status_counts.get(status, 0) + int(n)
+        fin = df[df["status"] == RequestStatus.FINISHED.value]
+        for name in self.hist:
+            v = fin[f"{name}_s"].to_numpy(dtype=float)
+            self.hist[name].add(v[~np.isnan(v)])
+        self.sum_output_tokens_finished += int(fin["output_tokens"].sum())
+        self.sum_time_per_output_token_s += float((fin["e2e_s"] / fin["output_tokens"]).sum())
+        self.sum_preemptions += int(df["num_preemptions"].sum())
+        if len(df):
+            self.min_arrival_s = min(self.min_arrival_s, float(df["arrival_s"].min()))
+        if len(fin):
+            self.max_finish_s = max(self.max_finish_s, float(fin["finish_s"].max()))
+
+    def summary(self, step_stats: dict, itls: "LogHistogram | None") -> dict[str, float | int]:
+        """The same keys as :func:`summarize` (percentiles to 0.25 %)."""
+        c = self.status_counts
+        fin = c.get(RequestStatus.FINISHED.value, 0)
+        out: dict[str, float | int] = {
+            "num_requests": self.num_requests,
+            "num_finished": fin,
+            "num_rejected": c.get(RequestStatus.REJECTED.value, 0),
+            "num_in_flight": c.get("in_flight", 0),
+            "num_not_sent": c.get("not_sent", 0),
+        }
+        for name, h in self.hist.items():
+            out.update(h.stats_ms(name))
+        out["time_per_output_token_mean_ms"] = self.sum_time_per_output_token_s / fin * 1e3 if fin else math.nan
+        if itls is not None:
+            out.update(itls.stats_ms("itl"))
+        span_s = self.max_finish_s - self.min_arrival_s if fin else 0.0
+        out["duration_s"] = span_s
+        out["output_tokens_per_s"] = self.sum_output_tokens_finished / span_s if span_s > 0 else math.nan
+        out["requests_per_s"] = fin / span_s if span_s > 0 else math.nan
+        out["num_preemptions"] = self.sum_preemptions
+        out["num_steps"] = int(step_stats["num_steps"])
+        out["num_mixed_steps"] = int(step_stats["num_mixed_steps"])
+        out["mean_batch_tokens"] = float(step_stats["mean_batch_tokens"])
+        return out
+
+
 class MetricsSink:
     """Records a run: request records and step records, column-wise, plus ITLs.
 
     In memory by default. With ``spill`` (a callable ``spill(kind, frame)`` given by the
     caller, e.g. a Parquet writer of the CLI), full chunks of ``chunk_rows`` records of kind
-    ``"requests"`` or ``"steps"`` are handed over and dropped from memory; the summary
-    columns (:data:`SUMMARY_COLUMNS`, ~60 bytes a request) and step counters stay, and ITLs
-    go to an :class:`ItlHistogram` instead of a list. Memory then stays bounded by the chunk
-    size plus the summary columns.
+    ``"requests"`` or ``"steps"`` are handed over and dropped from memory after being folded
+    into a :class:`StreamingSummary`; ITLs go to a :class:`LogHistogram`. Memory then stays
+    bounded by the chunk size, whatever the number of requests.
     """
 
     def __init__(self, record_itls: bool = True, spill=None, chunk_rows: int = 65536) -> None:
@@ -131,13 +187,10 @@ class MetricsSink:
         self.spill = spill
         self.chunk_rows = chunk_rows
         self.request_columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
-        self.summary_columns: dict[str, list | array] = {
-            name: ([] if name == "status" else array("q") if name in ("request_id", "output_tokens", "num_preemptions") else array("d"))
-            for name in SUMMARY_COLUMNS
-        }
+        self.streaming_summary = StreamingSummary() if spill is not None else None
         self.step_rows: list[tuple] = []
         self.itls_s = array("d")
-        self.itl_histogram = ItlHistogram() if spill is not None else None
+        self.itl_histogram = LogHistogram() if spill is not None else None
         self.num_steps = 0
         self.num_mixed_steps = 0
         self.sum_batch_tokens = 0
@@ -194,9 +247,6 @@ class MetricsSink:
         cols = self.request_columns
         for name, value in zip(REQUEST_COLUMNS, _request_row(rec)):
             cols[name].append(value)
-        sc = self.summary_columns
-        for name in SUMMARY_COLUMNS:
-            sc[name].append(getattr(rec, name))
         self.num_requests_done += 1
         if self.progress is not None:
             self.progress(self.num_requests_done)
@@ -206,7 +256,9 @@ class MetricsSink:
     def _spill_requests(self) -> None:
         cols = self.request_columns
         if cols["request_id"]:
-            self.spill("requests", pd.DataFrame(cols, columns=REQUEST_COLUMNS))
+            frame = pd.DataFrame(cols, columns=REQUEST_COLUMNS)
+            self.streaming_summary.add(frame)
+            self.spill("requests", frame)
             self.request_columns = {name: [] for name in REQUEST_COLUMNS}
 
     def _spill_steps(self) -> None:
@@ -221,12 +273,6 @@ class MetricsSink:
             self._spill_steps()
             if self.itl_histogram is not None:
                 self._fold_itls()
-
-    def summary_frame(self) -> pd.DataFrame:
-        """The summary columns of every recorded request, sorted by request id (so sums run
-        in the same order as over the full table)."""
-        df = pd.DataFrame({n: (self.summary_columns[n] if n == "status" else np.asarray(self.summary_columns[n])) for n in SUMMARY_COLUMNS})
-        return df.sort_values("request_id", kind="stable").reset_index(drop=True)
 
     def step_stats(self) -> dict:
         return {
@@ -257,10 +303,10 @@ def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def summarize(requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array | ItlHistogram | None = None) -> dict[str, float | int]:
+def summarize(requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array | LogHistogram | None = None) -> dict[str, float | int]:
     """Aggregate metrics of one run (latencies over finished requests).
 
-    ``requests`` needs the :data:`SUMMARY_COLUMNS`; ``step_stats`` holds ``num_steps``,
+    ``requests`` is the per-request table; ``step_stats`` holds ``num_steps``,
     ``num_mixed_steps`` and ``mean_batch_tokens``; ``itls`` are all inter-token gaps (seconds)
     or their histogram. Throughput is measured over the run's span, first arrival to last
     finish.
@@ -280,7 +326,7 @@ def summarize(requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array
         out["time_per_output_token_mean_ms"] = float((fin["e2e_s"] / fin["output_tokens"]).mean() * 1e3)
     else:
         out["time_per_output_token_mean_ms"] = math.nan
-    if isinstance(itls, ItlHistogram):
+    if isinstance(itls, LogHistogram):
         out.update(itls.stats_ms("itl"))
     elif itls is not None:
         out.update(_stats_ms(np.asarray(itls, dtype=float), "itl"))

@@ -34,7 +34,7 @@ from .cost import COST_MODELS
 from .engine import Engine
 from .errors import ConfigError
 from .hardware import GpuSpec, resolve_gpu
-from .metrics import MetricsSink, request_record, requests_frame, steps_frame, summarize
+from .metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, steps_frame, summarize
 from .models import ModelSpec, resolve_model
 from .rng import RandomStreams
 from .scheduler import SCHEDULERS
@@ -175,8 +175,9 @@ class Simulation:
 
         ``progress(done, total)`` is called as requests leave (about every 1 %). Requests
         still in the server at the horizon are recorded ``in_flight``, those never sent
-        ``not_sent``. In streaming mode the returned ``requests`` table holds only the
-        summary columns and ``steps`` is empty: the full records went to ``spill``.
+        ``not_sent``. In streaming mode the returned ``requests`` and ``steps`` tables are
+        empty (the records went to ``spill``) and latency percentiles in the summary come from
+        0.5 %-wide histogram bins.
         """
         cfg = self.cfg
         sink = self.sink
@@ -196,16 +197,15 @@ class Simulation:
         streamed = sink.spill is not None
         sink.finish()
         if streamed:
-            req_df = sink.summary_frame()
+            req_df = requests_frame({name: [] for name in REQUEST_COLUMNS})
             step_df = steps_frame([])
             itls = np.empty(0)
-            itl_source = sink.itl_histogram if cfg.record_itls else None
+            summary = sink.streaming_summary.summary(sink.step_stats(), sink.itl_histogram if cfg.record_itls else None)
         else:
             req_df = requests_frame(sink.request_columns)
             step_df = steps_frame(sink.step_rows)
             itls = np.asarray(sink.itls_s, dtype=float)
-            itl_source = itls if cfg.record_itls else None
-        summary = summarize(req_df, sink.step_stats(), itl_source)
+            summary = summarize(req_df, sink.step_stats(), itls if cfg.record_itls else None)
         derived = dict(
             self.limits,
             cost_model=self.cost_model.name,
