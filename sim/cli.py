@@ -121,6 +121,7 @@ FLAG_PATHS = {
     "gemm_m": "cost.gemm_m",
     "mfu_lookup": "cost.mfu_lookup",
     "bench_data": "cost.bench_data_dir",
+    "calibration": "cost.calibration",
     "seed": "seed",
     "num_requests": "workload.num_requests",
     "strategy": "arrival.strategy",
@@ -179,6 +180,7 @@ def common_options(func):
         click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), help="GEMM M sizing: tokens (physical) or requests (seed study)."),
         click.option("--mfu-lookup", type=click.Choice(["nearest", "interpolate"]), help="MFU table lookup mode."),
         click.option("--bench-data", type=click.Path(file_okay=False), help="Microbenchmark directory (bench_data/) for MFU tables."),
+        click.option("--calibration", help="Fitted cost knobs: a shipped calibration name (h100) or a YAML path from `calibrate`."),
         click.option("--seed", type=int, help="Run seed (all random streams derive from it)."),
         click.option("--num-requests", type=int, help="Requests to simulate (per point in sweeps)."),
         click.option(

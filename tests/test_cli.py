@@ -252,3 +252,16 @@ def test_streaming_spills_in_chunks(tmp_path):
     assert sum(req_rows) == 50 and max(req_rows) <= 16 and len(req_rows) >= 4
     assert sum(n for k, n in chunks if k == "steps") == res.summary["num_steps"]
     assert res.summary["num_finished"] == 50 and res.derived["streamed"]
+
+
+def test_calibration_flag_changes_the_cost_and_is_recorded(tmp_path):
+    base = ["run", "--num-requests", "30", "--quiet", "--no-plots"]
+    assert invoke(*base, "-o", str(tmp_path / "a")).exit_code == 0
+    assert invoke(*base, "--calibration", "h100", "-o", str(tmp_path / "b")).exit_code == 0
+    a = json.loads((tmp_path / "a/summary.json").read_text())["runs"][0]["summary"]
+    b = json.loads((tmp_path / "b/summary.json").read_text())["runs"][0]["summary"]
+    assert a["tpot_mean_ms"] != b["tpot_mean_ms"]
+    cfg = yaml.safe_load((tmp_path / "b/config.yaml").read_text())
+    assert cfg["cost"]["calibration"] == "h100"
+    bad = CliRunner().invoke(main, [*base, "--calibration", "nope", "-o", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "cost.calibration" in bad.output

@@ -302,3 +302,27 @@ def test_validation_on_real_data(ground_truth):
     # the synchronous points are the roofline's home ground: within 50 % of the measured E2E
     assert e2e["jan20-prefill-llama7b-tp1-1#0"] < 0.5 and e2e["jan30-llama2-7b-tp1-codesweep#0"] < 0.5
     assert len(v.steps) == 5 and (v.steps["n_matched"] >= 38).all()
+
+
+def test_full_validation_on_the_shared_data(ground_truth, tmp_path):
+    """CI runs the whole validation on the measured data (every point, 500 requests per point
+    at most): all points simulate, the report files are written, and the synchronous points —
+    where the seed roofline is known to be fair — stay within 35 % E2E MAPE."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    out = tmp_path / "val"
+    res = CliRunner().invoke(main, ["validate", "--ground-truth", str(ground_truth), "--max-requests-per-point", "500",
+                                    "--no-plots", "--quiet", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("report.md", "points.csv", "mape.csv"):
+        assert (out / name).exists()
+    pts = pd.read_csv(out / "points.csv")
+    assert pts["point_id"].nunique() == len(load_points(ground_truth))
+    e2e = pts[pts["metric"] == "e2e_mean"]
+    assert np.isfinite(e2e["ape"]).all()
+    mape = pd.read_csv(out / "mape.csv")
+    sync = mape[(mape["subset"] == "all") & (mape["group_by"] == "load_level") & (mape["group"] == "synchronous") & (mape["metric"] == "e2e_mean")]
+    assert len(sync) == 1 and sync["mape"].iloc[0] < 0.35
