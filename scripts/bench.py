@@ -56,7 +56,7 @@ def _child(case: dict) -> dict:
 
             tmp = tempfile.mkdtemp(prefix="servesim-bench-")
             spill = StreamingParquet({"requests": Path(tmp) / "requests.parquet", "steps": Path(tmp) / "steps.parquet"})
-        res = Simulation(cfg, spill=spill).run()
+        res = Simulation(cfg, spill=spill, fast_forward=case.get("fast_forward", True)).run()
         if spill is not None:
             spill.commit()
         wall = time.perf_counter() - t0
@@ -103,6 +103,10 @@ def main() -> None:
     if args.million:
         cases.append(("1M", {"kind": "run", "stream": True, "override": {"workload": {"num_requests": 1000000}, "record_itls": False}}))
     cases.append(("P3", {"kind": "sweep", "override": {"workload": {"num_requests": 1000}, "sweep": {"num_points": 12}}}))
+    # the engine's decode fast-forward, on and off, on its best case (one request at a time)
+    sync = {"workload": {"num_requests": 1000}, "arrival": {"strategy": "synchronous"}}
+    cases.append(("sync, fast-forward on", {"kind": "run", "override": sync}))
+    cases.append(("sync, fast-forward off", {"kind": "run", "override": sync, "fast_forward": False}))
     # scaling with load: cost per step vs batch size, same number of requests
     for rate in (5, 20, 50):
         cases.append((f"scale@{rate}", {"kind": "run", "override": {"workload": {"num_requests": 3000}, "arrival": {"rate_rps": rate}}}))

@@ -265,3 +265,21 @@ def test_calibration_flag_changes_the_cost_and_is_recorded(tmp_path):
     assert cfg["cost"]["calibration"] == "h100"
     bad = CliRunner().invoke(main, [*base, "--calibration", "nope", "-o", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "cost.calibration" in bad.output
+
+
+def test_interrupted_streamed_run_leaves_no_result_files(tmp_path, monkeypatch):
+    """Ctrl-C during a streamed run: exit 130, the chunk files already written are deleted and
+    no results file appears."""
+    from sim import simulation
+
+    def interrupted_run(self, progress=None):
+        self.sink.spill("requests", pd.DataFrame({"request_id": [1, 2]}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulation.Simulation, "run", interrupted_run)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["run", "--stream", "--num-requests", "10", "--quiet", "-o", str(out)])
+    assert res.exit_code == 130
+    assert "no partial result files" in res.output
+    left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert left == []
