@@ -330,13 +330,9 @@ def plot_cv(table: pd.DataFrame, title: str):
             ax.errorbar(g["meas"], g["cv"], yerr=err, fmt=mk, ms=4, alpha=0.8, capsize=2,
                         label="overloaded" if ov else "CV prediction ± interval")
             ax.scatter(g["meas"], g["seed"], s=10, c="grey", alpha=0.6, label=None if ov else "seed model")
-        vals = pd.concat([d["meas"], d["cv"]])
-        vals = vals[vals > 0]
-        if len(vals):
-            lo, hi = float(vals.min()) * 0.7, float(vals.max()) * 1.4
-            ax.plot([lo, hi], [lo, hi], "k:", lw=1)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+        from .plots import identity_loglog
+
+        identity_loglog(ax, pd.concat([d["meas"], d["cv"]]))
         ax.set_xlabel(f"measured {metric} (ms)")
         ax.set_ylabel(f"simulated {metric} (ms)")
         ax.grid(alpha=0.3)

@@ -294,6 +294,21 @@ def study_rate(point: pd.Series | dict) -> float:
     return float(r)
 
 
+def _configured_workload(point, num_requests: int, prefix_tokens: int, prefix_groups: int, pid: str) -> dict[str, Any]:
+    """The workload section for a point without per-request data: its configured length
+    distributions (points.csv ``*_tokens_{mean,stdev,min,max}``)."""
+    return {
+        "num_requests": num_requests,
+        "prompt_tokens": _length(point.get("prompt_tokens_mean"), point.get("prompt_tokens_stdev"),
+                                 point.get("prompt_tokens_min"), point.get("prompt_tokens_max"), "prompt_tokens", pid),
+        "output_tokens": _length(point.get("output_tokens_mean"), point.get("output_tokens_stdev"),
+                                 point.get("output_tokens_min"), point.get("output_tokens_max"), "output_tokens", pid),
+        "prefix_tokens": prefix_tokens,
+        "prefix_groups": prefix_groups,
+        "trace": None,
+    }
+
+
 def point_to_config(
     point: pd.Series | dict,
     base: RunConfig | None = None,
@@ -352,16 +367,7 @@ def point_to_config(
             "max_model_len": STUDY_MAX_MODEL_LEN,
             "long_prefill_token_threshold": 0,
         }
-        d["workload"] = {
-            "num_requests": cap(n),
-            "prompt_tokens": _length(point.get("prompt_tokens_mean"), point.get("prompt_tokens_stdev"),
-                                     point.get("prompt_tokens_min"), point.get("prompt_tokens_max"), "prompt_tokens", pid),
-            "output_tokens": _length(point.get("output_tokens_mean"), point.get("output_tokens_stdev"),
-                                     point.get("output_tokens_min"), point.get("output_tokens_max"), "output_tokens", pid),
-            "prefix_tokens": prefix_tokens,
-            "prefix_groups": prefix_groups,
-            "trace": None,
-        }
+        d["workload"] = _configured_workload(point, cap(n), prefix_tokens, prefix_groups, pid)
         d["arrival"] = {"strategy": "open-loop-at-measured-rate", "rate_rps": study_rate(point), "concurrency": None}
     else:
         block = _int(point.get("block_size")) or 16
@@ -394,16 +400,7 @@ def point_to_config(
             n = _int(point.get("num_requests_cfg")) or _int(point.get("n_successful"))
             if n is None:
                 n = DEFAULT_SYNC_REQUESTS if strat == "synchronous" else STUDY_DEFAULT_REQUESTS
-            d["workload"] = {
-                "num_requests": cap(n),
-                "prompt_tokens": _length(point.get("prompt_tokens_mean"), point.get("prompt_tokens_stdev"),
-                                         point.get("prompt_tokens_min"), point.get("prompt_tokens_max"), "prompt_tokens", pid),
-                "output_tokens": _length(point.get("output_tokens_mean"), point.get("output_tokens_stdev"),
-                                         point.get("output_tokens_min"), point.get("output_tokens_max"), "output_tokens", pid),
-                "prefix_tokens": prefix_tokens,
-                "prefix_groups": prefix_groups,
-                "trace": None,
-            }
+            d["workload"] = _configured_workload(point, cap(n), prefix_tokens, prefix_groups, pid)
             arrival = {"strategy": strat, "rate_rps": rate if strat in ("constant", "poisson") else None, "concurrency": None}
         if strat == "throughput" and str(point.get("rate_unit", "")).startswith("concurrency") and rate:
             arrival["concurrency"] = int(rate)  # guidellm's max_concurrency cap

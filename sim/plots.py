@@ -102,3 +102,13 @@ def comparison(table, metrics=("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "o
     fig.suptitle("comparison: mean and 95 % interval over seeds")
     fig.tight_layout()
     return fig
+
+
+def identity_loglog(ax, values) -> None:
+    """Log–log axes with the y = x line over the positive ``values`` (simulated vs measured)."""
+    vals = [float(v) for v in values if v == v and v > 0]
+    if vals:
+        lo, hi = min(vals) * 0.7, max(vals) * 1.4
+        ax.plot([lo, hi], [lo, hi], "k:", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")

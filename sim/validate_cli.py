@@ -251,13 +251,9 @@ def plot_sim_vs_meas(long: pd.DataFrame, title: str):
         d = long[(long["metric"] == metric) & long["sim"].notna() & long["meas"].notna()]
         for ds, grp in d.groupby("dataset", sort=True):
             ax.scatter(grp["meas"], grp["sim"], s=22, label=str(ds)[:24], alpha=0.8)
-        vals = pd.concat([d["meas"], d["sim"]])
-        vals = vals[vals > 0]
-        if len(vals):
-            lo, hi = float(vals.min()) * 0.7, float(vals.max()) * 1.4
-            ax.plot([lo, hi], [lo, hi], "k:", lw=1)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+        from .plots import identity_loglog
+
+        identity_loglog(ax, pd.concat([d["meas"], d["sim"]]))
         ax.set_xlabel(f"measured {label}")
         ax.set_ylabel(f"simulated {label}")
         ax.grid(alpha=0.3)
