@@ -12,14 +12,36 @@ When there is no work the engine sleeps until :meth:`Engine.submit` wakes it.
 
 from __future__ import annotations
 
+from heapq import heappush
+
 import numpy as np
 import simpy
+from simpy.core import NORMAL
 
 from .cost.base import CostModel
 from .entities import Request, RequestStatus
 from .errors import SimulationError
 from .metrics import MetricsSink
 from .scheduler.vllm_v1 import VllmV1Scheduler
+
+
+class SimEnvironment(simpy.Environment):
+    """A SimPy environment that can also schedule a timeout at an absolute time.
+
+    ``env.timeout(d)`` lands on ``now + d``, and a sum of step durations accumulated one by
+    one cannot always be reached by one such addition (rounding); :meth:`timeout_at` lands on
+    the given double exactly, so a fast-forwarded stretch of steps ends on the same instant as
+    the step-by-step loop. (Uses SimPy 4's event queue layout, ``(time, priority, eid, event)``.)
+    """
+
+    def timeout_at(self, time_s: float) -> simpy.Event:
+        if not time_s >= self._now:
+            raise ValueError(f"timeout_at({time_s!r}) is in the past (now {self._now!r})")
+        event = simpy.Event(self)
+        event._ok = True
+        event._value = None
+        heappush(self._queue, (time_s, NORMAL, next(self._eid), event))
+        return event
 
 
 class Engine:
@@ -255,13 +277,15 @@ class Engine:
         for j, i in events:
             if not kv.allocate_slots(running[i], j):
                 raise SimulationError("fast-forward KV allocation failed after the window check")
-        # One timeout per step keeps the clock's float arithmetic identical to the step loop
-        # (a single jump cannot always land on the same double); it is cheap next to the
-        # per-request work the window skips.
-        timeout = env.timeout
-        for c in costs:
-            yield timeout(c)
+        # The window ends on the instant the step loop would reach by adding the durations one
+        # by one; a plain environment gets one timeout per step (same arithmetic).
         end = times[-1]
+        if isinstance(env, SimEnvironment):
+            yield env.timeout_at(end)
+        else:
+            timeout = env.timeout
+            for c in costs:
+                yield timeout(c)
         if env.now != end:
             raise SimulationError(f"fast-forward clock drift: {env.now!r} != {end!r}")
         gaps = [times[j + 1] - times[j] for j in range(k)]
@@ -277,6 +301,5 @@ class Engine:
         need = -(-(computed[:, None] + steps[None, :]) // bs) - held[:, None]
         used = base_used + np.maximum(need, 0).sum(axis=0)
         first = self.num_steps
-        for j in range(k):
-            sink.on_step((first + j, times[j], costs[j], 0, n, 0, n, 0, False, int(used[j]), 0))
+        sink.on_decode_steps([(first + j, times[j], costs[j], 0, n, 0, n, 0, False, u, 0) for j, u in enumerate(used.tolist())])
         self.num_steps += k

@@ -239,6 +239,15 @@ class MetricsSink:
         if self.spill is not None and len(self.step_rows) >= self.chunk_rows:
             self._spill_steps()
 
+    def on_decode_steps(self, rows: list[tuple]) -> None:
+        """Several pure-decode steps at once (engine fast-forward); same effect as
+        :meth:`on_step` for each row."""
+        self.step_rows.extend(rows)
+        self.num_steps += len(rows)
+        self.sum_batch_tokens += sum(r[4] for r in rows)  # decode requests; no prefill tokens
+        if self.spill is not None and len(self.step_rows) >= self.chunk_rows:
+            self._spill_steps()
+
     def on_request_done(self, req: Request, status: str | None = None) -> None:
         """``req`` left the server (finished or rejected), or is reported at the horizon."""
         self.add_record(request_record(req, status))
@@ -288,11 +297,15 @@ def requests_frame(columns: dict[str, list]) -> pd.DataFrame:
     return df.sort_values("request_id", kind="stable").reset_index(drop=True)
 
 
+_STEP_DTYPES = {f.name: (float if f.type == "float" else bool if f.type == "bool" else np.int64) for f in fields(StepRecord)}
+
+
 def steps_frame(rows: list[tuple]) -> pd.DataFrame:
-    """Per-step table from the sink's step rows."""
-    return pd.DataFrame.from_records(rows, columns=STEP_COLUMNS) if rows else pd.DataFrame(
-        {name: [] for name in STEP_COLUMNS}, columns=STEP_COLUMNS
-    )
+    """Per-step table from the sink's step rows (column-wise build: fast for long runs)."""
+    if not rows:
+        return pd.DataFrame({name: np.array([], dtype=_STEP_DTYPES[name]) for name in STEP_COLUMNS}, columns=STEP_COLUMNS)
+    cols = zip(*rows)
+    return pd.DataFrame({name: np.fromiter(col, dtype=_STEP_DTYPES[name], count=len(rows)) for name, col in zip(STEP_COLUMNS, cols)}, columns=STEP_COLUMNS)
 
 
 def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import simpy
 
 from . import arrival as _arrival  # noqa: F401  (registers strategies)
 from .arrival import ARRIVALS
@@ -31,7 +30,7 @@ from .config import (
     RunConfig,
 )
 from .cost import COST_MODELS
-from .engine import Engine
+from .engine import Engine, SimEnvironment
 from .errors import ConfigError
 from .hardware import GpuSpec, resolve_gpu
 from .metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, steps_frame, summarize
@@ -156,7 +155,7 @@ class Simulation:
         )
         self.scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(sched_limits, self.kv)
         self.workload = build_workload(cfg.workload, self.streams)
-        self.env = simpy.Environment()
+        self.env = SimEnvironment()
         self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows)
         self.engine = Engine(
             self.env,

@@ -68,6 +68,9 @@ PREFILL_BUCKET_MAX_TOKENS = 65536  # largest prefill bucket (cap)
 GemmM = Literal["tokens", "requests"]
 
 
+DECODE_MEMO_MAX_ENTRIES = 200_000  # bounds the decode-price memo (~40 MB); cleared when full
+
+
 def prefill_bucket(seq_tokens: int) -> int:
     """Smallest 512·2^k ≥ ``seq_tokens``, capped at 65536 (v2-pre bucketing)."""
     bucket = PREFILL_BUCKET_MIN_TOKENS
@@ -175,6 +178,7 @@ class RooflineCostModel:
             (dff_pg, d, experts),  # down
         )
         self._gemm_memo: dict[int, float] = {}
+        self._decode_memo: dict[tuple[int, int, int], StepCost] = {}
 
     # --- building blocks ---------------------------------------------------------------------
     def gemm_s(self, m: int) -> float:
@@ -300,10 +304,18 @@ class RooflineCostModel:
         """Price of a decode-only step of ``n`` decodes whose contexts sum to ``context_sum``
         tokens with maximum ``context_max`` — equal to ``price`` of any such batch. The engine
         uses it to fast-forward runs of identical-shape decode steps."""
+        key = (n, context_sum, context_max)
+        hit = self._decode_memo.get(key)
+        if hit is not None:  # small batches revisit the same shapes (a lone request: every context once per request)
+            return hit
         cd, md, gd = self.decode_terms_aggregate(n, context_sum, context_max)
         td = cd if cd > md else md
         oh = self._overhead_s
-        return StepCost(total_s=td + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
+        cost = StepCost(total_s=td + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
+        if len(self._decode_memo) >= DECODE_MEMO_MAX_ENTRIES:
+            self._decode_memo.clear()
+        self._decode_memo[key] = cost
+        return cost
 
     def price(self, batch: Batch) -> StepCost:
         """Duration of ``batch``, seconds: combined GPU time + overhead.
