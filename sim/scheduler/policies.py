@@ -44,11 +44,19 @@ class _Plan:
     items: list[BatchItem] = field(default_factory=list)
     reqs: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    ids: set[int] = field(default_factory=set)  # request ids in the plan (O(1) membership)
 
     def add(self, req: Request, item: BatchItem) -> None:
         self.items.append(item)
         self.reqs.append(req)
+        self.ids.add(req.request_id)
         self.budget -= item.new_tokens
+
+    def remove(self, req: Request) -> None:
+        k = self.reqs.index(req)
+        self.budget += self.items[k].new_tokens
+        del self.reqs[k], self.items[k]
+        self.ids.discard(req.request_id)
 
     def output(self) -> SchedulerOutput:
         return SchedulerOutput(Batch.of(self.items), self.reqs, self.preempted)
@@ -70,10 +78,8 @@ class _PhasedScheduler(VllmV1Scheduler):
         """
         while not self.kv.allocate_slots(req, n):
             victim = self.pick_victim()
-            if victim in plan.reqs:
-                k = plan.reqs.index(victim)
-                plan.budget += plan.items[k].new_tokens
-                del plan.reqs[k], plan.items[k]
+            if victim.request_id in plan.ids:
+                plan.remove(victim)
             self._preempt(victim)
             plan.preempted.append(victim)
             if victim is req:
@@ -89,7 +95,7 @@ class _PhasedScheduler(VllmV1Scheduler):
         for req in list(order):
             if plan.budget <= 0:
                 return True
-            if req.status is not RequestStatus.RUNNING or req in plan.reqs:
+            if req.status is not RequestStatus.RUNNING or req.request_id in plan.ids:
                 continue  # preempted earlier in this step, or already planned
             n = chunk(req, plan.budget)
             if n <= 0:
