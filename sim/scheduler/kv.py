@@ -94,6 +94,21 @@ class KVCacheManager:
         """
         owned = self._owned.get(req.request_id)
         have = len(owned) if owned else 0
+        if not computed_blocks and not self.enable_prefix_caching and owned is not None:
+            # hot path (a running request growing, no cache): no hits, no hashes
+            need = -(-(req.num_computed_tokens + num_new_tokens) // self.block_size) - have
+            if need <= 0:
+                return True
+            free = self._free
+            if need > len(free):
+                return False
+            ref, hashes = self._ref, self._hash
+            for _ in range(need):
+                b = free.popitem(last=False)[0]
+                hashes[b] = None
+                ref[b] = 1
+                owned.append(b)
+            return True
         hits = computed_blocks or []
         total_tokens = req.num_computed_tokens + len(hits) * self.block_size + num_new_tokens
         need = self.blocks_for_tokens(total_tokens) - have - len(hits)

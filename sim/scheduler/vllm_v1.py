@@ -118,6 +118,22 @@ class VllmV1Scheduler:
 
         i = 0
         n_run = len(running)
+        if plain_decodes and not caching and n_run and budget >= n_run:
+            # All-decode fast path (the steady state of a loaded server): when every running
+            # request is an ordinary decode and the free blocks cover those that need one,
+            # the loop below would schedule all of them, one token each, allocating in running
+            # order without preempting; do the same with comprehensions.
+            if all(r.num_output_generated and r.prompt_tokens + r.num_output_generated - r.num_computed_tokens == 1 for r in running):
+                needs = [r for r in running if r.num_computed_tokens >= len(owned[r.request_id]) * block_size]
+                if len(needs) <= kv.num_free_blocks:
+                    for r in needs:
+                        kv.allocate_slots(r, 1)
+                    dec_ctx = [r.num_computed_tokens for r in running]
+                    items = [_new_item(BatchItem, (r.request_id, 1, c, True)) for r, c in zip(running, dec_ctx)]
+                    reqs = list(running)
+                    add_item, add_req = items.append, reqs.append
+                    budget -= n_run
+                    i = n_run  # skip the general loop
         while i < n_run and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
