@@ -358,8 +358,47 @@ def main(ctx: click.Context) -> None:
 STREAM_THRESHOLD_REQUESTS = 100_000
 
 
+def intervals_option(func):
+    return click.option(
+        "--intervals", is_flag=True,
+        help="Add 90 % prediction intervals (needs --calibration: bootstrap replicates + cross-validated residuals).",
+    )(func)
+
+
+def _intervals(cfgs: list, results: list, opts: dict, prog) -> list:
+    """Prediction intervals for each (config, result) pair, or [] without --intervals."""
+    if not opts.get("intervals"):
+        return []
+    from .calibrate_cli import intervals_for_configs
+    from .executor import run_many
+
+    def summaries(reps):
+        done = run_many(reps, opts.get("executor", "process"), opts.get("workers"),
+                        prog.phase("interval replicates", len(reps)), opts.get("ray_address"))
+        return [r.summary for r in done]
+
+    return intervals_for_configs(cfgs, [r.summary for r in results], summaries)
+
+
+def interval_table(rows: list[tuple[str, dict, dict]], title: str) -> Table:
+    """rows: (label, summary, intervals) → mean latencies with their intervals."""
+    t = Table(title=title, title_justify="left", header_style="bold")
+    t.add_column("point")
+    keys = ("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms")
+    for k in keys:
+        t.add_column(k + " [90 % PI]", justify="right")
+    for label, s, iv in rows:
+        cells = []
+        for k in keys:
+            lo, hi = iv.get(k, (float("nan"), float("nan")))
+            cells.append(f"{_fmt(s[k], 1)} [{_fmt(lo, 1)}, {_fmt(hi, 1)}]")
+        t.add_row(label, *cells)
+    return t
+
+
 @main.command()
 @common_options
+@intervals_option
 @click.option(
     "--stream/--no-stream", default=None,
     help=f"Stream records to disk in chunks (bounded memory); default: on above {STREAM_THRESHOLD_REQUESTS:,} requests.",
@@ -391,11 +430,16 @@ def run(config: str | None, **kwargs: Any) -> None:
         if writer is not None:
             writer.abort()
         raise
+    with _Progress(opts["quiet"], "intervals") as prog:
+        ivs = _intervals([cfg], [res], opts, prog)
     wall = time.perf_counter() - t0
     _write_common(out, cfg, fmt)
     if writer is None:
         write_run_tables(out, "run", res)
-    write_json(out / "summary.json", {**header(cfg), "runs": [run_entry("run", res)]})
+    entry = run_entry("run", res)
+    if ivs:
+        entry["intervals_90"] = ivs[0]
+    write_json(out / "summary.json", {**header(cfg), "runs": [entry]})
     if not res.derived.get("streamed"):  # the guidellm report needs the full request table
         _write_guidellm(out, [res], cfg)
     if not opts["no_plots"] and len(res.steps):  # streamed runs keep no steps in memory
@@ -405,6 +449,8 @@ def run(config: str | None, **kwargs: Any) -> None:
     s = res.summary
     label = cfg.arrival.strategy + (f"@{cfg.arrival.rate_rps:g}" if cfg.arrival.rate_rps else "")
     out_console.print(summary_table([(label, cfg.arrival.rate_rps, s, None)], f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{cfg.cost.formula}"))
+    if ivs:
+        out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
     out_console.print(
         f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected, {s['num_in_flight']} in flight, "
         f"{s['num_not_sent']} not sent; KV blocks {res.derived['num_gpu_blocks']}, budget {res.derived['max_num_batched_tokens']} tokens"
@@ -416,6 +462,7 @@ def run(config: str | None, **kwargs: Any) -> None:
 @main.command()
 @common_options
 @executor_options
+@intervals_option
 @click.option("--num-points", type=int, help="Benchmarks in the sweep incl. synchronous and throughput (guidellm --rate).")
 @click.option("--rates", help="Explicit comma-separated request rates (req/s) instead of guidellm's rule.")
 @handle_errors
@@ -431,7 +478,8 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     from .sweep import run_sweep
 
     kwargs = {**{k: None for k in FLAG_PATHS}, "sets": (), "output_dir": None, "no_plots": False, "quiet": False,
-              "executor": "process", "workers": None, "ray_address": None, "num_points": None, "rates": None, **kwargs}
+              "executor": "process", "workers": None, "ray_address": None, "num_points": None, "rates": None,
+              "intervals": False, **kwargs}
     flags, opts = _split(kwargs)
     sets = list(opts["sets"])
     if opts["num_points"] is not None:
@@ -454,6 +502,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
             return run_many(cfgs, opts["executor"], opts["workers"], prog.phase(name, len(cfgs)), opts["ray_address"])
 
         result = run_sweep(cfg, many)
+        ivs = _intervals([p.result.config for p in result.points], [p.result for p in result.points], opts, prog)
     wall = time.perf_counter() - t0
     _write_common(out, cfg, fmt)
     for p in result.points:
@@ -464,8 +513,12 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
             **header(cfg),
             "saturation_rps": result.saturation_rps,
             "max_throughput_rps": result.max_throughput_rps,
+            "full_batch_capacity_rps": result.full_batch_capacity_rps,
             "notes": result.notes,
-            "runs": [run_entry(p.label, p.result, p.rate_rps, p.stable) for p in result.points],
+            "runs": [
+                {**run_entry(p.label, p.result, p.rate_rps, p.stable), **({"intervals_90": ivs[i]} if ivs else {})}
+                for i, p in enumerate(result.points)
+            ],
         },
     )
     _write_guidellm(out, [p.result for p in result.points], cfg)
@@ -473,12 +526,15 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         from .plots import batch_composition, latency_vs_rate, throughput_vs_offered
 
         title = f"{cfg.model}, {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.formula}"
-        write_figure(out / "plots" / "latency_vs_rate.png", latency_vs_rate(result, title))
+        write_figure(out / "plots" / "latency_vs_rate.png", latency_vs_rate(result, title, ivs or None))
         write_figure(out / "plots" / "throughput_vs_offered.png", throughput_vs_offered(result, title))
         busiest = max(result.points, key=lambda p: p.result.summary["mean_batch_tokens"])  # the most loaded point
         write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
     out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{cfg.cost.formula}"))
+    if ivs:
+        out_console.print(interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)],
+                                         f"prediction intervals (calibration {cfg.cost.calibration})"))
     sat = "-" if result.saturation_rps is None else f"{result.saturation_rps:.3g} req/s"
     out_console.print(f"saturation point: {sat}; max throughput: {result.max_throughput_rps:.3g} req/s")
     for note in result.notes:

@@ -174,6 +174,9 @@ class SweepConfig(_Strict):
     rates_rps: list[float] | None = Field(None, description="explicit request rates instead of guidellm's rule")
     rate_strategy: Literal["constant", "poisson"] = Field("constant", description="arrival process of the rate points")
     duration_s: float | None = Field(None, gt=0, description="each rate point sends rate·duration requests (else workload.num_requests)")
+    overload_factor: float | None = Field(
+        1.25, gt=1, description="guidellm rule only: one more rate at this multiple of the throughput point's rate, to see past saturation; None = guidellm's points only"
+    )
 
     @field_validator("rates_rps")
     @classmethod

@@ -138,6 +138,18 @@ def _weighted(values: Sequence | np.ndarray, n: int) -> np.ndarray:
         if arr.shape[1] == n - 1:
             arr = np.hstack((arr, np.ones((arr.shape[0], 1))))
         return arr
+    try:  # homogeneous lists (all scalars, or all tuples of one length) convert in one call
+        arr = np.asarray(values, dtype=float)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is not None and arr.size:
+        if arr.ndim == 1:
+            ones = np.ones((arr.shape[0], 1))
+            return np.column_stack((arr, ones)) if n == 2 else np.column_stack((arr, arr, ones))
+        if arr.ndim == 2 and arr.shape[1] == n:
+            return arr
+        if arr.ndim == 2 and arr.shape[1] == n - 1:
+            return np.hstack((arr, np.ones((arr.shape[0], 1))))
     out = np.empty((len(values), n), dtype=float)
     for i, v in enumerate(values):
         if isinstance(v, tuple):

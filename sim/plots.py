@@ -15,14 +15,19 @@ from .simulation import SimResult  # noqa: E402
 from .sweep import SweepResult  # noqa: E402
 
 
-def latency_vs_rate(sweep: SweepResult, title: str = "") -> Figure:
-    """TTFT, TPOT and E2E (mean, p50, p90, p99) against achieved request rate."""
-    pts = sorted((p for p in sweep.points if p.achieved_rps == p.achieved_rps), key=lambda p: p.achieved_rps)
+def latency_vs_rate(sweep: SweepResult, title: str = "", intervals: list[dict] | None = None) -> Figure:
+    """TTFT, TPOT and E2E (mean, p50, p90, p99) against achieved request rate; with
+    ``intervals`` (one dict per sweep point, key → (lo, hi)) a band around the means."""
+    order = sorted((i for i, p in enumerate(sweep.points) if p.achieved_rps == p.achieved_rps), key=lambda i: sweep.points[i].achieved_rps)
+    pts = [sweep.points[i] for i in order]
     x = [p.achieved_rps for p in pts]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, metric, label in zip(axes, ("ttft", "tpot", "e2e"), ("TTFT (ms)", "TPOT (ms)", "E2E latency (ms)")):
         for stat, style in (("mean", "-o"), ("p50", "--"), ("p90", ":"), ("p99", "-.")):
             ax.plot(x, [p.result.summary[f"{metric}_{stat}_ms"] for p in pts], style, label=stat, markersize=4)
+        if intervals:
+            band = [intervals[i].get(f"{metric}_mean_ms", (float("nan"), float("nan"))) for i in order]
+            ax.fill_between(x, [b[0] for b in band], [b[1] for b in band], alpha=0.2, label="mean, 90 % PI")
         ax.set_xlabel("achieved request rate (req/s)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

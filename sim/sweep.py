@@ -3,16 +3,27 @@
 A *sweep* follows guidellm's ``sweep`` profile (``guidellm/benchmark/profile.py``
 ``SweepProfile``): a synchronous benchmark, a throughput benchmark, then ``num_points − 2``
 constant (or Poisson) rates ``linspace(sync_rps, throughput_rps, num_points − 1)[1:]``, where
-``sync_rps`` and ``throughput_rps`` are the request rates those two benchmarks achieved.
+``sync_rps`` and ``throughput_rps`` are the request rates those two benchmarks achieved; then
+(``sweep.overload_factor``, default 1.25) one rate beyond ``throughput_rps``, because the
+throughput point's achieved rate includes its drain and sits at or below capacity, so
+guidellm's points alone rarely show the overloaded side.
 
 **Saturation.** An open-loop rate point is *stable* when the server keeps up with it:
 
-* the backlog (requests running or waiting, sampled at every step) grows, over the last three
-  quarters of the arrival window, by at most 10 % of the offered rate (least-squares slope;
-  past saturation it grows at offered − served rate), and
+* the admission queue (requests waiting, sampled at every step) does not grow, over the
+  arrival window after its ramp-up (the first quarter, or the first mean E2E latency if
+  longer), by more than 10 % of the requests offered in that window or than the random
+  fluctuation of a stable queue, 3·√(mean queue) + 1 (least-squares slope × window; past
+  saturation it grows at offered − served rate);
 * queueing stays bounded: the mean queue delay of the last third of requests (by arrival) is
   at most twice that of the first third plus ten mean step durations (in a stable vLLM-like
-  server waiting requests are admitted within a few steps).
+  server waiting requests are admitted within a few steps); and
+* when the sweep ran a throughput benchmark, the rate does not exceed the *full-batch
+  capacity*: the completion rate of that benchmark while its batch held at least 90 % of its
+  peak number of running requests. Below the seat and KV limits a vLLM-like server does not
+  queue but grows its batch, and every step slows with it; the batch converges only when the
+  rate is below the full-batch completion rate, and the approach takes about E2E/(1 − ρ), often
+  longer than a finite run. The queue criteria alone would call such points stable.
 
 The *saturation point* is the highest swept rate such that it and every lower rate point are
 stable. Finite runs blur the edge: use enough requests per point (several hundred).
@@ -58,6 +69,7 @@ class SweepResult:
     saturation_rps: float | None
     max_throughput_rps: float
     notes: list[str] = field(default_factory=list)
+    full_batch_capacity_rps: float = float("nan")
 
 
 def guidellm_rates(sync_rps: float, throughput_rps: float, num_points: int) -> list[float]:
@@ -80,33 +92,61 @@ def point_config(cfg: RunConfig, strategy: str, rate_rps: float | None = None) -
     return with_overrides(cfg, over)
 
 
-BACKLOG_GROWTH_TOLERANCE = 0.10  # backlog may grow at most 10 % of the offered rate
+QUEUE_GROWTH_TOLERANCE = 0.10  # the queue may grow by at most 10 % of the requests offered
 MIN_STEPS_FOR_TREND = 20
+FULL_BATCH_FRACTION = 0.9  # "full batch": running requests at least 90 % of the run's peak
+MIN_FINISHED_FOR_CAPACITY = 10
 
 
-def backlog_growth_rps(res: SimResult) -> float:
-    """Least-squares slope (requests/s) of the number of requests in the server (running +
-    waiting, sampled at every step) over the last three quarters of the arrival window.
-    NaN when the window holds too few steps to tell."""
+def queue_growth(res: SimResult) -> tuple[float, float, float]:
+    """Least-squares slope (requests/s) of the number of waiting requests (sampled at every
+    step) over the arrival window after its ramp-up (the first quarter, or the first mean E2E
+    latency if longer), with the window's length (s) and mean queue (requests). Slope NaN
+    when too few steps remain."""
     df, st = res.requests, res.steps
     t0, t1 = float(df["arrival_s"].min()), float(df["arrival_s"].max())
-    lo = t0 + 0.25 * (t1 - t0)
+    finished = df["status"] == "finished"
+    # skip the ramp-up: the server fills for about one mean latency (Little's law) first
+    e2e_s = float(df.loc[finished, "e2e_s"].mean()) if finished.any() else 0.0
+    lo = t0 + max(0.25 * (t1 - t0), e2e_s if e2e_s == e2e_s else 0.0)
     win = st[(st["start_s"] >= lo) & (st["start_s"] <= t1)]
     if len(win) < MIN_STEPS_FOR_TREND or t1 - lo <= 0:
-        return float("nan")
+        return float("nan"), 0.0, 0.0
     x = win["start_s"].to_numpy(dtype=float)
-    y = (win["num_running"] + win["num_waiting"]).to_numpy(dtype=float)
+    y = win["num_waiting"].to_numpy(dtype=float)
     slope = np.polyfit(x - x.mean(), y, 1)[0]
-    return float(slope)
+    return float(slope), float(x[-1] - x[0]), float(y.mean())
 
 
-def is_stable(res: SimResult) -> bool:
-    """Whether an open-loop point keeps up with its offered rate (see module docstring)."""
+def full_batch_capacity_rps(res: SimResult) -> float:
+    """Completions per second of a run while its batch held at least ``FULL_BATCH_FRACTION``
+    of its peak number of running requests: the server's sustainable rate at full batch.
+    NaN when fewer than ``MIN_FINISHED_FOR_CAPACITY`` requests finished in that period."""
+    st, df = res.steps, res.requests
+    if not len(st):
+        return float("nan")
+    full = st[st["num_running"] >= FULL_BATCH_FRACTION * float(st["num_running"].max())]
+    t0 = float(full["start_s"].min())
+    t1 = float((full["start_s"] + full["duration_s"]).max())
+    n = int(((df["status"] == "finished") & (df["finish_s"] > t0) & (df["finish_s"] <= t1)).sum())
+    if n < MIN_FINISHED_FOR_CAPACITY or t1 <= t0:
+        return float("nan")
+    return n / (t1 - t0)
+
+
+def is_stable(res: SimResult, capacity_rps: float = float("nan")) -> bool:
+    """Whether an open-loop point keeps up with its offered rate (see module docstring);
+    ``capacity_rps`` is the full-batch capacity (NaN: unknown, criterion skipped)."""
     if res.summary["num_in_flight"] or res.summary["num_not_sent"]:
         return False
     rate = res.config.arrival.rate_rps
-    growth = backlog_growth_rps(res)
-    if rate and growth == growth and growth > BACKLOG_GROWTH_TOLERANCE * rate:
+    if rate and capacity_rps == capacity_rps and rate > capacity_rps:
+        return False
+    slope, span_s, queue = queue_growth(res)
+    # growth over the window must exceed both 10 % of the arrivals and the random
+    # fluctuation of a stable queue (about its square root, Poisson-like)
+    allowed = max(QUEUE_GROWTH_TOLERANCE * (rate or 0.0) * span_s, 3.0 * math.sqrt(queue) + 1.0)
+    if rate and slope == slope and slope * span_s > allowed:
         return False
     df = res.requests
     fin = df[df["status"] == "finished"].sort_values("arrival_s", kind="stable")
@@ -130,11 +170,20 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
         points.append(SweepPoint("synchronous", "synchronous", None, sync_res))
         points.append(SweepPoint("throughput", "throughput", None, thr_res))
         rates = guidellm_rates(sync_res.summary["requests_per_s"], thr_res.summary["requests_per_s"], sw.num_points)
+        if sw.overload_factor is not None:
+            # guidellm stops at the throughput point's achieved rate, which includes the drain
+            # and so sits at or below capacity; one rate beyond it shows the overloaded side
+            rates.append(rates[-1] * sw.overload_factor)
     else:
         rates = sorted(sw.rates_rps)
+    capacity_rps = full_batch_capacity_rps(points[1].result) if points else float("nan")
+    if capacity_rps == capacity_rps:
+        notes.append(f"full-batch capacity {capacity_rps:.3g} req/s (throughput benchmark, completions while "
+                     f"the batch held >= {FULL_BATCH_FRACTION:.0%} of its peak); higher rates count as unstable")
     rate_cfgs = [point_config(cfg, sw.rate_strategy, r) for r in rates]
     for r, res in zip(rates, run_many(rate_cfgs)):
-        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res, stable=is_stable(res)))
+        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res,
+                                 stable=is_stable(res, capacity_rps)))
     saturation = None
     for p in sorted((p for p in points if p.rate_rps is not None), key=lambda p: p.rate_rps):
         if not p.stable:
@@ -145,7 +194,7 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
     elif saturation == max(rates):
         notes.append("the highest swept rate is still stable: saturation lies above the swept range")
     max_thr = max(p.achieved_rps for p in points if not math.isnan(p.achieved_rps)) if points else math.nan
-    return SweepResult(points, saturation, max_thr, notes)
+    return SweepResult(points, saturation, max_thr, notes, capacity_rps)
 
 
 # ------------------------------------------------------------------ capacity

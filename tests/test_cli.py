@@ -62,7 +62,8 @@ def test_sweep_reports_points_and_saturation(tmp_path):
     thr_rps = runs[1]["summary"]["requests_per_s"]
     # guidellm's rule: linspace(sync, throughput, n - 1)[1:]
     step = (thr_rps - sync_rps) / 3
-    assert rates == pytest.approx([sync_rps + step, sync_rps + 2 * step, thr_rps])
+    # then one overload rate at sweep.overload_factor (1.25) × the throughput rate
+    assert rates == pytest.approx([sync_rps + step, sync_rps + 2 * step, thr_rps, 1.25 * thr_rps])
     assert "saturation_rps" in summary
     assert "saturation point" in res.output
     report = json.loads((out / "benchmarks.json").read_text())
@@ -283,3 +284,24 @@ def test_interrupted_streamed_run_leaves_no_result_files(tmp_path, monkeypatch):
     assert "no partial result files" in res.output
     left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert left == []
+
+
+def test_intervals_flag_adds_bracketing_intervals_to_run_and_sweep(tmp_path):
+    base = ["--num-requests", "30", "--quiet", "--no-plots", "--calibration", "h100", "--intervals"]
+    res = invoke("run", *base, "-o", str(tmp_path / "r"))
+    assert res.exit_code == 0, res.output
+    entry = json.loads((tmp_path / "r/summary.json").read_text())["runs"][0]
+    for key in ("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms"):
+        lo, hi = entry["intervals_90"][key]
+        assert lo <= entry["summary"][key] <= hi and lo < hi
+    assert "prediction intervals" in res.output
+    res = invoke("sweep", *base, "--rates", "2,4", "--executor", "serial", "-o", str(tmp_path / "s"))
+    assert res.exit_code == 0, res.output
+    runs = json.loads((tmp_path / "s/summary.json").read_text())["runs"]
+    assert len(runs) == 2 and all("intervals_90" in r for r in runs)
+
+
+def test_intervals_without_calibration_is_a_usage_error(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--num-requests", "10", "--quiet", "--no-plots", "--intervals", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "calibration" in res.output
+    assert not (tmp_path / "x" / "summary.json").exists()
