@@ -54,6 +54,7 @@ from .calibration import (
     sim_matrix,
     summary_intervals,
     unit_to_knobs,
+    with_knobs,
 )
 from .config import RunConfig, parse_run_config
 from .errors import ConfigError
@@ -163,13 +164,15 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
 
     # real simulations: seed model, in-sample fit, cross-validated folds (evaluation cap)
     t0 = time.perf_counter()
-    sims_seed = sim_matrix(eval_ev.summaries(seed, all_idx), REPORT_METRICS)
+    # the seed model: seed knobs and the seed's MFU lookup, whatever the calibration uses
+    seed_cfgs = [with_knobs(c, seed) for c in eval_pb.configs]
+    seed_cfgs = [c.model_copy(update={"cost": c.cost.model_copy(update={"mfu_lookup": "nearest"})}) for c in seed_cfgs]
+    sims_seed = sim_matrix(summaries(seed_cfgs), REPORT_METRICS)
     sims_fit = sim_matrix(eval_ev.summaries(fit.knobs, all_idx), REPORT_METRICS)
     pid_to_i = {p: i for i, p in enumerate(eval_pb.points["point_id"])}
     sims_cv = np.full_like(sims_fit, np.nan)
     # one batch for all folds: every held-out point at its own fold's knobs
     cfgs, where = [], []
-    from .calibration import with_knobs
 
     for f in folds:
         for pid in f.test_point_ids:
@@ -249,7 +252,8 @@ def render_report(results: list[FormulaResult], settings: dict) -> str:
     seed = seed_knobs(settings["gpu"])
     rows = []
     for k in KNOB_NAMES:
-        rows.append([k, f"{seed[k]:.4g}"] + [f"{r.knobs.get(k, seed[k]):.4g}" + ("" if k in settings["knobs"] else " (fixed)") for r in results] + [KNOBS[k].meaning])
+        sk = f"{seed[k]:.4g}" if k in seed else "none"
+        rows.append([k, sk] + [(f"{r.knobs[k]:.4g}" if k in r.knobs else sk) + ("" if k in settings["knobs"] else " (fixed)") for r in results] + [KNOBS[k].meaning])
     lines += [md_table(hdr, rows), ""]
     lines += ["## Overall (not overloaded points): seed model, in-sample fit, leave-one-experiment-out CV", ""]
     hdr = ["formula", "metric", "n", "seed MAPE", "fit MAPE (in-sample)", "CV MAPE", "target", f"{settings['level']:.0%} PI coverage"]
@@ -299,6 +303,7 @@ def calibration_document(r: FormulaResult, settings: dict, name: str) -> dict[st
         "gpu": settings["gpu"],
         "formula": r.formula,
         "gemm_m": settings["gemm_m"],
+        "mfu_lookup": settings["mfu_lookup"],
         "knobs": {k: round(float(v), 6) for k, v in r.knobs.items()},
         "fitted_knobs": list(settings["knobs"]),
         "provenance": {
@@ -376,6 +381,8 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to calibrate (repeatable; default weighted-average). The first is saved.")
 @click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), default="tokens", show_default=True)
 @click.option("--knob", "knobs", multiple=True, help=f"Knobs to fit (repeatable; default {', '.join(DEFAULT_FIT_KNOBS)}).")
+@click.option("--mfu-lookup", type=click.Choice(["interpolate", "nearest"]), default="interpolate", show_default=True,
+              help="MFU table lookup the calibration uses (nearest = the seed's floor rows, which price a GEMM at M=63 twice M=64).")
 @click.option("--gpu", help="Calibrate the points of this GPU only (required when the data mixes GPUs).")
 @click.option("--experiment", "experiments", multiple=True, help="Only these experiments (repeatable).")
 @click.option("--fit-max-requests", type=int, default=DEFAULT_FIT_MAX_REQUESTS, show_default=True, help="Request cap per point while fitting.")
@@ -391,7 +398,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--list", "list_only", is_flag=True, help="List the shipped calibrations and exit.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def calibrate(ground_truth, bench_data, formulas, gemm_m, knobs, gpu, experiments, fit_max_requests, eval_max, maxfev,
+def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, gpu, experiments, fit_max_requests, eval_max, maxfev,
               n_boot, level, name, seed, executor, workers, output_dir, list_only, no_plots, quiet) -> None:
     """Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate
     leave-one-experiment-out, bootstrap prediction intervals, and save the calibration."""
@@ -432,7 +439,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, knobs, gpu, experiment
         def summaries(cfgs):
             return [r.summary for r in run_many(cfgs, executor, workers)] if cfgs else []
 
-        base = parse_run_config({"seed": seed, "cost": {"model": "roofline"}})
+        base = parse_run_config({"seed": seed, "cost": {"model": "roofline", "mfu_lookup": mfu_lookup}})
         t_start = time.perf_counter()
         results = []
         gpu_name = None
@@ -449,7 +456,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, knobs, gpu, experiment
 
         settings = {
             "command": "servesim calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "servesim calibrate",
-            "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "knobs": list(names),
+            "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "mfu_lookup": mfu_lookup, "knobs": list(names),
             "n_points": len(pts), "n_experiments": pts["experiment"].nunique(), "n_overloaded": int(pts["overloaded"].sum()),
             "fit_max_requests": fit_max_requests, "eval_max_requests": eval_max, "n_bootstrap": n_boot, "level": level,
             "wall_s": time.perf_counter() - t_start, "date": _dt.date.today().isoformat(), "version": __version__,

@@ -53,6 +53,7 @@ class Knob:
     hi: float
     log: bool  # log-uniform in the unit cube
     meaning: str
+    start: float | None = None  # the fit's starting value when the seed has none (seed_knobs)
 
     def to_value(self, u: float) -> float:
         u = min(1.0, max(0.0, float(u)))
@@ -77,12 +78,15 @@ KNOBS: dict[str, Knob] = {
         Knob("decode_compute_scale", 0.1, 3.0, True, "1/MFU correction of decode compute (small-M GEMMs + attention)"),
         Knob("attention_scale", 0.2, 5.0, True, "extra correction of the attention cores (both phases)"),
         Knob("mixed_penalty", 0.0, 2.0, False, "relative extra GPU time of a mixed prefill+decode step"),
+        # start: NCCL all-reduce bus bandwidth on 8×H100 SXM NVLink is about 450 GB/s (NVIDIA
+        # nccl-tests figures); the seed has no communication term at all
+        Knob("allreduce_bw_gbps", 10.0, 2000.0, True, "effective all-reduce bus bandwidth per GPU, GB/s (TP communication)", 450.0),
     )
 }
 KNOB_NAMES = tuple(KNOBS)
 DEFAULT_FIT_KNOBS = (
     "bw_efficiency", "per_layer_overhead_us", "per_step_overhead_us",
-    "prefill_compute_scale", "decode_compute_scale", "mixed_penalty",
+    "prefill_compute_scale", "decode_compute_scale", "mixed_penalty", "allreduce_bw_gbps",
 )
 
 # (metric, simulated summary key, measured column)
@@ -104,7 +108,7 @@ def seed_knobs(gpu: str = "H100") -> dict[str, float]:
         "bw_efficiency": g.bw_efficiency, "per_layer_overhead_us": g.per_layer_overhead_us,
         "per_step_overhead_us": 0.0, "prefill_compute_scale": 1.0, "decode_compute_scale": 1.0,
         "attention_scale": 1.0, "mixed_penalty": 0.0,
-    }
+    }  # allreduce_bw_gbps: absent = no communication term (the seed has none)
 
 
 def unit_to_knobs(u: Sequence[float], names: Sequence[str], fixed: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -200,6 +204,22 @@ def effective_knobs(cfg) -> dict[str, float | None]:
             if out.get(k) is None:
                 out[k] = float(v)
     return out
+
+
+def effective_mfu_lookup(cfg) -> str:
+    """The MFU lookup for ``cfg``: its own ``cost.mfu_lookup`` if set, else its calibration's
+    (``mfu_lookup`` in the YAML), else ``nearest`` (the seed's)."""
+    c = cfg.cost
+    if c.mfu_lookup is not None:
+        return c.mfu_lookup
+    name = getattr(c, "calibration", None)
+    if name:
+        lookup = load_calibration(name).get("mfu_lookup")
+        if lookup is not None:
+            if lookup not in ("nearest", "interpolate"):
+                raise ConfigError(f"calibration {name!r}: mfu_lookup must be nearest or interpolate, got {lookup!r}")
+            return str(lookup)
+    return "nearest"
 
 
 # ---------------------------------------------------------------------------- the problem
@@ -331,7 +351,8 @@ def fit_direct(
     pr = ev.problem
     train_idx = [int(i) for i in train_idx]
     meas = pr.meas_matrix()[train_idx]
-    start = {**seed_knobs(pr.configs[0].gpu), **(start or {})}
+    start = {**seed_knobs(pr.configs[0].gpu), **{n: KNOBS[n].start for n in names if KNOBS[n].start is not None},
+             **(start or {})}
     fixed = {**{k: v for k, v in start.items() if k not in names}, **(fixed or {})}
     x0 = knobs_to_unit(start, names)
     best = {"f": math.inf, "u": x0}

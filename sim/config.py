@@ -78,7 +78,9 @@ class CostConfig(_Strict):
     gemm_m: Literal["tokens", "requests"] = Field(
         "tokens", description="GEMM M dimension: token count (physical) or request count (reproduces the seed study)"
     )
-    mfu_lookup: Literal["nearest", "interpolate"] = Field("nearest", description="MFU table lookup mode")
+    mfu_lookup: Literal["nearest", "interpolate"] | None = Field(
+        None, description="MFU table lookup: nearest (the seed's floor row) or interpolate (linear in M / seq / bilinear); None = the calibration's, else nearest"
+    )
     bench_data_dir: str | None = Field(None, description="microbenchmark directory (bench_data/); None = built-in MFU model")
     bw_efficiency: float | None = Field(None, gt=0, le=1, description="HBM bandwidth efficiency; None = GPU default")
     per_layer_overhead_us: float | None = Field(None, ge=0, description="CPU overhead per layer, µs (divided by TP); None = GPU default")
@@ -88,6 +90,9 @@ class CostConfig(_Strict):
     decode_compute_scale: float | None = Field(None, gt=0, le=10, description="multiplier on decode compute time (GEMM + attention; 1/MFU correction); None = 1")
     attention_scale: float | None = Field(None, gt=0, le=10, description="extra multiplier on the attention cores of both phases; None = 1")
     mixed_penalty: float | None = Field(None, ge=0, le=5, description="a mixed step's combined GPU time is multiplied by 1 + penalty; None = 0")
+    allreduce_bw_gbps: float | None = Field(
+        None, gt=0, le=10_000, description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)"
+    )
     calibration: str | None = Field(
         None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset"
     )

@@ -256,6 +256,19 @@ def test_calibration_fills_unset_knobs_only(tmp_path):
     assert reps[0].seed == cfg.seed + 1
 
 
+def test_calibration_chooses_the_mfu_lookup_unless_the_config_does(tmp_path):
+    from sim.calibration import effective_mfu_lookup
+
+    p = _write_cal(tmp_path, mfu_lookup="interpolate")
+    assert effective_mfu_lookup(parse_run_config({})) == "nearest"  # the seed's
+    assert effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(p)}})) == "interpolate"
+    assert effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(p), "mfu_lookup": "nearest"}})) == "nearest"
+    assert effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path))}})) == "nearest"
+    bad = _write_cal(tmp_path, mfu_lookup="cubic")
+    with pytest.raises(ConfigError, match="mfu_lookup"):
+        effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(bad)}}))
+
+
 def test_calibration_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown calibration 'nope'"):
         effective_knobs(parse_run_config({"cost": {"calibration": "nope"}}))

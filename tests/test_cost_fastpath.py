@@ -18,6 +18,11 @@ MODELS = {
     for formula in ("weighted-average", "smooth-wa", "additive", "max")
     for gemm_m in ("tokens", "requests")
     for model, tp in (("llama-2-7b", 1), ("llama-2-70b", 4))
+} | {
+    # the tensor-parallel all-reduce term (a calibration knob) on both paths
+    ("weighted-average", "tokens", "llama-2-70b+allreduce", 4): COST_MODELS.get("roofline")(
+        parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"allreduce_bw_gbps": 120.0}})
+    )
 }
 
 items = st.lists(

@@ -350,3 +350,31 @@ def test_factory_with_real_tables():
     m = COST_MODELS.get("roofline")(cfg)
     assert isinstance(m.mfu, TableMfu) and m.mfu.config == (28, 4, 128)
     assert m.price(_mixed_batch()).total_s > 0
+
+
+# ------------------------------------------------------------------ tensor-parallel all-reduce
+
+
+def test_allreduce_term_is_closed_form_and_absent_without_tp():
+    """Cc = 2·L·T·d·b·2(tp−1)/tp / BW per step; tp = 1 or no knob: no term at all."""
+    from sim.entities import Batch, BatchItem
+
+    batch = Batch.of([BatchItem(0, 1, 700, True), BatchItem(1, 300, 0, False), BatchItem(2, 1, 90, True)])
+    tokens = 302
+    for model_name, tp in (("llama-2-70b", 4), ("llama-2-7b", 2)):
+        off = COST_MODELS.get("roofline")(parse_run_config({"model": model_name, "tensor_parallel_size": tp}))
+        on = COST_MODELS.get("roofline")(parse_run_config({"model": model_name, "tensor_parallel_size": tp, "cost": {"allreduce_bw_gbps": 100.0}}))
+        spec = on.model
+        expect_s = 2 * spec.num_layers * tokens * spec.hidden_size * spec.bytes_per_param * 2 * (tp - 1) / tp / 100e9
+        assert on.price(batch).total_s - off.price(batch).total_s == pytest.approx(expect_s, rel=1e-9)
+        assert on.price_decode(8, 4000, 900).total_s - off.price_decode(8, 4000, 900).total_s == pytest.approx(expect_s * 8 / tokens, rel=1e-9)
+    one = COST_MODELS.get("roofline")(parse_run_config({"cost": {"allreduce_bw_gbps": 100.0}}))
+    base = COST_MODELS.get("roofline")(parse_run_config({}))
+    assert one.price(batch).total_s == base.price(batch).total_s
+
+
+def test_allreduce_rejects_non_positive_bandwidth():
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allreduce_bw_gbps"):
+        parse_run_config({"cost": {"allreduce_bw_gbps": 0}})

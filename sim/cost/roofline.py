@@ -30,6 +30,11 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
   ``'tokens'``, prefill requests under ``'requests'``); the GEMM subtracted from Cp is
   G(#prefill requests) under ``'requests'`` (as v2-pre) and the actual per-bucket GEMM sum
   under ``'tokens'``; mixed memory τ·(W + all D)/BW.
+* **Tensor-parallel communication** (knob ``allreduce_bw_gbps``, off by default as in the
+  seed): with tp > 1 every layer all-reduces the attention and the MLP outputs, T·d·b bytes
+  each for T tokens in the step (prefill tokens + decodes); a ring all-reduce moves
+  2(tp − 1)/tp of that per GPU, so ``Cc = 2·L·T·d·b·2(tp−1)/tp / BWar``, added to the
+  combined GPU time (vLLM does not overlap it with compute).
 * **Overhead** ``per_layer_overhead_us·L/tp + per_step_overhead_us`` µs per step, added after
   combination.
 * **Calibration knobs** (``docs/calibration.md``; each defaults to the seed's behaviour, so an
@@ -106,6 +111,7 @@ class RooflineCostModel:
         decode_compute_scale: float | None = None,
         attention_scale: float | None = None,
         mixed_penalty: float | None = None,
+        allreduce_bw_gbps: float | None = None,
     ) -> None:
         if tp < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
@@ -152,6 +158,15 @@ class RooflineCostModel:
         self.decode_compute_scale = knobs["decode_compute_scale"]
         self.attention_scale = knobs["attention_scale"]
         self.mixed_penalty = pen
+        if allreduce_bw_gbps is not None and not allreduce_bw_gbps > 0:
+            raise ConfigError(f"cost.allreduce_bw_gbps must be > 0, got {allreduce_bw_gbps}")
+        self.allreduce_bw_gbps = allreduce_bw_gbps
+        # seconds of all-reduce per token in the step (0 without TP or without the knob)
+        self._comm_s_per_token = (
+            2.0 * model.num_layers * model.hidden_size * model.bytes_per_param * 2.0 * (tp - 1) / tp / (allreduce_bw_gbps * 1e9)
+            if allreduce_bw_gbps is not None and tp > 1
+            else 0.0
+        )
         self._ps, self._ds, self._as = self.prefill_compute_scale, self.decode_compute_scale, self.attention_scale
 
         self._tau = 1.0 / tp
@@ -311,7 +326,8 @@ class RooflineCostModel:
         cd, md, gd = self.decode_terms_aggregate(n, context_sum, context_max)
         td = cd if cd > md else md
         oh = self._overhead_s
-        cost = StepCost(total_s=td + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
+        comm = self._comm_s_per_token * n
+        cost = StepCost(total_s=td + comm + oh, compute_s=gd + max(0.0, cd - gd), memory_s=md, overhead_s=oh, prefill_s=0.0, decode_s=td)
         if len(self._decode_memo) >= DECODE_MEMO_MAX_ENTRIES:
             self._decode_memo.clear()
         self._decode_memo[key] = cost
@@ -334,6 +350,7 @@ class RooflineCostModel:
         gpu_s = combine(self.formula, terms)
         if self.mixed_penalty and terms.has_prefill and terms.has_decode:
             gpu_s *= 1.0 + self.mixed_penalty
+        gpu_s += self._comm_s_per_token * (terms.num_prefill_tokens + terms.num_decode_reqs)
         return StepCost(
             total_s=gpu_s + self._overhead_s,
             compute_s=terms.mixed_compute_s,
@@ -371,6 +388,10 @@ def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
     gpu_s = combine(model.formula, terms)
     if model.mixed_penalty and pre and dec:
         gpu_s *= 1.0 + model.mixed_penalty
+    if model.allreduce_bw_gbps is not None and model.tp > 1:
+        tokens = np_tokens + len(dec)
+        layer_bytes = tokens * model.model.hidden_size * model.model.bytes_per_param
+        gpu_s += 2 * model.model.num_layers * layer_bytes * 2 * (model.tp - 1) / model.tp / (model.allreduce_bw_gbps * 1e9)
     return StepCost(total_s=gpu_s + oh, compute_s=terms.mixed_compute_s, memory_s=terms.mixed_memory_s,
                     overhead_s=oh, prefill_s=terms.prefill_s, decode_s=terms.decode_s)
 
@@ -399,7 +420,7 @@ def build_roofline(
 
 @COST_MODELS.register("roofline", "MFU-table roofline (seed v2-pre structure) with a mixed-batch formula (cost.formula).")
 def _roofline_factory(cfg) -> RooflineCostModel:
-    from ..calibration import effective_knobs  # cost.calibration fills the knobs left unset
+    from ..calibration import effective_knobs, effective_mfu_lookup  # cost.calibration fills what is unset
 
     c = cfg.cost
     k = effective_knobs(cfg)
@@ -409,7 +430,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
         cfg.tensor_parallel_size,
         c.formula,
         c.gemm_m,
-        c.mfu_lookup,
+        effective_mfu_lookup(cfg),
         c.bench_data_dir,
         k.pop("bw_efficiency"),
         k.pop("per_layer_overhead_us"),
