@@ -80,13 +80,14 @@ KNOBS: dict[str, Knob] = {
         Knob("mixed_penalty", 0.0, 2.0, False, "relative extra GPU time of a mixed prefill+decode step"),
         # start: NCCL all-reduce bus bandwidth on 8×H100 SXM NVLink is about 450 GB/s (NVIDIA
         # nccl-tests figures); the seed has no communication term at all
+        Knob("frontend_latency_ms", 0.0, 30.0, False, "API-server latency before the engine sees a request (HTTP, tokenization), ms"),
         Knob("allreduce_bw_gbps", 10.0, 2000.0, True, "effective all-reduce bus bandwidth per GPU, GB/s (TP communication)", 450.0),
     )
 }
 KNOB_NAMES = tuple(KNOBS)
 DEFAULT_FIT_KNOBS = (
     "bw_efficiency", "per_layer_overhead_us", "per_step_overhead_us",
-    "prefill_compute_scale", "decode_compute_scale", "mixed_penalty", "allreduce_bw_gbps",
+    "prefill_compute_scale", "decode_compute_scale", "mixed_penalty", "allreduce_bw_gbps", "frontend_latency_ms",
 )
 
 # (metric, simulated summary key, measured column)
@@ -107,7 +108,7 @@ def seed_knobs(gpu: str = "H100") -> dict[str, float]:
     return {
         "bw_efficiency": g.bw_efficiency, "per_layer_overhead_us": g.per_layer_overhead_us,
         "per_step_overhead_us": 0.0, "prefill_compute_scale": 1.0, "decode_compute_scale": 1.0,
-        "attention_scale": 1.0, "mixed_penalty": 0.0,
+        "attention_scale": 1.0, "mixed_penalty": 0.0, "frontend_latency_ms": 0.0,
     }  # allreduce_bw_gbps: absent = no communication term (the seed has none)
 
 

@@ -90,6 +90,9 @@ class CostConfig(_Strict):
     decode_compute_scale: float | None = Field(None, gt=0, le=10, description="multiplier on decode compute time (GEMM + attention; 1/MFU correction); None = 1")
     attention_scale: float | None = Field(None, gt=0, le=10, description="extra multiplier on the attention cores of both phases; None = 1")
     mixed_penalty: float | None = Field(None, ge=0, le=5, description="a mixed step's combined GPU time is multiplied by 1 + penalty; None = 0")
+    frontend_latency_ms: float | None = Field(
+        None, ge=0, le=10_000, description="API-server latency before the engine sees a request (HTTP, tokenization, hand-off), ms; counts in TTFT and E2E, not TPOT; None = 0"
+    )
     allreduce_bw_gbps: float | None = Field(
         None, gt=0, le=10_000, description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)"
     )

@@ -93,9 +93,10 @@ class Engine:
             )
         return ""
 
-    def submit(self, req: Request) -> None:
-        """A request arrives now. Rejected requests leave at once with a reason."""
-        req.arrival_s = self.env.now
+    def submit(self, req: Request, sent_s: float | None = None) -> None:
+        """A request reaches the engine now; ``sent_s`` (≤ now) is when the client sent it
+        (default now), recorded as its arrival. Rejected requests leave at once with a reason."""
+        req.arrival_s = self.env.now if sent_s is None else sent_s
         self.num_submitted += 1
         reason = self.reject_reason(req)
         if reason:

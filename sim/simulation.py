@@ -167,7 +167,27 @@ class Simulation:
             max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else self.limits["max_num_batched_tokens"],
             fast_forward=fast_forward,
         )
-        ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, self.engine.submit, self.workload, cfg.arrival, self.streams)
+        from .calibration import effective_knobs
+
+        frontend_ms = effective_knobs(cfg).get("frontend_latency_ms") if cfg.cost.model == "roofline" else cfg.cost.frontend_latency_ms
+        submit = self.engine.submit if not frontend_ms else self._frontend(float(frontend_ms) * 1e-3)
+        ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, submit, self.workload, cfg.arrival, self.streams)
+
+    def _frontend(self, latency_s: float):
+        """A ``submit`` that hands each request to the engine ``latency_s`` after the client
+        sent it (the API server's HTTP handling, tokenization and hand-off to the engine), with
+        the send time as its arrival: TTFT, E2E and queue delay include the latency. Equal
+        delays keep the send order."""
+        env, engine = self.env, self.engine
+
+        def deliver(req, sent_s: float):
+            yield env.timeout(latency_s)
+            engine.submit(req, sent_s)
+
+        def submit(req) -> None:
+            env.process(deliver(req, env.now))
+
+        return submit
 
     def run(self, progress=None) -> SimResult:
         """Run to the horizon (or until every request left) and tabulate. Call once.

@@ -105,3 +105,19 @@ def test_preemption_by_recompute_when_kv_is_scarce():
     assert total_prefill > 8 * 120
     # every produced token accounted: decodes + first tokens (one per prefill completion)
     assert sim.kv.num_used_blocks == 0
+
+
+@pytest.mark.parametrize("strategy", ["synchronous", "constant"])
+def test_frontend_latency_shifts_ttft_and_e2e_exactly(strategy):
+    """GIVEN a frontend latency F THEN every request's TTFT, E2E and queue delay grow by
+    exactly F and its TPOT is unchanged (the server sees the same requests F later)."""
+    lat_ms = 7.0
+    over = dict(arrival={"strategy": strategy, "rate_rps": 2.0 if strategy == "constant" else None})
+    base = simulate(_fixed(200, 12, n=15, **over)).requests
+    late = simulate(_fixed(200, 12, n=15, cost={"model": "fixed", "fixed_step_s": STEP_S, "frontend_latency_ms": lat_ms}, **over)).requests
+    assert (late["status"] == "finished").all() and len(late) == 15
+    for col in ("ttft_s", "e2e_s", "queue_delay_s"):
+        assert (late[col] - base[col]).to_numpy() == pytest.approx([lat_ms * 1e-3] * 15, abs=1e-9), col
+    assert late["tpot_s"].to_numpy() == pytest.approx(base["tpot_s"].to_numpy(), rel=1e-9)
+    if strategy == "constant":  # open loop: the client sends at the same instants
+        assert late["arrival_s"].to_numpy() == pytest.approx(base["arrival_s"].to_numpy())

@@ -424,6 +424,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
 
     c = cfg.cost
     k = effective_knobs(cfg)
+    k.pop("frontend_latency_ms", None)  # not a step cost: the simulation applies it to arrivals
     return build_roofline(
         cfg.model,
         cfg.gpu,
