@@ -122,9 +122,10 @@ class FormulaResult:
 
 
 def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn, *, names=DEFAULT_FIT_KNOBS,
-                      maxfev: int = DEFAULT_MAXFEV, n_boot: int = DEFAULT_BOOTSTRAP, level: float = 0.9,
+                      fixed: dict[str, float] | None = None, maxfev: int = DEFAULT_MAXFEV, n_boot: int = DEFAULT_BOOTSTRAP, level: float = 0.9,
                       boot_seed: int = 0, formula: str = "", log: Callable[[str], None] = lambda s: None) -> FormulaResult:
-    """Fit, LOEO cross-validation, bootstrap and intervals for one formula (see module doc)."""
+    """Fit, LOEO cross-validation, bootstrap and intervals for one formula (see module doc).
+    ``fixed``: knobs held at given values (not fitted) in every fit, fold and replicate."""
     t: dict[str, float] = {}
     fit_ev, eval_ev = Evaluator(fit_pb, summaries), Evaluator(eval_pb, summaries)
     gpu = fit_pb.configs[0].gpu
@@ -134,7 +135,7 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
     all_idx = list(range(len(mask)))
 
     t0 = time.perf_counter()
-    fit = fit_direct(fit_ev, train_all, names, maxfev=maxfev)
+    fit = fit_direct(fit_ev, train_all, names, fixed=fixed, maxfev=maxfev)
     t["fit_s"] = time.perf_counter() - t0
     log(f"[{formula}] fit: objective {fit.objective:.4f} after {fit.nfev} evaluations ({t['fit_s']:.0f} s)")
 
@@ -383,6 +384,8 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--knob", "knobs", multiple=True, help=f"Knobs to fit (repeatable; default {', '.join(DEFAULT_FIT_KNOBS)}).")
 @click.option("--mfu-lookup", type=click.Choice(["interpolate", "nearest"]), default="interpolate", show_default=True,
               help="MFU table lookup the calibration uses (nearest = the seed's floor rows, which price a GEMM at M=63 twice M=64).")
+@click.option("--fix", "fixes", multiple=True, metavar="KNOB=VALUE",
+              help="Hold a knob at a value instead of fitting it (repeatable), e.g. allreduce_bw_gbps=450.")
 @click.option("--gpu", help="Calibrate the points of this GPU only (required when the data mixes GPUs).")
 @click.option("--experiment", "experiments", multiple=True, help="Only these experiments (repeatable).")
 @click.option("--fit-max-requests", type=int, default=DEFAULT_FIT_MAX_REQUESTS, show_default=True, help="Request cap per point while fitting.")
@@ -398,7 +401,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--list", "list_only", is_flag=True, help="List the shipped calibrations and exit.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, gpu, experiments, fit_max_requests, eval_max, maxfev,
+def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fixes, gpu, experiments, fit_max_requests, eval_max, maxfev,
               n_boot, level, name, seed, executor, workers, output_dir, list_only, no_plots, quiet) -> None:
     """Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate
     leave-one-experiment-out, bootstrap prediction intervals, and save the calibration."""
@@ -422,7 +425,19 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, gpu
             raise ConfigError(f"--bootstrap: must be >= 0, got {n_boot}")
         if not 0 < level < 1:
             raise ConfigError(f"--level: must be in (0, 1), got {level}")
-        names = tuple(knobs) or DEFAULT_FIT_KNOBS
+        fixed: dict[str, float] = {}
+        for item in fixes:
+            key, sep, val = item.partition("=")
+            key = key.strip()
+            if not sep or key not in KNOBS:
+                raise ConfigError(f"--fix {item!r}: expected KNOB=VALUE with a knob among {', '.join(KNOB_NAMES)}")
+            try:
+                fixed[key] = float(val)
+            except ValueError:
+                raise ConfigError(f"--fix {item!r}: {val!r} is not a number") from None
+            if not KNOBS[key].lo <= fixed[key] <= KNOBS[key].hi:
+                raise ConfigError(f"--fix {item!r}: outside the knob's range [{KNOBS[key].lo:g}, {KNOBS[key].hi:g}]")
+        names = tuple(k for k in (tuple(knobs) or DEFAULT_FIT_KNOBS) if k not in fixed)
         bad = sorted(set(names) - set(KNOB_NAMES))
         if bad:
             raise ConfigError(f"--knob: unknown knob(s) {', '.join(bad)}; known: {', '.join(KNOB_NAMES)}")
@@ -450,13 +465,13 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, gpu
             gpu_name, pts = fit_pb.configs[0].gpu, fit_pb.points
             if len(fit_pb.experiments) < 2:
                 raise ConfigError("calibration needs at least two experiments (leave-one-experiment-out)")
-            results.append(calibrate_formula(fit_pb, eval_pb, summaries, names=names, maxfev=maxfev, n_boot=n_boot,
+            results.append(calibrate_formula(fit_pb, eval_pb, summaries, names=names, fixed=fixed, maxfev=maxfev, n_boot=n_boot,
                                              level=level, formula=f, log=(lambda s: None) if quiet else err_console.print))
         from . import __version__
 
         settings = {
             "command": "servesim calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "servesim calibrate",
-            "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "mfu_lookup": mfu_lookup, "knobs": list(names),
+            "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "mfu_lookup": mfu_lookup, "knobs": list(names), "fixed": fixed,
             "n_points": len(pts), "n_experiments": pts["experiment"].nunique(), "n_overloaded": int(pts["overloaded"].sum()),
             "fit_max_requests": fit_max_requests, "eval_max_requests": eval_max, "n_bootstrap": n_boot, "level": level,
             "wall_s": time.perf_counter() - t_start, "date": _dt.date.today().isoformat(), "version": __version__,

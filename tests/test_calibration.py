@@ -309,6 +309,19 @@ def test_cli_calibrate_bad_input_exits_2(tmp_path):
     assert r.exit_code == 2
     r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), "--knob", "warp", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "unknown knob" in r.output
+    for bad, msg in (("warp=1", "expected KNOB=VALUE"), ("bw_efficiency", "expected KNOB=VALUE"),
+                     ("bw_efficiency=fast", "not a number"), ("bw_efficiency=7", "outside the knob's range")):
+        r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), "--fix", bad, "-o", str(tmp_path / "o")])
+        assert r.exit_code == 2 and msg in r.output, (bad, r.output)
+
+
+def test_calibrate_formula_holds_fixed_knobs_everywhere():
+    pb = _synthetic_problem()
+    res = calibrate_formula(pb, pb, _summaries, names=("per_step_overhead_us",), fixed={"bw_efficiency": 0.7},
+                            maxfev=10, n_boot=2, formula="wa")
+    assert res.knobs["bw_efficiency"] == 0.7
+    assert all(f.knobs["bw_efficiency"] == 0.7 for f in res.folds)
+    assert all(b["bw_efficiency"] == 0.7 for b in res.boot_knobs)
 
 
 def test_cli_calibrate_list():
@@ -328,5 +341,6 @@ def test_cli_calibrate_on_fixture(tmp_path):
     assert set(doc["knobs"]) >= {"bw_efficiency", "per_step_overhead_us"}
     assert len(doc["bootstrap"]) == 2
     assert "Leave" in (out / "report.md").read_text() or "leave-one-experiment-out" in (out / "report.md").read_text()
+    assert doc["mfu_lookup"] == "interpolate"  # the default the calibration records
     cfg = parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})
     assert effective_knobs(cfg)["bw_efficiency"] == pytest.approx(doc["knobs"]["bw_efficiency"])
