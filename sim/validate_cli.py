@@ -328,6 +328,8 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
               help="Cap on simulated requests per point (set C stages hold up to 12,000).")
 @click.option("--experiment", "experiments", multiple=True, help="Only these experiments (repeatable).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Run seed.")
+@click.option("--calibration", help="Price with a calibration (shipped name or YAML path). In-sample for the data it was fitted on: "
+              "the cross-validated errors are in `calibrate`'s report.")
 @click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True,
               help="Where the independent simulations run.")
 @click.option("--workers", type=int, help="Worker processes (default: one per CPU).")
@@ -335,8 +337,8 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False), default="results/validate", show_default=True, help="Results directory.")
 @click.option("--no-plots", is_flag=True, help="Skip PNG plots.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def validate(ground_truth, formulas, gemm_m, mode, bench_data, max_requests_per_point, experiments, seed, executor,
-             workers, ray_address, output_dir, no_plots, quiet) -> None:
+def validate(ground_truth, formulas, gemm_m, mode, bench_data, max_requests_per_point, experiments, seed, calibration,
+             executor, workers, ray_address, output_dir, no_plots, quiet) -> None:
     """Simulate every measured point of GROUND_TRUTH and report the errors (MAPE)."""
     from .cli import _Progress, err_console, handle_errors, out_console
 
@@ -346,7 +348,13 @@ def validate(ground_truth, formulas, gemm_m, mode, bench_data, max_requests_per_
 
         if max_requests_per_point is not None and max_requests_per_point < 1:
             raise ConfigError(f"--max-requests-per-point: must be >= 1, got {max_requests_per_point}")
-        base = parse_run_config({"seed": seed, "cost": {"model": "roofline"}})
+        cost: dict = {"model": "roofline"}
+        if calibration:
+            from .calibration import load_calibration
+
+            load_calibration(calibration)  # a clear error now for an unknown name or a bad file
+            cost["calibration"] = calibration
+        base = parse_run_config({"seed": seed, "cost": cost})
         t0 = time.perf_counter()
         with _Progress(quiet, "validate") as prog:
             def many(cfgs):

@@ -258,6 +258,17 @@ def test_cli_errors_exit_2(tmp_path):
     r = CliRunner().invoke(validate, ["--ground-truth", str(FIXTURE), "--formula", "nope", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "unknown" in r.output and "weighted-average" in r.output
     assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(validate, ["--ground-truth", str(FIXTURE), "--calibration", "nope", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "calibration" in r.output and not (tmp_path / "o").exists()
+
+
+def test_cli_calibration_changes_the_simulated_values(tmp_path):
+    args = ["--ground-truth", str(FIXTURE), "--executor", "serial", "--max-requests-per-point", "5", "-q", "--no-plots"]
+    assert CliRunner().invoke(validate, [*args, "-o", str(tmp_path / "a")]).exit_code == 0
+    r = CliRunner().invoke(validate, [*args, "--calibration", "h100", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    a, b = (pd.read_csv(tmp_path / d / "points.csv") for d in ("a", "b"))
+    assert len(a) == len(b) and not np.allclose(a["sim"], b["sim"], equal_nan=True)
 
 
 def test_study_script_tables_and_criteria():
