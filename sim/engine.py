@@ -74,6 +74,9 @@ class Engine:
             and getattr(type(scheduler), "schedule", None) is VllmV1Scheduler.schedule
             and getattr(scheduler, "_plain_decodes", False)
         )
+        # Deferred decodes (sim.scheduler.vllm_v1) skip per-request work in all-decode steps;
+        # tied to fast_forward so that fast_forward=False runs the plain step loop.
+        self.deferred = fast_forward and getattr(scheduler, "defer_decodes", lambda: False)()
         self.num_submitted = 0
         self.num_steps = 0
         self.process = env.process(self._loop())
@@ -122,6 +125,7 @@ class Engine:
         sink = self.sink
         ff_price = getattr(self.cost_model, "price_decode", None) if self.fast_forward else None
         carried_preemptions = 0
+        deferred = self.deferred
         while True:
             if not sched.has_work():
                 self._idle = env.event()
@@ -130,6 +134,8 @@ class Engine:
             if env.peek() == env.now:
                 yield env.timeout(0)  # let arrivals due now join this step
             if ff_price is not None and not sched.waiting and sched.running and not carried_preemptions:
+                if deferred:
+                    sched.sync()
                 window = self._decode_window(ff_price)
                 if window is not None:
                     yield from self._fast_forward(*window)
@@ -154,6 +160,8 @@ class Engine:
             yield env.timeout(cost.total_s)
             end_s = env.now
             sampled, finished = sched.update_from_output(out, end_s)
+            if out.num_deferred:
+                sink.on_uniform_gaps(out.deferred_gap_s, out.num_deferred)
             sink.on_tokens(sampled, end_s)
             batch = out.batch
             sink.on_step(

@@ -217,6 +217,15 @@ class MetricsSink:
         if self.itl_histogram is not None and len(self.itls_s) >= 1 << 20:
             self._fold_itls()
 
+    def on_uniform_gaps(self, gap_s: float, count: int) -> None:
+        """``count`` requests each closed an inter-token gap of ``gap_s`` (deferred decodes of
+        one step, recorded before the step's other tokens). Their ``max_itl_s`` and
+        ``last_token_s`` are kept by the scheduler."""
+        if self.record_itls:
+            self.itls_s.extend(array("d", (gap_s,)) * count)
+            if self.itl_histogram is not None and len(self.itls_s) >= 1 << 20:
+                self._fold_itls()
+
     def on_gaps(self, gaps_s: np.ndarray) -> None:
         """Inter-token gaps recorded in bulk (engine fast-forward), in the order the
         step-by-step loop would have recorded them."""

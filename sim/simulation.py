@@ -206,6 +206,9 @@ class Simulation:
             sink.progress = lambda done: progress(done, total) if done % every == 0 or done == total else None
         self.env.run(until=cfg.horizon_s)
         sink.progress = None
+        sync = getattr(self.scheduler, "sync", None)
+        if sync is not None:  # deferred decodes: bring running requests up to date
+            sync()
         # Requests are created and submitted in id order, so ids >= num_submitted were never sent.
         for req in sorted([*self.scheduler.waiting, *self.scheduler.running], key=lambda r: r.request_id):
             sink.on_request_done(req, "in_flight")

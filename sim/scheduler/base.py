@@ -26,11 +26,20 @@ from ..registry import Registry
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    """One planned step: the batch, the scheduled requests in batch order, and preemptions."""
+    """One planned step: the batch, the scheduled requests in batch order, and preemptions.
+
+    ``deferred_mode`` and ``num_deferred`` are set by a scheduler in deferred-decode mode
+    (:meth:`~sim.scheduler.vllm_v1.VllmV1Scheduler.defer_decodes`): the first
+    ``num_deferred`` requests are decodes whose progress is deferred. ``deferred_gap_s`` is
+    set by ``update_from_output``: the inter-token gap each of them closed.
+    """
 
     batch: Batch
     requests: list[Request]
     preempted: list[Request] = field(default_factory=list)
+    deferred_mode: bool = False
+    num_deferred: int = 0
+    deferred_gap_s: float = 0.0
 
     @property
     def is_empty(self) -> bool:

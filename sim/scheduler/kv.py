@@ -137,6 +137,21 @@ class KVCacheManager:
             self._cache_full_blocks(req, owned, total_tokens)
         return True
 
+    def append_blocks(self, request_ids: list[int]) -> None:
+        """Give each listed request one more block, in list order (a running decode whose
+        next token starts a new block). Same effect as ``allocate_slots(req, 1)`` for each.
+
+        Preconditions: prefix caching off, every request already owns blocks, and at least
+        ``len(request_ids)`` blocks are free (the caller checked; nothing is rolled back).
+        """
+        owned, pop = self._owned, self._free.popitem
+        ref, hashes = self._ref, self._hash
+        for rid in request_ids:
+            b = pop(last=False)[0]
+            hashes[b] = None
+            ref[b] = 1
+            owned[rid].append(b)
+
     def _cache_full_blocks(self, req: Request, owned: list[int], total_tokens: int) -> None:
         # Blocks become full (and hashable) as tokens are computed; walk back from the last
         # full block until one that already has a hash.
@@ -154,6 +169,13 @@ class KVCacheManager:
         """Release all of ``req``'s blocks (tail first, so its prefix is evicted last)."""
         owned = self._owned.pop(req.request_id, None)
         if not owned:
+            return
+        if not self.enable_prefix_caching:
+            # no sharing and no hashes without the cache: every block goes back, tail first
+            ref = self._ref
+            for b in owned:
+                ref[b] = 0
+            self._free.update(dict.fromkeys(reversed(owned)))
             return
         for b in reversed(owned):
             self._ref[b] -= 1

@@ -16,11 +16,22 @@ One step, as vLLM V1 plans it:
    allocation stops admission (head-of-line blocking, as vLLM).
 
 Running and new prefills share a step: that is a **mixed batch**.
+
+**Deferred decodes** (:meth:`VllmV1Scheduler.defer_decodes`, turned on by the engine): on a
+loaded server most steps schedule every running request for one decode token. Such a step is
+planned and applied without touching the request objects of the requests that were already
+in such a step: their progress is held as ``computed tokens = tick + offset`` (one tick per
+such step), their block needs and finishes are looked up by tick, and their objects are
+brought up to date (:meth:`VllmV1Scheduler.sync`) when they finish, before any other kind of
+step, and whenever the engine needs them. Plans, records and block allocations are exactly
+those of the step-by-step code.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
+from itertools import repeat
 
 from ..entities import Batch, BatchItem, Request, RequestStatus
 from .base import SCHEDULERS, SchedulerLimits, SchedulerOutput
@@ -28,6 +39,9 @@ from .kv import KVCacheManager
 
 
 _new_item = tuple.__new__  # builds a BatchItem without NamedTuple's Python-level __new__ (hot path)
+_ONES = repeat(1)  # new_tokens of decode items (itertools.repeat: zip never exhausts it)
+_TRUES = repeat(True)
+_BATCH_ITEM = repeat(BatchItem)
 
 
 @SCHEDULERS.register("vllm-v1", "vLLM V1: running first, then waiting; chunked prefill; mixed batches (default).")
@@ -46,11 +60,88 @@ class VllmV1Scheduler:
         self.num_preemptions = 0
         # the decode fast path in schedule() is valid only with the default running_chunk
         self._plain_decodes = type(self).running_chunk is VllmV1Scheduler.running_chunk
+        # Deferred decodes (module docstring). running[:len(_lz_off)] are deferred; for the
+        # i-th, computed tokens = _tick + _lz_off[i], and its last token came at _last_end_s.
+        self._deferred = False
+        self._last_is_victim = type(self).pick_victim is VllmV1Scheduler.pick_victim
+        self._tick = 0  # deferred-decode steps applied so far
+        self._last_end_s = 0.0
+        self._lz_off: list[int] = []
+        self._lz_rid: list[int] = []  # request ids (batch items)
+        self._lz_join: list[int] = []  # tick at which each became deferred (for its max ITL)
+        # deferred requests by (offset mod block_size): those needing a block at a tick, in running order
+        self._lz_need: list[list[Request]] = [[] for _ in range(kv.block_size)]
+        self._lz_finish: dict[int, list[Request]] = {}  # tick of the last token -> requests, running order
+        self._gaps_s = array("d")  # gap of every tick since _gap_base (the step durations)
+        self._gap_base = 0
 
     # ------------------------------------------------------------------ state
     def add_request(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
         self.waiting.append(req)
+
+    def defer_decodes(self) -> bool:
+        """Turn on deferred decodes (module docstring) if this scheduler supports them: plans
+        with :meth:`VllmV1Scheduler.schedule` and the default ``running_chunk``, no prefix
+        caching. Returns whether it is on.
+
+        Contract while on: the progress fields (``num_computed_tokens``,
+        ``num_output_generated``, ``last_token_s``, ``max_itl_s``) of running requests may be
+        stale until :meth:`sync`; finished and preempted requests are always up to date. The
+        caller must record, for every step with ``out.num_deferred > 0``, ``out.num_deferred``
+        inter-token gaps of ``out.deferred_gap_s`` before those of ``sampled`` (the deferred
+        requests come first in the batch), and ``update_from_output`` does not return them in
+        ``sampled``.
+        """
+        self._deferred = (
+            type(self).schedule is VllmV1Scheduler.schedule
+            and self._plain_decodes
+            and not self.kv.enable_prefix_caching
+        )
+        return self._deferred
+
+    def sync(self) -> None:
+        """Bring every deferred request's object up to date; none is deferred afterwards."""
+        n = len(self._lz_off)
+        if n:
+            tick, end_s = self._tick, self._last_end_s
+            gaps, base = self._gaps_s, self._gap_base
+            for req, off, join in zip(self.running, self._lz_off, self._lz_join):
+                self._settle(req, tick + off, end_s, gaps, join - base, tick - base)
+            self._lz_off, self._lz_rid, self._lz_join = [], [], []
+            self._lz_need = [[] for _ in range(self.kv.block_size)]
+            self._lz_finish = {}
+        self._gaps_s = array("d")
+        self._gap_base = self._tick
+
+    def _sync_from(self, m: int) -> None:
+        """Settle the deferred requests from the ``m``-th on (the first ``m`` stay deferred)."""
+        offs = self._lz_off
+        if m >= len(offs):
+            return
+        if m == 0:
+            self.sync()
+            return
+        tick, end_s = self._tick, self._last_end_s
+        gaps, base, bs = self._gaps_s, self._gap_base, self.kv.block_size
+        need, fin = self._lz_need, self._lz_finish
+        for req, off, join in zip(self.running[m:len(offs)], offs[m:], self._lz_join[m:]):
+            need[off % bs].remove(req)
+            fin[req.prompt_tokens + req.output_tokens - 1 - off].remove(req)
+            self._settle(req, tick + off, end_s, gaps, join - base, tick - base)
+        del offs[m:], self._lz_rid[m:], self._lz_join[m:]
+
+    @staticmethod
+    def _settle(req: Request, computed: int, end_s: float, gaps_s: array, lo: int, hi: int) -> None:
+        """Write a deferred request's progress: ``computed`` tokens, its last token at
+        ``end_s``, and the largest of its deferred gaps ``gaps_s[lo:hi]``."""
+        req.num_computed_tokens = computed
+        req.num_output_generated = computed - req.prompt_tokens + 1
+        req.last_token_s = end_s
+        if hi > lo:
+            gap = max(gaps_s[lo:hi])
+            if gap > req.max_itl_s:
+                req.max_itl_s = gap
 
     def has_work(self) -> bool:
         return bool(self.waiting) or bool(self.running)
@@ -118,7 +209,36 @@ class VllmV1Scheduler:
 
         i = 0
         n_run = len(running)
-        if plain_decodes and not caching and n_run and budget >= n_run:
+        n_def = 0
+        deferred = self._deferred
+        if deferred and self._lz_off:
+            # The deferred requests (a prefix of running) are ordinary decodes: the loop below
+            # would schedule each for one token, allocating in running order, until the free
+            # blocks run out. Do that in bulk for the deferred requests before the first one
+            # whose block is missing, settle the rest, and continue the loop from there.
+            n_def = len(self._lz_off)
+            tick = self._tick
+            lz_needs = self._lz_need[-tick % block_size]  # contexts at a block boundary
+            free = kv.num_free_blocks
+            if budget < n_def:  # rare (budget below the number of running requests)
+                n_def = 0
+                self.sync()
+            elif len(lz_needs) > free:
+                short = lz_needs[free]
+                lz_needs = lz_needs[:free]
+                n_def = running.index(short)
+                self._sync_from(n_def)
+            if n_def:
+                if lz_needs:
+                    kv.append_blocks([r.request_id for r in lz_needs])
+                dec_ctx = [tick + off for off in self._lz_off]
+                add_ctx = dec_ctx.append
+                items = list(map(_new_item, _BATCH_ITEM, zip(self._lz_rid, _ONES, dec_ctx, _TRUES)))
+                reqs = running[:n_def]
+                add_item, add_req = items.append, reqs.append
+                budget -= n_def
+                i = n_def
+        if not n_def and plain_decodes and not caching and n_run and budget >= n_run:
             # All-decode fast path (the steady state of a loaded server): when every running
             # request is an ordinary decode and the free blocks cover those that need one,
             # the loop below would schedule all of them, one token each, allocating in running
@@ -158,6 +278,11 @@ class VllmV1Scheduler:
                 continue
             scheduled = True
             while not kv.allocate_slots(req, n):
+                if n_def and not (self._last_is_victim and len(running) > n_def):
+                    # the victim may be deferred, or a policy may read any running request:
+                    # settle the deferred ones (scheduled above; they stay in this plan)
+                    self.sync()
+                    n_def = 0
                 victim = self.pick_victim()
                 if victim in reqs:  # a policy may pick an already scheduled request
                     k = reqs.index(victim)
@@ -223,7 +348,7 @@ class VllmV1Scheduler:
                 waiting.extendleft(reversed(skipped))
 
         batch = Batch(tuple(items), pre_tok, n_dec, n_pre, n_dec, ctx_sum, ctx_max)
-        return SchedulerOutput(batch, reqs, preempted)
+        return SchedulerOutput(batch, reqs, preempted, num_deferred=n_def, deferred_mode=deferred)
 
     @staticmethod
     def _item(req: Request, n: int) -> BatchItem:
@@ -251,7 +376,11 @@ class VllmV1Scheduler:
         sampled: list[Request] = []
         finished: list[Request] = []
         add_sampled = sampled.append
-        for req, item in zip(out.requests, out.batch.items):
+        n_def = out.num_deferred
+        reqs, items = out.requests, out.batch.items
+        if n_def:
+            reqs, items = reqs[n_def:], items[n_def:]
+        for req, item in zip(reqs, items):
             computed = req.num_computed_tokens + item[1]  # item.new_tokens
             req.num_computed_tokens = computed
             generated = req.num_output_generated
@@ -261,10 +390,68 @@ class VllmV1Scheduler:
                 add_sampled(req)
                 if generated >= req.output_tokens:
                     finished.append(req)
+        if out.deferred_mode:
+            finished = self._advance_deferred(out, end_s, sampled, finished)
         if finished:
-            done = set(id(r) for r in finished)
-            self.running = [r for r in self.running if id(r) not in done]
+            running = self.running
+            if len(finished) <= 8:  # a few: removing in place beats rebuilding the list
+                for req in finished:
+                    if req.status is RequestStatus.RUNNING:  # settled deferred ones left already
+                        running.remove(req)
+            else:
+                done = set(id(r) for r in finished)
+                self.running = [r for r in running if id(r) not in done]
             for req in finished:
                 self.kv.free(req)
                 req.status = RequestStatus.FINISHED
         return sampled, finished
+
+    def _advance_deferred(self, out: SchedulerOutput, end_s: float, sampled: list[Request], finished: list[Request]) -> list[Request]:
+        """Deferred-decode bookkeeping of a step, after its other requests were updated: one
+        tick; the deferred requests whose last token this was are settled and put first in
+        ``finished`` (they come first in running order); then the requests that follow the
+        deferred ones in running order and sampled a token now (and stay) become deferred,
+        as far as they form an unbroken run. Returns the finished list."""
+        tick = self._tick = self._tick + 1
+        gap = end_s - self._last_end_s  # meaningful only when some request was deferred
+        self._gaps_s.append(gap)  # one entry per tick, so that ticks index the array
+        offs, rids, joins = self._lz_off, self._lz_rid, self._lz_join
+        need, bs = self._lz_need, self.kv.block_size
+        running = self.running
+        if out.num_deferred:
+            out.deferred_gap_s = gap
+            done = self._lz_finish.pop(tick, None)
+            if done:
+                gaps, base = self._gaps_s, self._gap_base
+                for req in done:
+                    k = running.index(req)
+                    off = offs[k]
+                    self._settle(req, tick + off, end_s, gaps, joins[k] - base, tick - base)
+                    need[off % bs].remove(req)
+                    del offs[k], rids[k], joins[k], running[k]
+                    req.status = RequestStatus.FINISHED
+                # the settled requests are already out of running; the caller removes the rest
+                finished = done + finished
+        if sampled:
+            fin = self._lz_finish
+            k, n_sampled = 0, len(sampled)
+            for req in running[len(offs):]:
+                if k == n_sampled or sampled[k] is not req:
+                    break  # deferred requests must stay a prefix of running
+                k += 1
+                left = req.output_tokens - req.num_output_generated
+                if left <= 0:
+                    continue  # finished: leaves running
+                off = req.num_computed_tokens - tick
+                offs.append(off)
+                rids.append(req.request_id)
+                joins.append(tick)
+                need[off % bs].append(req)
+                last = tick + left
+                bucket = fin.get(last)
+                if bucket is None:
+                    fin[last] = [req]
+                else:
+                    bucket.append(req)
+        self._last_end_s = end_s
+        return finished
