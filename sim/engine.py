@@ -135,8 +135,15 @@ class Engine:
                 yield env.timeout(0)  # let arrivals due now join this step
             if ff_price is not None and not sched.waiting and sched.running and not carried_preemptions:
                 if deferred:
-                    sched.sync()
-                window = self._decode_window(ff_price)
+                    # a request finishing within MIN_WINDOW_STEPS rules a window out; settling
+                    # the deferred requests for nothing would cost more than the check
+                    if sched.deferred_finish_within(self.MIN_WINDOW_STEPS):
+                        window = None
+                    else:
+                        sched.sync()
+                        window = self._decode_window(ff_price)
+                else:
+                    window = self._decode_window(ff_price)
                 if window is not None:
                     yield from self._fast_forward(*window)
                     continue

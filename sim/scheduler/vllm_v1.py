@@ -131,6 +131,12 @@ class VllmV1Scheduler:
             self._settle(req, tick + off, end_s, gaps, join - base, tick - base)
         del offs[m:], self._lz_rid[m:], self._lz_join[m:]
 
+    def deferred_finish_within(self, num_steps: int) -> bool:
+        """Whether a deferred request produces its last token within the next ``num_steps``
+        decode steps (read without settling anything)."""
+        fin, tick = self._lz_finish, self._tick
+        return any(tick + j in fin for j in range(1, num_steps + 1))
+
     @staticmethod
     def _settle(req: Request, computed: int, end_s: float, gaps_s: array, lo: int, hi: int) -> None:
         """Write a deferred request's progress: ``computed`` tokens, its last token at
