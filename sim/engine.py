@@ -18,7 +18,7 @@ import numpy as np
 import simpy
 from simpy.core import NORMAL
 
-from .cost.base import CostModel
+from .cost.base import CostModel, decode_step_fn
 from .entities import Request, RequestStatus
 from .errors import SimulationError
 from .metrics import MetricsSink
@@ -123,7 +123,8 @@ class Engine:
         sched = self.scheduler
         price = self.cost_model.price
         sink = self.sink
-        ff_price = getattr(self.cost_model, "price_decode", None) if self.fast_forward else None
+        # fast-forward needs a cost model that prices decode-only steps from their aggregates
+        ff = self.fast_forward and hasattr(self.cost_model, "price_decode")
         carried_preemptions = 0
         deferred = self.deferred
         while True:
@@ -133,7 +134,7 @@ class Engine:
                 self._idle = None
             if env.peek() == env.now:
                 yield env.timeout(0)  # let arrivals due now join this step
-            if ff_price is not None and not sched.waiting and sched.running and not carried_preemptions:
+            if ff and not sched.waiting and sched.running and not carried_preemptions:
                 if deferred:
                     # a request finishing within MIN_WINDOW_STEPS rules a window out; settling
                     # the deferred requests for nothing would cost more than the check
@@ -141,9 +142,9 @@ class Engine:
                         window = None
                     else:
                         sched.sync()
-                        window = self._decode_window(ff_price)
+                        window = self._decode_window()
                 else:
-                    window = self._decode_window(ff_price)
+                    window = self._decode_window()
                 if window is not None:
                     yield from self._fast_forward(*window)
                     continue
@@ -197,7 +198,7 @@ class Engine:
     MAX_WINDOW_STEPS = 4096  # bounds the per-window arrays
     MIN_WINDOW_STEPS = 2
 
-    def _decode_window(self, price_decode):
+    def _decode_window(self):
         """A stretch of pure-decode steps that can be applied at once, or None.
 
         Preconditions checked here: nothing waits; every running request is an ordinary decode
@@ -254,16 +255,17 @@ class Engine:
         t = now
         times = [now]
         costs = []
+        step_s = decode_step_fn(self.cost_model, n)
         for j in range(k_max):
-            cost = price_decode(n, ctx_sum + j * n, ctx_max + j)
-            if not cost.total_s > 0:
-                raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {cost.total_s} s")
-            t_next = t + cost.total_s
+            c = step_s(ctx_sum + j * n, ctx_max + j)
+            if not c > 0:
+                raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {c} s")
+            t_next = t + c
             if not t_next < nxt:
                 break
             t = t_next
             times.append(t)
-            costs.append(cost.total_s)
+            costs.append(c)
         if len(costs) < self.MIN_WINDOW_STEPS:
             return None
         return times, costs, computed, held
@@ -304,18 +306,19 @@ class Engine:
                 yield timeout(c)
         if env.now != end:
             raise SimulationError(f"fast-forward clock drift: {env.now!r} != {end!r}")
-        gaps = [times[j + 1] - times[j] for j in range(k)]
-        max_gap = max(gaps)
+        times_arr = np.array(times)
+        gaps = np.diff(times_arr)  # times[j + 1] - times[j], the same subtraction per element
+        max_gap = float(gaps.max())
         for r in running:
             r.num_computed_tokens += k
             r.num_output_generated += k
             r.last_token_s = end
             if max_gap > r.max_itl_s:
                 r.max_itl_s = max_gap
-        sink.on_gaps(np.repeat(np.asarray(gaps), n))
+        sink.on_gaps(np.repeat(gaps, n))
         steps = np.arange(1, k + 1, dtype=np.int64)
         need = -(-(computed[:, None] + steps[None, :]) // bs) - held[:, None]
         used = base_used + np.maximum(need, 0).sum(axis=0)
         first = self.num_steps
-        sink.on_decode_steps([(first + j, times[j], costs[j], 0, n, 0, n, 0, False, u, 0) for j, u in enumerate(used.tolist())])
+        sink.on_decode_window(first, times, costs, n, used)
         self.num_steps += k

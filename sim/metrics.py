@@ -188,7 +188,9 @@ class MetricsSink:
         self.chunk_rows = chunk_rows
         self.request_columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
         self.streaming_summary = StreamingSummary() if spill is not None else None
-        self.step_rows: list[tuple] = []
+        self.step_rows: list[tuple] = []  # steps not yet in a column chunk, StepRecord field order
+        self._step_chunks: list[dict[str, np.ndarray]] = []  # earlier steps, column-wise
+        self._chunked_rows = 0
         self.itls_s = array("d")
         self.itl_histogram = LogHistogram() if spill is not None else None
         self.num_steps = 0
@@ -245,7 +247,7 @@ class MetricsSink:
         if row[8]:  # is_mixed
             self.num_mixed_steps += 1
         self.sum_batch_tokens += row[3] + row[4]  # prefill tokens + decode requests
-        if self.spill is not None and len(self.step_rows) >= self.chunk_rows:
+        if self.spill is not None and len(self.step_rows) + self._chunked_rows >= self.chunk_rows:
             self._spill_steps()
 
     def on_decode_steps(self, rows: list[tuple]) -> None:
@@ -254,8 +256,62 @@ class MetricsSink:
         self.step_rows.extend(rows)
         self.num_steps += len(rows)
         self.sum_batch_tokens += sum(r[4] for r in rows)  # decode requests; no prefill tokens
-        if self.spill is not None and len(self.step_rows) >= self.chunk_rows:
+        if self.spill is not None and len(self.step_rows) + self._chunked_rows >= self.chunk_rows:
             self._spill_steps()
+
+    # A window shorter than this is appended as row tuples: a column chunk costs one array per
+    # column, which only pays for itself over many rows.
+    MIN_COLUMN_WINDOW = 64
+
+    def on_decode_window(self, first_step: int, start_s: list[float], duration_s: list[float], num_decode_reqs: int,
+                         kv_used_blocks: np.ndarray) -> None:
+        """``len(duration_s)`` pure-decode steps of ``num_decode_reqs`` requests (engine
+        fast-forward), numbered from ``first_step``; ``start_s[j]`` and ``duration_s[j]`` are
+        step j's start and price, ``kv_used_blocks[j]`` the blocks in use after it. Same
+        effect as :meth:`on_step` for each step; long windows are stored column-wise."""
+        k = len(duration_s)
+        n = num_decode_reqs
+        if k < self.MIN_COLUMN_WINDOW:
+            self.on_decode_steps([(first_step + j, start_s[j], duration_s[j], 0, n, 0, n, 0, False, u, 0)
+                                  for j, u in enumerate(kv_used_blocks.tolist())])
+            return
+        self._flush_step_rows()
+        zeros = np.zeros(k, dtype=np.int64)
+        full = np.full(k, n, dtype=np.int64)
+        columns = (  # StepRecord field order
+            np.arange(first_step, first_step + k, dtype=np.int64),  # step_index
+            np.array(start_s[:k], dtype=float),
+            np.array(duration_s, dtype=float),
+            zeros,  # prefill tokens
+            full,  # decode requests
+            zeros,  # prefill requests
+            full,  # running
+            zeros,  # waiting
+            np.zeros(k, dtype=bool),  # is_mixed
+            np.asarray(kv_used_blocks, dtype=np.int64),
+            zeros,  # preempted
+        )
+        self._step_chunks.append(dict(zip(STEP_COLUMNS, columns, strict=True)))
+        self._chunked_rows += k
+        self.num_steps += k
+        self.sum_batch_tokens += k * n
+        if self.spill is not None and self._chunked_rows >= self.chunk_rows:
+            self._spill_steps()
+
+    def _flush_step_rows(self) -> None:
+        """Move the buffered row tuples into a column chunk (keeps step order)."""
+        if self.step_rows:
+            self._step_chunks.append(_step_columns(self.step_rows))
+            self._chunked_rows += len(self.step_rows)
+            self.step_rows = []
+
+    def steps_frame(self) -> pd.DataFrame:
+        """Every step recorded and not spilled, in step order."""
+        if not self._step_chunks:
+            return steps_frame(self.step_rows)
+        self._flush_step_rows()
+        chunks = self._step_chunks
+        return pd.DataFrame({name: np.concatenate([c[name] for c in chunks]) for name in STEP_COLUMNS}, columns=STEP_COLUMNS)
 
     def on_request_done(self, req: Request, status: str | None = None) -> None:
         """``req`` left the server (finished or rejected), or is reported at the horizon."""
@@ -280,9 +336,11 @@ class MetricsSink:
             self.request_columns = {name: [] for name in REQUEST_COLUMNS}
 
     def _spill_steps(self) -> None:
-        if self.step_rows:
-            self.spill("steps", steps_frame(self.step_rows))
+        if self.step_rows or self._step_chunks:
+            self.spill("steps", self.steps_frame())
             self.step_rows = []
+            self._step_chunks = []
+            self._chunked_rows = 0
 
     def finish(self) -> None:
         """Flush what is buffered (streaming mode)."""
@@ -313,8 +371,12 @@ def steps_frame(rows: list[tuple]) -> pd.DataFrame:
     """Per-step table from the sink's step rows (column-wise build: fast for long runs)."""
     if not rows:
         return pd.DataFrame({name: np.array([], dtype=_STEP_DTYPES[name]) for name in STEP_COLUMNS}, columns=STEP_COLUMNS)
-    cols = zip(*rows)
-    return pd.DataFrame({name: np.fromiter(col, dtype=_STEP_DTYPES[name], count=len(rows)) for name, col in zip(STEP_COLUMNS, cols)}, columns=STEP_COLUMNS)
+    return pd.DataFrame(_step_columns(rows), columns=STEP_COLUMNS)
+
+
+def _step_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """Step row tuples (non-empty list) as one array per column."""
+    return {name: np.fromiter(col, dtype=_STEP_DTYPES[name], count=len(rows)) for name, col in zip(STEP_COLUMNS, zip(*rows))}
 
 
 def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:

@@ -225,7 +225,7 @@ class Simulation:
             summary = sink.streaming_summary.summary(sink.step_stats(), sink.itl_histogram if cfg.record_itls else None)
         else:
             req_df = requests_frame(sink.request_columns)
-            step_df = steps_frame(sink.step_rows)
+            step_df = sink.steps_frame()
             itls = np.asarray(sink.itls_s, dtype=float)
             summary = summarize(req_df, sink.step_stats(), itls if cfg.record_itls else None)
         derived = dict(

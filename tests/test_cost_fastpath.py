@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sim.config import parse_run_config
 from sim.cost import COST_MODELS
+from sim.cost.base import decode_step_fn
 from sim.cost.roofline import price_reference
 from sim.entities import Batch, BatchItem
 
@@ -43,3 +44,25 @@ def test_fast_price_equals_reference(items, key):
     fast, ref = model.price(batch), price_reference(model, batch)
     for field in ("total_s", "compute_s", "memory_s", "overhead_s", "prefill_s", "decode_s"):
         assert getattr(fast, field) == pytest.approx(getattr(ref, field), rel=1e-12, abs=1e-15), field
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    contexts=st.lists(st.integers(0, 8000), min_size=1, max_size=4),
+    key=st.sampled_from(sorted(MODELS)),
+)
+def test_decode_step_fn_is_price_decode(n, contexts, key):
+    """The fast-forward's per-window step pricer gives exactly price_decode's float (the
+    engine's windows must reproduce the step loop byte for byte)."""
+    model = MODELS[key]
+    step_s = decode_step_fn(model, n)
+    for cmax in contexts:
+        csum = n * cmax - (n - 1) * (cmax // 3)  # any sum consistent with the maximum
+        assert step_s(csum, cmax) == model.price_decode(n, csum, cmax).total_s
+
+
+def test_decode_step_fn_falls_back_to_price_decode():
+    """Cost models without their own decode_step_fn are priced through price_decode."""
+    model = COST_MODELS.get("linear")(parse_run_config({"cost": {"model": "linear"}}))
+    assert decode_step_fn(model, 7)(700, 120) == model.price_decode(7, 700, 120).total_s

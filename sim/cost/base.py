@@ -10,6 +10,8 @@ and it never mutates the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Protocol, runtime_checkable
 
 from ..entities import Batch, StepCost
@@ -36,6 +38,19 @@ class DecodePricer(Protocol):
     """
 
     def price_decode(self, n: int, context_sum: int, context_max: int) -> StepCost: ...
+
+
+def decode_step_fn(model: DecodePricer, n: int) -> Callable[[int, int], float]:
+    """``f(context_sum, context_max) -> seconds``: the total of ``model.price_decode(n, …)``.
+
+    A model may provide ``decode_step_fn(n)`` that computes the same float faster (constants
+    of ``n`` hoisted, no StepCost built); the engine calls it once per fast-forward window.
+    """
+    own = getattr(model, "decode_step_fn", None)
+    if own is not None:
+        return own(n)
+    price_decode = model.price_decode
+    return lambda context_sum, context_max: price_decode(n, context_sum, context_max).total_s
 
 
 COST_MODELS: Registry = Registry("cost model")

@@ -333,6 +333,30 @@ class RooflineCostModel:
         self._decode_memo[key] = cost
         return cost
 
+    def decode_step_fn(self, n: int):
+        """``f(context_sum, context_max)``: ``price_decode(n, …).total_s`` with the terms that
+        depend only on ``n`` computed once — the same operations in the same order, so the
+        same float (a test compares both)."""
+        gemm = self.gemm_s(n) * self._ds
+        attn_n = self._attn_flops_per_pair * n
+        tau, peak, attn_scale = self._tau, self._peak_flops, self._as * self._ds
+        mfu_decode = self.mfu.attn_decode
+        kv_b = self._kv_bytes_per_token
+        act_n = self._act_bytes_per_token * n * ACT_DECODE
+        weights = 1 * self._weights_bytes  # _memory_s with one weight load
+        bw = self._bw_bytes_s
+        comm = self._comm_s_per_token * n
+        oh = self._overhead_s
+
+        def step_s(context_sum: int, context_max: int) -> float:
+            attn_flops = attn_n * context_max
+            attn = tau * attn_flops / (peak * mfu_decode(n, context_max)) * attn_scale if attn_flops else 0.0
+            cd = gemm + attn
+            md = tau * (weights + (kv_b * (n + KV_REUSE_DECODE * context_sum) + act_n)) / bw
+            return (cd if cd > md else md) + comm + oh
+
+        return step_s
+
     def price(self, batch: Batch) -> StepCost:
         """Duration of ``batch``, seconds: combined GPU time + overhead.
 
