@@ -204,9 +204,16 @@ class Engine:
         Preconditions checked here: nothing waits; every running request is an ordinary decode
         that produced a token at ``now`` (so it was in the previous step and every gap equals
         the step time); all fit the budget. The window ends before the first step that would
-        finish a request, start at or after the next pending event (arrivals, horizon), or
-        need KV blocks that are not free (preemption). Inside it, the scheduler would plan the
-        same batch shape every step: all running requests, one token each.
+        start at or after the next pending event (arrivals, horizon) or need KV blocks that
+        are not free now (no preemption inside). Inside it the scheduler would plan every
+        running request, one token each, every step. Requests may finish inside (the batch
+        then shrinks) unless something reacts to the finish at that instant: a closed-loop
+        client waiting on it, or the prefix cache, whose block hashes the step loop updates on
+        every step; the window then stops before that request's last step.
+
+        Returns ``(times, costs, decodes, computed, held, left)``: step boundaries (k + 1
+        instants from now), step prices, requests decoded per step, and per running request
+        its computed tokens, blocks held and steps to its last token.
         """
         sched = self.scheduler
         running = sched.running
@@ -214,30 +221,35 @@ class Engine:
         if n > sched.limits.max_num_batched_tokens:
             return None
         now = self.env.now
-        k_finish = self.MAX_WINDOW_STEPS + 1
-        ctx_sum = ctx_max = 0
+        kv = sched.kv
+        through = not kv.enable_prefix_caching
+        cap = self.MAX_WINDOW_STEPS
+        last = 0
+        left: list[int] = []
+        ctx: list[int] = []
         for r in running:
             if r.num_output_generated == 0 or r.last_token_s != now or r.num_computed_tokens != r.num_tokens - 1:
                 return None
-            left = r.output_tokens - r.num_output_generated
-            if left < k_finish:
-                k_finish = left
-            c = r.num_computed_tokens
-            ctx_sum += c
-            if c > ctx_max:
-                ctx_max = c
-        k_max = k_finish - 1  # the step that finishes a request runs normally
+            lft = r.output_tokens - r.num_output_generated
+            if not through or r.done_event is not None:
+                if lft - 1 < cap:
+                    cap = lft - 1  # the step that finishes it runs normally
+            elif lft > last:
+                last = lft
+            left.append(lft)
+            ctx.append(r.num_computed_tokens)
+        k_max = cap if cap < last or not last else last  # no step after the last request finished
         if k_max < self.MIN_WINDOW_STEPS:
             return None
-        # KV: blocks needed after k steps must be free now (no preemption inside the window)
-        kv = sched.kv
+        # KV: blocks needed after k steps must be free now (frees inside the window not counted)
         bs = kv.block_size
-        computed = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=n)
+        computed = np.array(ctx, dtype=np.int64)
+        left_arr = np.array(left, dtype=np.int64)
         held = np.fromiter((kv.blocks_of(r.request_id) for r in running), dtype=np.int64, count=n)
         free = kv.num_free_blocks
 
         def extra_blocks(k: int) -> int:
-            return int(np.maximum(-(-(computed + k) // bs) - held, 0).sum())
+            return int(np.maximum(-(-(computed + np.minimum(left_arr, k)) // bs) - held, 0).sum())
 
         if extra_blocks(k_max) > free:
             lo, hi = 0, k_max  # largest k with extra_blocks(k) <= free
@@ -250,27 +262,50 @@ class Engine:
             k_max = lo
             if k_max < self.MIN_WINDOW_STEPS:
                 return None
-        # step times, accumulated exactly as the clock would (t += duration)
+        # step times, accumulated exactly as the clock would (t += duration); the batch is
+        # priced per segment between finishes (count, context sum and maximum of those left)
         nxt = self.env.peek()
         t = now
         times = [now]
-        costs = []
-        step_s = decode_step_fn(self.cost_model, n)
-        for j in range(k_max):
-            c = step_s(ctx_sum + j * n, ctx_max + j)
-            if not c > 0:
-                raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {c} s")
-            t_next = t + c
-            if not t_next < nxt:
-                break
-            t = t_next
-            times.append(t)
-            costs.append(c)
+        costs: list[float] = []
+        decodes: list[int] = []
+        order = sorted(range(n), key=left.__getitem__)
+        pos = 0
+        alive, ctx_sum, ctx_max = n, sum(ctx), max(ctx)
+        j = 1  # the next step, 1-based
+        while j <= k_max:
+            dropped = False
+            while left[order[pos]] < j:  # finished in an earlier step of the window
+                alive -= 1
+                ctx_sum -= ctx[order[pos]]
+                pos += 1
+                dropped = True
+            if dropped:
+                ctx_max = max(ctx[i] for i in order[pos:])
+            seg_end = min(k_max, left[order[pos]])  # a finish (or the window's end) closes the segment
+            step_s = decode_step_fn(self.cost_model, alive)
+            for jj in range(j - 1, seg_end):  # contexts grew by jj tokens before step jj + 1
+                c = step_s(ctx_sum + jj * alive, ctx_max + jj)
+                if not c > 0:
+                    raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {c} s")
+                t_next = t + c
+                if not t_next < nxt:
+                    break
+                t = t_next
+                times.append(t)
+                costs.append(c)
+            else:
+                decodes.extend([alive] * (seg_end - j + 1))
+                j = seg_end + 1
+                continue
+            decodes.extend([alive] * (len(costs) - len(decodes)))
+            break
         if len(costs) < self.MIN_WINDOW_STEPS:
             return None
-        return times, costs, computed, held
+        return times, costs, decodes, computed, held, left_arr
 
-    def _fast_forward(self, times: list[float], costs: list[float], computed: np.ndarray, held: np.ndarray):
+    def _fast_forward(self, times: list[float], costs: list[float], decodes: list[int], computed: np.ndarray,
+                      held: np.ndarray, left: np.ndarray):
         """Apply a decode window (see :meth:`_decode_window`): the clock advances step by
         step, but request state, KV and records are updated in bulk; the records are exactly
         those the step-by-step loop would have written."""
@@ -282,18 +317,26 @@ class Engine:
         n = len(running)
         k = len(costs)
         base_used = kv.num_used_blocks
-        # Allocate the window's new blocks in the order the step loop would (by step, then by
-        # running order), so free-queue order and prefix-cache evictions stay identical.
+        grow = np.minimum(left, k)  # steps each request decodes in the window
+        grow_l = grow.tolist()
+        finishes = sorted((s, i) for i, s in enumerate(left.tolist()) if s <= k)  # step order, then running order
+        # Allocate the window's new blocks (and free the finished requests' blocks) in the
+        # order the step loop would — by step; within a step, allocations in running order,
+        # then frees — so the free queue's order stays identical.
         bs = kv.block_size
         events = []
         for i in range(n):
             j = int(held[i]) * bs - int(computed[i]) + 1  # first step whose token needs a new block
-            while j <= k:
-                events.append((j, i))
+            g = grow_l[i]
+            while j <= g:
+                events.append((j, 0, i))
                 j += bs
+        events.extend((s, 1, i) for s, i in finishes)
         events.sort()
-        for j, i in events:
-            if not kv.allocate_slots(running[i], j):
+        for j, kind, i in events:
+            if kind:
+                kv.free(running[i])
+            elif not kv.allocate_slots(running[i], j):
                 raise SimulationError("fast-forward KV allocation failed after the window check")
         # The window ends on the instant the step loop would reach by adding the durations one
         # by one; a plain environment gets one timeout per step (same arithmetic).
@@ -306,19 +349,36 @@ class Engine:
                 yield timeout(c)
         if env.now != end:
             raise SimulationError(f"fast-forward clock drift: {env.now!r} != {end!r}")
-        times_arr = np.array(times)
-        gaps = np.diff(times_arr)  # times[j + 1] - times[j], the same subtraction per element
-        max_gap = float(gaps.max())
-        for r in running:
-            r.num_computed_tokens += k
-            r.num_output_generated += k
-            r.last_token_s = end
-            if max_gap > r.max_itl_s:
-                r.max_itl_s = max_gap
-        sink.on_gaps(np.repeat(gaps, n))
+        gaps = np.diff(np.array(times))  # times[j + 1] - times[j], the same subtraction per element
+        running_max = np.maximum.accumulate(gaps).tolist()  # largest gap of the first j + 1 steps
+        for r, g in zip(running, grow_l):
+            r.num_computed_tokens += g
+            r.num_output_generated += g
+            r.last_token_s = times[g]
+            if running_max[g - 1] > r.max_itl_s:
+                r.max_itl_s = running_max[g - 1]
+        decodes_arr = np.array(decodes, dtype=np.int64)
+        sink.on_gaps(np.repeat(gaps, decodes_arr))
         steps = np.arange(1, k + 1, dtype=np.int64)
-        need = -(-(computed[:, None] + steps[None, :]) // bs) - held[:, None]
+        need = -(-(computed[:, None] + np.minimum(steps[None, :], left[:, None])) // bs) - held[:, None]
         used = base_used + np.maximum(need, 0).sum(axis=0)
+        num_running = decodes_arr
+        if finishes:
+            owned_at_finish = held + np.maximum(-(-(computed + left) // bs) - held, 0)
+            gone = left[:, None] <= steps[None, :]
+            used = used - (gone * owned_at_finish[:, None]).sum(axis=0)
+            num_running = decodes_arr - np.bincount([s for s, _ in finishes], minlength=k + 1)[1:]
+        if int(used[-1]) != kv.num_used_blocks:
+            raise SimulationError(f"fast-forward KV accounting: {int(used[-1])} != {kv.num_used_blocks} blocks in use")
         first = self.num_steps
-        sink.on_decode_window(first, times, costs, n, used)
+        sink.on_decode_window(first, times, costs, decodes_arr, num_running, used)
         self.num_steps += k
+        if finishes:
+            gone_ids = {i for _, i in finishes}
+            sched.running = [r for i, r in enumerate(running) if i not in gone_ids]
+            for s, i in finishes:
+                req = running[i]
+                req.status = RequestStatus.FINISHED
+                req.finish_s = times[s]
+                sink.on_request_done(req)
+                self._signal_done(req)

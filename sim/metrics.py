@@ -263,29 +263,29 @@ class MetricsSink:
     # column, which only pays for itself over many rows.
     MIN_COLUMN_WINDOW = 64
 
-    def on_decode_window(self, first_step: int, start_s: list[float], duration_s: list[float], num_decode_reqs: int,
-                         kv_used_blocks: np.ndarray) -> None:
-        """``len(duration_s)`` pure-decode steps of ``num_decode_reqs`` requests (engine
-        fast-forward), numbered from ``first_step``; ``start_s[j]`` and ``duration_s[j]`` are
-        step j's start and price, ``kv_used_blocks[j]`` the blocks in use after it. Same
-        effect as :meth:`on_step` for each step; long windows are stored column-wise."""
+    def on_decode_window(self, first_step: int, start_s: list[float], duration_s: list[float],
+                         num_decode_reqs: np.ndarray, num_running: np.ndarray, kv_used_blocks: np.ndarray) -> None:
+        """``k = len(duration_s)`` pure-decode steps (engine fast-forward), numbered from
+        ``first_step``: step j starts at ``start_s[j]``, lasts ``duration_s[j]``, decodes
+        ``num_decode_reqs[j]`` requests and leaves ``num_running[j]`` running and
+        ``kv_used_blocks[j]`` blocks in use (int arrays of length k). Same effect as
+        :meth:`on_step` for each step; long windows are stored column-wise."""
         k = len(duration_s)
-        n = num_decode_reqs
         if k < self.MIN_COLUMN_WINDOW:
-            self.on_decode_steps([(first_step + j, start_s[j], duration_s[j], 0, n, 0, n, 0, False, u, 0)
-                                  for j, u in enumerate(kv_used_blocks.tolist())])
+            self.on_decode_steps([(first_step + j, start_s[j], duration_s[j], 0, d, 0, r, 0, False, u, 0)
+                                  for j, (d, r, u) in enumerate(zip(num_decode_reqs.tolist(), num_running.tolist(),
+                                                                    kv_used_blocks.tolist()))])
             return
         self._flush_step_rows()
         zeros = np.zeros(k, dtype=np.int64)
-        full = np.full(k, n, dtype=np.int64)
         columns = (  # StepRecord field order
             np.arange(first_step, first_step + k, dtype=np.int64),  # step_index
             np.array(start_s[:k], dtype=float),
             np.array(duration_s, dtype=float),
             zeros,  # prefill tokens
-            full,  # decode requests
+            np.asarray(num_decode_reqs, dtype=np.int64),
             zeros,  # prefill requests
-            full,  # running
+            np.asarray(num_running, dtype=np.int64),
             zeros,  # waiting
             np.zeros(k, dtype=bool),  # is_mixed
             np.asarray(kv_used_blocks, dtype=np.int64),
@@ -294,7 +294,7 @@ class MetricsSink:
         self._step_chunks.append(dict(zip(STEP_COLUMNS, columns, strict=True)))
         self._chunked_rows += k
         self.num_steps += k
-        self.sum_batch_tokens += k * n
+        self.sum_batch_tokens += int(columns[4].sum())
         if self.spill is not None and self._chunked_rows >= self.chunk_rows:
             self._spill_steps()
 

@@ -76,9 +76,9 @@ def test_long_windows_stored_column_wise_are_exact(arrival):
     sim = Simulation(cfg, spill=lambda name, frame: streamed.append((name, frame)), chunk_rows=100)
     sink = sim.sink
 
-    def spy(first, start_s, duration_s, n, used):
+    def spy(first, start_s, duration_s, *rest):
         windows.append(len(duration_s))
-        return type(sink).on_decode_window(sink, first, start_s, duration_s, n, used)
+        return type(sink).on_decode_window(sink, first, start_s, duration_s, *rest)
 
     sink.on_decode_window = spy
     res = sim.run()
@@ -87,3 +87,28 @@ def test_long_windows_stored_column_wise_are_exact(arrival):
     assert steps.to_csv(index=False) == off.steps.to_csv(index=False)
     assert all(len(f) < 100 + max(windows) for name, f in streamed if name == "steps")  # bounded chunks
     assert res.summary["num_steps"] == off.summary["num_steps"]
+
+
+@pytest.mark.parametrize("cost", ["linear", "roofline"])
+def test_windows_run_through_finishes(cost):
+    """Open-loop requests finish inside windows (the batch shrinks there): still the same
+    records as the step loop, and it does happen."""
+    cfg = make_config(arrival={"strategy": "constant", "rate_rps": 3.0}, cost={"model": cost},
+                      workload={"num_requests": 40, "output_tokens": {"dist": "normal", "mean": 120, "stdev": 60, "min": 2, "max": 400}})
+    sim = Simulation(cfg)
+    engine = sim.engine
+    finished_inside: list[int] = []
+    orig = engine._fast_forward
+
+    def spy(times, costs, decodes, computed, held, left):
+        finished_inside.append(int((left <= len(costs)).sum()))
+        return orig(times, costs, decodes, computed, held, left)
+
+    engine._fast_forward = spy
+    on = sim.run()
+    off = Simulation(cfg, fast_forward=False).run()
+    assert sum(finished_inside) >= 5
+    assert on.requests.to_csv(index=False) == off.requests.to_csv(index=False)
+    assert on.steps.to_csv(index=False) == off.steps.to_csv(index=False)
+    assert np.array_equal(on.itls_s, off.itls_s)
+    assert str(on.summary) == str(off.summary)
