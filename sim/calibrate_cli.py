@@ -48,6 +48,7 @@ from .calibration import (
     interval_configs,
     interval_from_samples,
     linearise,
+    calibration_for,
     load_calibration,
     loeo_folds,
     seed_knobs,
@@ -295,28 +296,45 @@ def render_report(results: list[FormulaResult], settings: dict) -> str:
     return "\n".join(lines)
 
 
-def calibration_document(r: FormulaResult, settings: dict, name: str) -> dict[str, Any]:
+def _formula_section(r: FormulaResult, settings: dict) -> dict[str, Any]:
+    """What a calibration holds per formula: knobs, CV figures, residuals, bootstrap knobs."""
     s = mape_summary(r.table)
     cv = {f"{x.metric}_mape": round(float(x.cv), 4) for x in s.itertuples()}
     cov = {f"{x.metric}": round(float(x.coverage), 4) for x in s.itertuples()}
     return {
-        "name": name,
-        "gpu": settings["gpu"],
-        "formula": r.formula,
-        "gemm_m": settings["gemm_m"],
-        "mfu_lookup": settings["mfu_lookup"],
         "knobs": {k: round(float(v), 6) for k, v in r.knobs.items()},
         "fitted_knobs": list(settings["knobs"]),
+        "cross_validation": {"not_overloaded": cv, "interval_level": settings["level"], "interval_coverage": cov},
+        "residuals_log": {k: [round(x, 5) for x in v] for k, v in r.residuals_log.items()},
+        "bootstrap": [{k: round(float(v), 6) for k, v in b.items()} for b in r.boot_knobs],
+    }
+
+
+def calibration_document(results: Sequence[FormulaResult], settings: dict, name: str) -> dict[str, Any]:
+    """The calibration YAML: the first formula's section at the top level (its primary
+    formula) and, with several formulas, every formula's section under ``formulas``."""
+    first = _formula_section(results[0], settings)
+    doc = {
+        "name": name,
+        "gpu": settings["gpu"],
+        "formula": results[0].formula,
+        "gemm_m": settings["gemm_m"],
+        "mfu_lookup": settings["mfu_lookup"],
+        "knobs": first["knobs"],
+        "fitted_knobs": first["fitted_knobs"],
         "provenance": {
             "data": settings["ground_truth"], "date": settings["date"], "command": settings["command"],
             "n_points": settings["n_points"], "n_experiments": settings["n_experiments"],
             "fit_max_requests_per_point": settings["fit_max_requests"], "eval_max_requests_per_point": settings["eval_max_requests"],
             "mfu_tables": settings["bench_data"], "servesim_version": settings["version"],
         },
-        "cross_validation": {"not_overloaded": cv, "interval_level": settings["level"], "interval_coverage": cov},
-        "residuals_log": {k: [round(x, 5) for x in v] for k, v in r.residuals_log.items()},
-        "bootstrap": [{k: round(float(v), 6) for k, v in b.items()} for b in r.boot_knobs],
+        "cross_validation": first["cross_validation"],
+        "residuals_log": first["residuals_log"],
+        "bootstrap": first["bootstrap"],
     }
+    if len(results) > 1:
+        doc["formulas"] = {r.formula: _formula_section(r, settings) for r in results[1:]}
+    return doc
 
 
 def plot_cv(table: pd.DataFrame, title: str):
@@ -360,7 +378,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
     for i, cfg in enumerate(cfgs):
         if not cfg.cost.calibration:
             raise ConfigError("--intervals needs a calibration (cost.calibration, e.g. --set cost.calibration=h100)")
-        cal = load_calibration(cfg.cost.calibration)
+        cal = calibration_for(cfg)
         cals.append(cal)
         for c in interval_configs(cfg, cal, n_boot):
             reps_cfgs.append(c)
@@ -379,7 +397,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.command()
 @click.option("--ground-truth", "ground_truth", help="Measured data directory (points.csv, requests/).")
 @click.option("--bench-data", type=click.Path(file_okay=False), help="bench_data/ for MFU tables (default: <ground-truth>/bench_data if present).")
-@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to calibrate (repeatable; default weighted-average). The first is saved.")
+@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to calibrate (repeatable; default weighted-average). Each is saved; the first is the primary.")
 @click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), default="tokens", show_default=True)
 @click.option("--knob", "knobs", multiple=True, help=f"Knobs to fit (repeatable; default {', '.join(DEFAULT_FIT_KNOBS)}).")
 @click.option("--mfu-lookup", type=click.Choice(["interpolate", "nearest"]), default="interpolate", show_default=True,
@@ -415,6 +433,10 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fix
                 cv = (cal.get("cross_validation") or {}).get("not_overloaded", {})
                 out_console.print(f"{n:10s} gpu {cal.get('gpu')}  formula {cal.get('formula')}  CV " +
                                   ", ".join(f"{k} {100 * v:.1f}%" for k, v in cv.items()))
+                for f, sec in (cal.get("formulas") or {}).items():
+                    cvf = (sec.get("cross_validation") or {}).get("not_overloaded", {})
+                    out_console.print(f"{'':10s} {'':{len(str(cal.get('gpu'))) + 4}s}  formula {f}  CV " +
+                                      ", ".join(f"{k} {100 * v:.1f}%" for k, v in cvf.items()))
             return
         if not ground_truth:
             raise ConfigError("--ground-truth is required (e.g. ../shared/ground_truth)")
@@ -480,7 +502,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fix
 
         out = Path(output_dir)
         cal_name = name or str(gpu_name).lower()
-        write_yaml(out / f"calibration-{cal_name}.yaml", calibration_document(results[0], settings, cal_name))
+        write_yaml(out / f"calibration-{cal_name}.yaml", calibration_document(results, settings, cal_name))
         atomic_write_bytes(out / "report.md", render_report(results, settings).encode())
         buf = io.StringIO()
         pd.concat([r.table for r in results]).to_csv(buf, index=False, float_format="%.6g")

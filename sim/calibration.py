@@ -172,12 +172,18 @@ def _load_calibration_cached(path: str, mtime: float) -> dict[str, Any]:
         raise ConfigError(f"cost.calibration: {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("knobs"), dict):
         raise ConfigError(f"cost.calibration: {path} has no 'knobs' mapping")
-    bad = sorted(set(data["knobs"]) - set(KNOB_NAMES))
-    if bad:
-        raise ConfigError(f"cost.calibration: {path}: unknown knob(s) {', '.join(bad)}; known: {', '.join(KNOB_NAMES)}")
-    for k, v in data["knobs"].items():
-        if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-            raise ConfigError(f"cost.calibration: {path}: knobs.{k} must be a number, got {v!r}")
+    sections = data.get("formulas") or {}
+    if not isinstance(sections, dict):
+        raise ConfigError(f"cost.calibration: {path}: 'formulas' must map formula names to sections")
+    for where, knobs in [("knobs", data["knobs"])] + [(f"formulas.{f}.knobs", (sec or {}).get("knobs")) for f, sec in sections.items()]:
+        if not isinstance(knobs, dict):
+            raise ConfigError(f"cost.calibration: {path}: {where} must be a mapping of knob values")
+        bad = sorted(set(knobs) - set(KNOB_NAMES))
+        if bad:
+            raise ConfigError(f"cost.calibration: {path}: unknown knob(s) {', '.join(bad)} in {where}; known: {', '.join(KNOB_NAMES)}")
+        for k, v in knobs.items():
+            if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                raise ConfigError(f"cost.calibration: {path}: {where}.{k} must be a number, got {v!r}")
     return data
 
 
@@ -187,6 +193,33 @@ def load_calibration(name_or_path: str) -> dict[str, Any]:
     return _load_calibration_cached(str(p.resolve()), p.stat().st_mtime)
 
 
+def calibration_formulas(cal: Mapping[str, Any]) -> list[str]:
+    """The mixed-batch formulas a calibration mapping was fitted for (its primary first)."""
+    out = [str(cal["formula"])] if cal.get("formula") else []
+    return out + [f for f in (cal.get("formulas") or {}) if f not in out]
+
+
+def calibration_for(cfg) -> dict[str, Any]:
+    """``cfg``'s calibration (``cost.calibration``) as fitted for ``cfg.cost.formula``: the
+    file's top level for its primary formula, else that formula's section of ``formulas``
+    laid over it (knobs, residuals, bootstrap replicates). Knobs depend on the formula they
+    were fitted with, so a formula the file lacks is a ConfigError, never a silent mismatch.
+    Precondition: ``cfg.cost.calibration`` is set."""
+    name = cfg.cost.calibration
+    cal = load_calibration(name)
+    formula = cfg.cost.formula
+    primary = cal.get("formula")
+    if primary is None or formula == primary:
+        return cal
+    section = (cal.get("formulas") or {}).get(formula)
+    if section is None:
+        raise ConfigError(
+            f"cost.calibration {name!r} was fitted for formula(s) {', '.join(calibration_formulas(cal))}, not for "
+            f"cost.formula {formula!r}; use one of those or run `servesim calibrate --formula {formula}`"
+        )
+    return {**cal, **section, "formula": formula}
+
+
 def effective_knobs(cfg) -> dict[str, float | None]:
     """Knob values for ``cfg``: the config's own where set, else its calibration's, else None
     (= seed behaviour). ConfigError if the calibration was fitted for another GPU."""
@@ -194,7 +227,7 @@ def effective_knobs(cfg) -> dict[str, float | None]:
     out: dict[str, float | None] = {k: getattr(c, k) for k in KNOB_NAMES}
     name = getattr(c, "calibration", None)
     if name:
-        cal = load_calibration(name)
+        cal = calibration_for(cfg) if c.model == "roofline" else load_calibration(name)
         gpu = str(cal.get("gpu", "")).strip()
         if gpu:
             from .hardware import resolve_gpu

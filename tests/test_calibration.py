@@ -20,6 +20,7 @@ from sim.calibration import (
     Problem,
     available_calibrations,
     bootstrap_weights,
+    calibration_for,
     coverage,
     effective_knobs,
     fit_direct,
@@ -334,6 +335,7 @@ def test_cli_calibrate_list():
 def test_cli_calibrate_on_fixture(tmp_path):
     out = tmp_path / "cal"
     r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), "--knob", "bw_efficiency", "--knob", "per_step_overhead_us",
+                                  "--formula", "weighted-average", "--formula", "additive",
                                   "--maxfev", "8", "--bootstrap", "2", "--fit-max-requests", "30", "--max-requests-per-point", "30",
                                   "--executor", "serial", "--no-plots", "-q", "-o", str(out)])
     assert r.exit_code == 0, r.output
@@ -344,3 +346,60 @@ def test_cli_calibrate_on_fixture(tmp_path):
     assert doc["mfu_lookup"] == "interpolate"  # the default the calibration records
     cfg = parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})
     assert effective_knobs(cfg)["bw_efficiency"] == pytest.approx(doc["knobs"]["bw_efficiency"])
+    # every calibrated formula is saved; the primary at the top level, the others in sections
+    assert doc["formula"] == "weighted-average" and set(doc["formulas"]) == {"additive"}
+    sec = doc["formulas"]["additive"]
+    assert set(sec) >= {"knobs", "cross_validation", "residuals_log", "bootstrap"} and len(sec["bootstrap"]) == 2
+    add = parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml"), "formula": "additive"}})
+    assert effective_knobs(add)["per_step_overhead_us"] == pytest.approx(sec["knobs"]["per_step_overhead_us"])
+
+
+def _two_formula_calibration(tmp_path) -> Path:
+    doc = {
+        "name": "t", "gpu": "H100", "formula": "weighted-average",
+        "knobs": {"per_step_overhead_us": 100.0, "bw_efficiency": 0.9},
+        "residuals_log": {"e2e_mean": [0.0]}, "bootstrap": [{"per_step_overhead_us": 110.0}],
+        "formulas": {"additive": {"knobs": {"per_step_overhead_us": 700.0, "bw_efficiency": 0.8},
+                                  "residuals_log": {"e2e_mean": [0.5]}, "bootstrap": [{"per_step_overhead_us": 710.0}]}},
+    }
+    p = tmp_path / "two.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_calibration_knobs_follow_the_formula(tmp_path):
+    """Knobs are fitted per formula: a config gets its own formula's knobs, residuals and
+    bootstrap replicates, and a formula the file lacks is an error naming the ones it has."""
+    p = str(_two_formula_calibration(tmp_path))
+    wa = parse_run_config({"cost": {"calibration": p}})
+    add = parse_run_config({"cost": {"calibration": p, "formula": "additive"}})
+    assert effective_knobs(wa)["per_step_overhead_us"] == 100.0
+    assert effective_knobs(add)["per_step_overhead_us"] == 700.0 and effective_knobs(add)["bw_efficiency"] == 0.8
+    assert calibration_for(add)["residuals_log"] == {"e2e_mean": [0.5]}
+    assert [c.cost.per_step_overhead_us for c in interval_configs(add, calibration_for(add))] == [710.0]
+    # the knobs reach the cost model: the additive calibration's larger overhead lengthens steps
+    from sim.simulation import Simulation
+
+    a_res = Simulation(parse_run_config({"workload": {"num_requests": 5}, "cost": {"calibration": p, "formula": "additive"}})).run()
+    w_res = Simulation(parse_run_config({"workload": {"num_requests": 5}, "cost": {"calibration": p, "formula": "weighted-average"}})).run()
+    assert a_res.summary["e2e_mean_ms"] > w_res.summary["e2e_mean_ms"]
+    bad = parse_run_config({"cost": {"calibration": p, "formula": "max"}})
+    with pytest.raises(ConfigError, match="fitted for formula\\(s\\) weighted-average, additive, not for cost.formula 'max'"):
+        effective_knobs(bad)
+
+
+def test_cli_formula_missing_from_calibration_exits_2(tmp_path):
+    p = str(_two_formula_calibration(tmp_path))
+    r = CliRunner().invoke(main, ["run", "--num-requests", "5", "--set", f"cost.calibration={p}", "--set", "cost.formula=max",
+                                  "-q", "--no-plots", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "calibrate --formula max" in r.output
+
+
+def test_calibration_section_knobs_are_validated(tmp_path):
+    p = _two_formula_calibration(tmp_path)
+    doc = yaml.safe_load(p.read_text())
+    doc["formulas"]["additive"]["knobs"]["warp_factor"] = 9.0
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="unknown knob.*warp_factor.*formulas.additive.knobs"):
+        load_calibration(str(p))
