@@ -205,9 +205,12 @@ def calibration_for(cfg) -> dict[str, Any]:
     laid over it (knobs, residuals, bootstrap replicates). Knobs depend on the formula they
     were fitted with, so a formula the file lacks is a ConfigError, never a silent mismatch.
     Precondition: ``cfg.cost.calibration`` is set."""
+    from .cost.combine import FORMULAS
+
     name = cfg.cost.calibration
     cal = load_calibration(name)
     formula = cfg.cost.formula
+    FORMULAS.get(formula, "cost.formula")  # an unknown formula is reported as such first
     primary = cal.get("formula")
     if primary is None or formula == primary:
         return cal
