@@ -194,6 +194,7 @@ class RooflineCostModel:
         )
         self._gemm_memo: dict[int, float] = {}
         self._decode_memo: dict[tuple[int, int, int], StepCost] = {}
+        self._lone_step_memo: dict[int, float] = {}  # decode_step_fn(1): context -> seconds
 
     # --- building blocks ---------------------------------------------------------------------
     def gemm_s(self, m: int) -> float:
@@ -336,7 +337,8 @@ class RooflineCostModel:
     def decode_step_fn(self, n: int):
         """``f(context_sum, context_max)``: ``price_decode(n, …).total_s`` with the terms that
         depend only on ``n`` computed once — the same operations in the same order, so the
-        same float (a test compares both)."""
+        same float (a test compares both). Precondition for ``n == 1``: ``context_sum ==
+        context_max`` (one request), which its memo relies on."""
         gemm = self.gemm_s(n) * self._ds
         attn_n = self._attn_flops_per_pair * n
         tau, peak, attn_scale = self._tau, self._peak_flops, self._as * self._ds
@@ -355,7 +357,21 @@ class RooflineCostModel:
             md = tau * (weights + (kv_b * (n + KV_REUSE_DECODE * context_sum) + act_n)) / bw
             return (cd if cd > md else md) + comm + oh
 
-        return step_s
+        if n != 1:
+            return step_s
+        # A lone request (synchronous runs) revisits every context length once per request:
+        # memoise by context (its sum and maximum are equal).
+        memo = self._lone_step_memo
+        if len(memo) >= DECODE_MEMO_MAX_ENTRIES:
+            memo.clear()
+
+        def lone_step_s(context_sum: int, context_max: int) -> float:
+            hit = memo.get(context_max)
+            if hit is None:
+                hit = memo[context_max] = step_s(context_sum, context_max)
+            return hit
+
+        return lone_step_s
 
     def price(self, batch: Batch) -> StepCost:
         """Duration of ``batch``, seconds: combined GPU time + overhead.
