@@ -97,7 +97,7 @@ class CostConfig(_Strict):
         None, gt=0, le=10_000, description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)"
     )
     calibration: str | None = Field(
-        None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset"
+        None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset with those fitted for cost.formula"
     )
     # fixed / linear test models
     fixed_step_s: float = Field(0.01, gt=0, description="fixed model: seconds per step")
