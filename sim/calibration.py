@@ -81,6 +81,9 @@ KNOBS: dict[str, Knob] = {
         # start: NCCL all-reduce bus bandwidth on 8×H100 SXM NVLink is about 450 GB/s (NVIDIA
         # nccl-tests figures); the seed has no communication term at all
         Knob("frontend_latency_ms", 0.0, 30.0, False, "API-server latency before the engine sees a request (HTTP, tokenization), ms"),
+        # TP-independent time per prompt token: set A's TTFTs (7B TP1/2/4, 354 vs 2048-token
+        # prompts) split into ~13 µs/token that TP does not divide and the prefill that it does
+        Knob("frontend_us_per_prompt_token", 0.0, 50.0, False, "API-server time per prompt token (tokenization, input processing), µs, not divided by TP"),
         Knob("allreduce_bw_gbps", 10.0, 2000.0, True, "effective all-reduce bus bandwidth per GPU, GB/s (TP communication)", 450.0),
     )
 }
@@ -108,7 +111,7 @@ def seed_knobs(gpu: str = "H100") -> dict[str, float]:
     return {
         "bw_efficiency": g.bw_efficiency, "per_layer_overhead_us": g.per_layer_overhead_us,
         "per_step_overhead_us": 0.0, "prefill_compute_scale": 1.0, "decode_compute_scale": 1.0,
-        "attention_scale": 1.0, "mixed_penalty": 0.0, "frontend_latency_ms": 0.0,
+        "attention_scale": 1.0, "mixed_penalty": 0.0, "frontend_latency_ms": 0.0, "frontend_us_per_prompt_token": 0.0,
     }  # allreduce_bw_gbps: absent = no communication term (the seed has none)
 
 

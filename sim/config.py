@@ -93,6 +93,9 @@ class CostConfig(_Strict):
     frontend_latency_ms: float | None = Field(
         None, ge=0, le=10_000, description="API-server latency before the engine sees a request (HTTP, tokenization, hand-off), ms; counts in TTFT and E2E, not TPOT; None = 0"
     )
+    frontend_us_per_prompt_token: float | None = Field(
+        None, ge=0, le=1000, description="API-server time per prompt token before the engine sees a request (tokenization, input processing), µs, not divided by TP; adds to frontend_latency_ms; None = 0"
+    )
     allreduce_bw_gbps: float | None = Field(
         None, gt=0, le=10_000, description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)"
     )

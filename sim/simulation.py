@@ -169,19 +169,23 @@ class Simulation:
         )
         from .calibration import effective_knobs
 
-        frontend_ms = effective_knobs(cfg).get("frontend_latency_ms") if cfg.cost.model == "roofline" else cfg.cost.frontend_latency_ms
-        submit = self.engine.submit if not frontend_ms else self._frontend(float(frontend_ms) * 1e-3)
+        knobs = effective_knobs(cfg) if cfg.cost.model == "roofline" else {
+            "frontend_latency_ms": cfg.cost.frontend_latency_ms, "frontend_us_per_prompt_token": cfg.cost.frontend_us_per_prompt_token}
+        frontend_ms = knobs.get("frontend_latency_ms") or 0.0
+        per_token_us = knobs.get("frontend_us_per_prompt_token") or 0.0
+        submit = self.engine.submit if not (frontend_ms or per_token_us) else self._frontend(float(frontend_ms) * 1e-3, float(per_token_us) * 1e-6)
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, submit, self.workload, cfg.arrival, self.streams)
 
-    def _frontend(self, latency_s: float):
-        """A ``submit`` that hands each request to the engine ``latency_s`` after the client
-        sent it (the API server's HTTP handling, tokenization and hand-off to the engine), with
-        the send time as its arrival: TTFT, E2E and queue delay include the latency. Equal
-        delays keep the send order."""
+    def _frontend(self, latency_s: float, per_prompt_token_s: float = 0.0):
+        """A ``submit`` that hands each request to the engine ``latency_s + per_prompt_token_s
+        × prompt tokens`` after the client sent it (the API server's HTTP handling,
+        tokenization and hand-off to the engine), with the send time as its arrival: TTFT, E2E
+        and queue delay include the latency. Equal delays keep the send order; a longer prompt
+        sent earlier can reach the engine after a shorter one, as it would."""
         env, engine = self.env, self.engine
 
         def deliver(req, sent_s: float):
-            yield env.timeout(latency_s)
+            yield env.timeout(latency_s + per_prompt_token_s * req.prompt_tokens)
             engine.submit(req, sent_s)
 
         def submit(req) -> None:

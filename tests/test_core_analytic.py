@@ -121,3 +121,22 @@ def test_frontend_latency_shifts_ttft_and_e2e_exactly(strategy):
     assert late["tpot_s"].to_numpy() == pytest.approx(base["tpot_s"].to_numpy(), rel=1e-9)
     if strategy == "constant":  # open loop: the client sends at the same instants
         assert late["arrival_s"].to_numpy() == pytest.approx(base["arrival_s"].to_numpy())
+
+
+@pytest.mark.parametrize("strategy", ["synchronous", "constant"])
+def test_per_prompt_token_frontend_time_shifts_ttft_by_prompt_length(strategy):
+    """GIVEN a frontend latency F + u per prompt token THEN a request of P prompt tokens has
+    TTFT, E2E and queue delay longer by exactly F + u·P (prompts of different lengths, spaced
+    so they never meet in the server), and TPOT unchanged."""
+    lat_ms, per_us = 3.0, 20.0
+    over = dict(arrival={"strategy": strategy, "rate_rps": 0.5 if strategy == "constant" else None},
+                workload={"num_requests": 12, "prompt_tokens": {"dist": "uniform", "min": 50, "max": 900},
+                          "output_tokens": {"dist": "fixed", "value": 12}})
+    cost = {"model": "fixed", "fixed_step_s": STEP_S}
+    base = simulate(make_config(cost=cost, **over)).requests
+    late = simulate(make_config(cost={**cost, "frontend_latency_ms": lat_ms, "frontend_us_per_prompt_token": per_us}, **over)).requests
+    assert base["prompt_tokens"].nunique() > 5
+    expect = (lat_ms * 1e-3 + per_us * 1e-6 * base["prompt_tokens"]).to_numpy()
+    for col in ("ttft_s", "e2e_s", "queue_delay_s"):
+        assert (late[col] - base[col]).to_numpy() == pytest.approx(expect, abs=1e-9), col
+    assert late["tpot_s"].to_numpy() == pytest.approx(base["tpot_s"].to_numpy(), rel=1e-9)

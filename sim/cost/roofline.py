@@ -464,7 +464,8 @@ def _roofline_factory(cfg) -> RooflineCostModel:
 
     c = cfg.cost
     k = effective_knobs(cfg)
-    k.pop("frontend_latency_ms", None)  # not a step cost: the simulation applies it to arrivals
+    k.pop("frontend_latency_ms", None)  # not step costs: the simulation applies them to arrivals
+    k.pop("frontend_us_per_prompt_token", None)
     return build_roofline(
         cfg.model,
         cfg.gpu,
