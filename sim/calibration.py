@@ -91,6 +91,7 @@ KNOB_NAMES = tuple(KNOBS)
 DEFAULT_FIT_KNOBS = (
     "bw_efficiency", "per_layer_overhead_us", "per_step_overhead_us",
     "prefill_compute_scale", "decode_compute_scale", "mixed_penalty", "allreduce_bw_gbps", "frontend_latency_ms",
+    "frontend_us_per_prompt_token",
 )
 
 # (metric, simulated summary key, measured column)
