@@ -238,7 +238,7 @@ class Engine:
                 last = lft
             left.append(lft)
             ctx.append(r.num_computed_tokens)
-        k_max = cap if cap < last or not last else last  # no step after the last request finished
+        k_max = min(cap, last) if last else cap  # no step after the last request finished
         if k_max < self.MIN_WINDOW_STEPS:
             return None
         # KV: blocks needed after k steps must be free now (frees inside the window not counted)
