@@ -42,13 +42,14 @@ from .calibration import (
     Problem,
     available_calibrations,
     bootstrap_weights,
+    calibration_for,
+    calibration_formulas,
     coverage,
     fit_direct,
     fit_surrogate,
     interval_configs,
     interval_from_samples,
     linearise,
-    calibration_for,
     load_calibration,
     loeo_folds,
     seed_knobs,
@@ -430,13 +431,12 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fix
         if list_only:
             for n in available_calibrations():
                 cal = load_calibration(n)
-                cv = (cal.get("cross_validation") or {}).get("not_overloaded", {})
-                out_console.print(f"{n:10s} gpu {cal.get('gpu')}  formula {cal.get('formula')}  CV " +
-                                  ", ".join(f"{k} {100 * v:.1f}%" for k, v in cv.items()))
-                for f, sec in (cal.get("formulas") or {}).items():
-                    cvf = (sec.get("cross_validation") or {}).get("not_overloaded", {})
-                    out_console.print(f"{'':10s} {'':{len(str(cal.get('gpu'))) + 4}s}  formula {f}  CV " +
-                                      ", ".join(f"{k} {100 * v:.1f}%" for k, v in cvf.items()))
+                head = f"{n:10s} gpu {cal.get('gpu')}"
+                for f in calibration_formulas(cal):
+                    sec = cal if f == cal.get("formula") else cal["formulas"][f]
+                    cv = (sec.get("cross_validation") or {}).get("not_overloaded", {})
+                    out_console.print(f"{head}  formula {f}  CV " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cv.items()))
+                    head = " " * len(head)
             return
         if not ground_truth:
             raise ConfigError("--ground-truth is required (e.g. ../shared/ground_truth)")

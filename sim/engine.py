@@ -112,6 +112,13 @@ class Engine:
         if self._idle is not None and not self._idle.triggered:
             self._idle.succeed()
 
+    def _record_finish(self, req: Request, end_s: float) -> None:
+        """``req`` produced its last token at ``end_s`` (the scheduler already released it):
+        record it and wake whoever waits on it."""
+        req.finish_s = end_s
+        self.sink.on_request_done(req)
+        self._signal_done(req)
+
     def _signal_done(self, req: Request) -> None:
         ev = req.done_event
         if ev is not None and not ev.triggered:
@@ -190,9 +197,7 @@ class Engine:
             carried_preemptions = 0
             self.num_steps += 1
             for req in finished:
-                req.finish_s = end_s
-                sink.on_request_done(req)
-                self._signal_done(req)
+                self._record_finish(req, end_s)
 
     # ------------------------------------------------------------ fast-forward
     MAX_WINDOW_STEPS = 4096  # bounds the per-window arrays
@@ -317,8 +322,7 @@ class Engine:
         n = len(running)
         k = len(costs)
         base_used = kv.num_used_blocks
-        grow = np.minimum(left, k)  # steps each request decodes in the window
-        grow_l = grow.tolist()
+        grow_l = np.minimum(left, k).tolist()  # steps each request decodes in the window
         finishes = sorted((s, i) for i, s in enumerate(left.tolist()) if s <= k)  # step order, then running order
         # Allocate the window's new blocks (and free the finished requests' blocks) in the
         # order the step loop would — by step; within a step, allocations in running order,
@@ -379,6 +383,4 @@ class Engine:
             for s, i in finishes:
                 req = running[i]
                 req.status = RequestStatus.FINISHED
-                req.finish_s = times[s]
-                sink.on_request_done(req)
-                self._signal_done(req)
+                self._record_finish(req, times[s])

@@ -21,6 +21,7 @@ from sim.calibration import (
     available_calibrations,
     bootstrap_weights,
     calibration_for,
+    calibration_formulas,
     coverage,
     effective_knobs,
     fit_direct,
@@ -330,6 +331,8 @@ def test_cli_calibrate_list():
     assert r.exit_code == 0
     for n in available_calibrations():
         assert n in r.output
+        for f in calibration_formulas(load_calibration(n)):  # every fitted formula, with its CV
+            assert f"formula {f}  CV" in r.output
 
 
 def test_cli_calibrate_on_fixture(tmp_path):
