@@ -85,13 +85,16 @@ KNOBS: dict[str, Knob] = {
         # prompts) split into ~13 µs/token that TP does not divide and the prefill that it does
         Knob("frontend_us_per_prompt_token", 0.0, 50.0, False, "API-server time per prompt token (tokenization, input processing), µs, not divided by TP"),
         Knob("allreduce_bw_gbps", 10.0, 2000.0, True, "effective all-reduce bus bandwidth per GPU, GB/s (TP communication)", 450.0),
+        # set A's Llama-2-7B chat TPOTs at TP 1/2/4 (6.2/4.4/3.2 ms) shrink less with TP than a
+        # roofline divided by TP: each all-reduce has a latency floor (NCCL small messages: µs)
+        Knob("allreduce_latency_us", 0.0, 50.0, False, "fixed latency of each all-reduce, µs (2 per layer and step when TP > 1)"),
     )
 }
 KNOB_NAMES = tuple(KNOBS)
 DEFAULT_FIT_KNOBS = (
     "bw_efficiency", "per_layer_overhead_us", "per_step_overhead_us",
     "prefill_compute_scale", "decode_compute_scale", "mixed_penalty", "allreduce_bw_gbps", "frontend_latency_ms",
-    "frontend_us_per_prompt_token",
+    "frontend_us_per_prompt_token", "allreduce_latency_us",
 )
 
 # (metric, simulated summary key, measured column)
@@ -113,6 +116,7 @@ def seed_knobs(gpu: str = "H100") -> dict[str, float]:
         "bw_efficiency": g.bw_efficiency, "per_layer_overhead_us": g.per_layer_overhead_us,
         "per_step_overhead_us": 0.0, "prefill_compute_scale": 1.0, "decode_compute_scale": 1.0,
         "attention_scale": 1.0, "mixed_penalty": 0.0, "frontend_latency_ms": 0.0, "frontend_us_per_prompt_token": 0.0,
+        "allreduce_latency_us": 0.0,
     }  # allreduce_bw_gbps: absent = no communication term (the seed has none)
 
 

@@ -99,6 +99,9 @@ class CostConfig(_Strict):
     allreduce_bw_gbps: float | None = Field(
         None, gt=0, le=10_000, description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)"
     )
+    allreduce_latency_us: float | None = Field(
+        None, ge=0, le=1000, description="fixed latency of each all-reduce, µs: TP>1 steps pay 2 per layer (launch, cross-GPU synchronisation), not divided by TP; None = 0"
+    )
     calibration: str | None = Field(
         None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset with those fitted for cost.formula"
     )

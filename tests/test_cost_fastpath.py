@@ -22,7 +22,7 @@ MODELS = {
 } | {
     # the tensor-parallel all-reduce term (a calibration knob) on both paths
     ("weighted-average", "tokens", "llama-2-70b+allreduce", 4): COST_MODELS.get("roofline")(
-        parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"allreduce_bw_gbps": 120.0}})
+        parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"allreduce_bw_gbps": 120.0, "allreduce_latency_us": 8.0}})
     )
 }
 

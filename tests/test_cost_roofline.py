@@ -373,6 +373,31 @@ def test_allreduce_term_is_closed_form_and_absent_without_tp():
     assert one.price(batch).total_s == base.price(batch).total_s
 
 
+def test_allreduce_latency_is_two_per_layer_and_step_only_with_tp():
+    """Each step pays 2·L·α with tp > 1 (two all-reduces per layer), whatever its size; tp = 1
+    pays nothing; α = 0 is the model without the knob, bit for bit."""
+    from sim.entities import Batch, BatchItem
+
+    mixed = Batch.of([BatchItem(0, 1, 700, True), BatchItem(1, 300, 0, False)])
+    for model_name, tp in (("llama-2-70b", 4), ("llama-2-7b", 2), ("llama-2-7b", 1)):
+        base = {"model": model_name, "tensor_parallel_size": tp}
+        off = COST_MODELS.get("roofline")(parse_run_config(base))
+        zero = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"allreduce_latency_us": 0.0}}))
+        on = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"allreduce_latency_us": 7.5}}))
+        expect_s = 2 * on.model.num_layers * 7.5e-6 if tp > 1 else 0.0
+        for price in (lambda m: m.price(mixed).total_s, lambda m: m.price_decode(16, 9000, 800).total_s,
+                      lambda m: m.decode_step_fn(16)(9000, 800)):
+            assert price(on) - price(off) == pytest.approx(expect_s, rel=1e-9, abs=1e-15)
+            assert price(zero) == price(off)
+
+
+def test_allreduce_latency_rejects_negative():
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allreduce_latency_us"):
+        parse_run_config({"cost": {"allreduce_latency_us": -1}})
+
+
 def test_allreduce_rejects_non_positive_bandwidth():
     from sim.errors import ConfigError
 

@@ -34,9 +34,11 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
   seed): with tp > 1 every layer all-reduces the attention and the MLP outputs, T·d·b bytes
   each for T tokens in the step (prefill tokens + decodes); a ring all-reduce moves
   2(tp − 1)/tp of that per GPU, so ``Cc = 2·L·T·d·b·2(tp−1)/tp / BWar``, added to the
-  combined GPU time (vLLM does not overlap it with compute).
-* **Overhead** ``per_layer_overhead_us·L/tp + per_step_overhead_us`` µs per step, added after
-  combination.
+  combined GPU time (vLLM does not overlap it with compute). Each of those 2·L all-reduces
+  also pays a fixed latency ``allreduce_latency_us`` (knob, 0 by default; launch and
+  cross-GPU synchronisation, which neither TP nor the message size shrinks).
+* **Overhead** ``per_layer_overhead_us·L/tp + per_step_overhead_us (+ 2·L·allreduce_latency_us
+  if tp > 1)`` µs per step, added after combination.
 * **Calibration knobs** (``docs/calibration.md``; each defaults to the seed's behaviour, so an
   uncalibrated model prices exactly as before): ``prefill_compute_scale`` multiplies every
   prefill-side compute term (GEMM and attention; the fused GEMM of ``additive``),
@@ -112,6 +114,7 @@ class RooflineCostModel:
         attention_scale: float | None = None,
         mixed_penalty: float | None = None,
         allreduce_bw_gbps: float | None = None,
+        allreduce_latency_us: float | None = None,
     ) -> None:
         if tp < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
@@ -169,10 +172,18 @@ class RooflineCostModel:
         )
         self._ps, self._ds, self._as = self.prefill_compute_scale, self.decode_compute_scale, self.attention_scale
 
+        lat_us = 0.0 if allreduce_latency_us is None else float(allreduce_latency_us)
+        if not lat_us >= 0:
+            raise ConfigError(f"cost.allreduce_latency_us must be >= 0, got {allreduce_latency_us}")
+        self.allreduce_latency_us = lat_us
+        # two all-reduces per layer and step (attention and MLP outputs), each paying a fixed
+        # latency that TP does not divide (launch, synchronisation); none at tp = 1
+        self._comm_fixed_s = 2.0 * model.num_layers * lat_us * 1e-6 if tp > 1 else 0.0
+
         self._tau = 1.0 / tp
         self._peak_flops = gpu.peak_flops
         self._bw_bytes_s = gpu.peak_bw_bytes_s * eta
-        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6
+        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6 + self._comm_fixed_s
         self._weights_bytes = model.weights_bytes
         self._kv_bytes_per_token = model.kv_bytes_per_token  # 2·L·Hk·dh·b, whole model
         self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.bytes_per_param
