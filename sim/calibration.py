@@ -73,7 +73,7 @@ KNOBS: dict[str, Knob] = {
     for k in (
         Knob("bw_efficiency", 0.4, 1.0, True, "share of peak HBM bandwidth the memory-bound terms reach (η)"),
         Knob("per_layer_overhead_us", 0.0, 300.0, False, "CPU/launch time per layer and step, divided by TP"),
-        Knob("per_step_overhead_us", 0.0, 15000.0, False, "CPU time per step not divided by TP (scheduler, sampling, all-reduce latency floor)"),
+        Knob("per_step_overhead_us", 0.0, 15000.0, False, "CPU time per step not divided by TP (scheduler, sampling, input preparation)"),
         Knob("prefill_compute_scale", 0.3, 3.0, True, "1/MFU correction of prefill compute (GEMM + attention)"),
         Knob("decode_compute_scale", 0.1, 3.0, True, "1/MFU correction of decode compute (small-M GEMMs + attention)"),
         Knob("attention_scale", 0.2, 5.0, True, "extra correction of the attention cores (both phases)"),
