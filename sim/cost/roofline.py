@@ -178,12 +178,12 @@ class RooflineCostModel:
         self.allreduce_latency_us = lat_us
         # two all-reduces per layer and step (attention and MLP outputs), each paying a fixed
         # latency that TP does not divide (launch, synchronisation); none at tp = 1
-        self._comm_fixed_s = 2.0 * model.num_layers * lat_us * 1e-6 if tp > 1 else 0.0
+        comm_fixed_s = 2.0 * model.num_layers * lat_us * 1e-6 if tp > 1 else 0.0
 
         self._tau = 1.0 / tp
         self._peak_flops = gpu.peak_flops
         self._bw_bytes_s = gpu.peak_bw_bytes_s * eta
-        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6 + self._comm_fixed_s
+        self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6 + comm_fixed_s
         self._weights_bytes = model.weights_bytes
         self._kv_bytes_per_token = model.kv_bytes_per_token  # 2·L·Hk·dh·b, whole model
         self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.bytes_per_param
