@@ -44,6 +44,7 @@ from .calibration import (
     bootstrap_weights,
     calibration_for,
     calibration_formulas,
+    calibration_section,
     coverage,
     fit_direct,
     fit_surrogate,
@@ -433,7 +434,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fix
                 cal = load_calibration(n)
                 head = f"{n:10s} gpu {cal.get('gpu')}"
                 for f in calibration_formulas(cal):
-                    sec = cal if f == cal.get("formula") else cal["formulas"][f]
+                    sec = calibration_section(cal, f, n)
                     cv = (sec.get("cross_validation") or {}).get("not_overloaded", {})
                     out_console.print(f"{head}  formula {f}  CV " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in cv.items()))
                     head = " " * len(head)

@@ -78,12 +78,12 @@ KNOBS: dict[str, Knob] = {
         Knob("decode_compute_scale", 0.1, 3.0, True, "1/MFU correction of decode compute (small-M GEMMs + attention)"),
         Knob("attention_scale", 0.2, 5.0, True, "extra correction of the attention cores (both phases)"),
         Knob("mixed_penalty", 0.0, 2.0, False, "relative extra GPU time of a mixed prefill+decode step"),
-        # start: NCCL all-reduce bus bandwidth on 8×H100 SXM NVLink is about 450 GB/s (NVIDIA
-        # nccl-tests figures); the seed has no communication term at all
         Knob("frontend_latency_ms", 0.0, 30.0, False, "API-server latency before the engine sees a request (HTTP, tokenization), ms"),
         # TP-independent time per prompt token: set A's TTFTs (7B TP1/2/4, 354 vs 2048-token
         # prompts) split into ~13 µs/token that TP does not divide and the prefill that it does
         Knob("frontend_us_per_prompt_token", 0.0, 50.0, False, "API-server time per prompt token (tokenization, input processing), µs, not divided by TP"),
+        # start: NCCL all-reduce bus bandwidth on 8×H100 SXM NVLink is about 450 GB/s (NVIDIA
+        # nccl-tests figures); the seed has no communication term at all
         Knob("allreduce_bw_gbps", 10.0, 2000.0, True, "effective all-reduce bus bandwidth per GPU, GB/s (TP communication)", 450.0),
         # set A's Llama-2-7B chat TPOTs at TP 1/2/4 (6.2/4.4/3.2 ms) shrink less with TP than a
         # roofline divided by TP: each all-reduce has a latency floor (NCCL small messages: µs)
@@ -216,12 +216,18 @@ def calibration_for(cfg) -> dict[str, Any]:
     from .cost.combine import FORMULAS
 
     name = cfg.cost.calibration
-    cal = load_calibration(name)
     formula = cfg.cost.formula
     FORMULAS.get(formula, "cost.formula")  # an unknown formula is reported as such first
+    return calibration_section(load_calibration(name), formula, name)
+
+
+def calibration_section(cal: Mapping[str, Any], formula: str, name: str) -> dict[str, Any]:
+    """Calibration mapping ``cal`` (named ``name`` in errors) as fitted for ``formula``: the
+    top level for its primary formula, else that formula's section laid over it. ConfigError
+    if ``cal`` was not fitted for ``formula``."""
     primary = cal.get("formula")
     if primary is None or formula == primary:
-        return cal
+        return dict(cal)
     section = (cal.get("formulas") or {}).get(formula)
     if section is None:
         raise ConfigError(
