@@ -170,7 +170,9 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
     t0 = time.perf_counter()
     # the seed model: seed knobs and the seed's MFU lookup, whatever the calibration uses
     seed_cfgs = [with_knobs(c, seed) for c in eval_pb.configs]
-    seed_cfgs = [c.model_copy(update={"cost": c.cost.model_copy(update={"mfu_lookup": "nearest"})}) for c in seed_cfgs]
+    seed_cfgs = [
+        c.model_copy(update={"cost": c.cost.model_copy(update={"mfu_lookup": "nearest", "decode_attention_context": "max", "decode_kv_read_fraction": None})}) for c in seed_cfgs
+    ]
     sims_seed = sim_matrix(summaries(seed_cfgs), REPORT_METRICS)
     sims_fit = sim_matrix(eval_ev.summaries(fit.knobs, all_idx), REPORT_METRICS)
     pid_to_i = {p: i for i, p in enumerate(eval_pb.points["point_id"])}
@@ -250,7 +252,9 @@ def render_report(results: list[FormulaResult], settings: dict) -> str:
              f"Data: `{settings['ground_truth']}` ({settings['n_points']} points, {settings['n_experiments']} experiments, "
              f"{settings['n_overloaded']} overloaded points excluded from fitting and from the headline figures); GPU {settings['gpu']}; "
              f"fit cap {settings['fit_max_requests']} requests/point, evaluation cap {settings['eval_max_requests']}; "
-             f"{settings['n_bootstrap']} bootstrap replicates; level {settings['level']:.0%}; wall {settings['wall_s']:.0f} s.", ""]
+             f"{settings['n_bootstrap']} bootstrap replicates; level {settings['level']:.0%}; wall {settings['wall_s']:.0f} s. "
+             f"Cost model: gemm_m {settings['gemm_m']}, MFU lookup {settings['mfu_lookup']}, decode attention at the "
+             f"{settings['decode_attention_context']} context, decode KV read fraction {settings['decode_kv_read_fraction']:g}.", ""]
     lines += ["## Fitted knobs", ""]
     hdr = ["knob", "seed"] + [r.formula for r in results] + ["meaning"]
     seed = seed_knobs(settings["gpu"])
@@ -322,6 +326,8 @@ def calibration_document(results: Sequence[FormulaResult], settings: dict, name:
         "formula": results[0].formula,
         "gemm_m": settings["gemm_m"],
         "mfu_lookup": settings["mfu_lookup"],
+        "decode_attention_context": settings["decode_attention_context"],
+        "decode_kv_read_fraction": settings["decode_kv_read_fraction"],
         "knobs": first["knobs"],
         "fitted_knobs": first["fitted_knobs"],
         "provenance": {
@@ -404,6 +410,10 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--knob", "knobs", multiple=True, help=f"Knobs to fit (repeatable; default {', '.join(DEFAULT_FIT_KNOBS)}).")
 @click.option("--mfu-lookup", type=click.Choice(["interpolate", "nearest"]), default="interpolate", show_default=True,
               help="MFU table lookup the calibration uses (nearest = the seed's floor rows, which price a GEMM at M=63 twice M=64).")
+@click.option("--decode-attention-context", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+              help="Context at which decode attention is priced (max = the seed's: every request at the batch's longest context).")
+@click.option("--decode-kv-read-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Share of each request's KV a decode step reads (κ; the seed's 0.8 is a re-use discount, 1 streams it all).")
 @click.option("--fix", "fixes", multiple=True, metavar="KNOB=VALUE",
               help="Hold a knob at a value instead of fitting it (repeatable), e.g. allreduce_bw_gbps=450.")
 @click.option("--gpu", help="Calibrate the points of this GPU only (required when the data mixes GPUs).")
@@ -421,7 +431,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--list", "list_only", is_flag=True, help="List the shipped calibrations and exit.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fixes, gpu, experiments, fit_max_requests, eval_max, maxfev,
+def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_attention_context, decode_kv_read_fraction, knobs, fixes, gpu, experiments, fit_max_requests, eval_max, maxfev,
               n_boot, level, name, seed, executor, workers, output_dir, list_only, no_plots, quiet) -> None:
     """Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate
     leave-one-experiment-out, bootstrap prediction intervals, and save the calibration."""
@@ -477,7 +487,10 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fix
         def summaries(cfgs):
             return [r.summary for r in run_many(cfgs, executor, workers)] if cfgs else []
 
-        base = parse_run_config({"seed": seed, "cost": {"model": "roofline", "mfu_lookup": mfu_lookup}})
+        base = parse_run_config(
+            {"seed": seed, "cost": {"model": "roofline", "mfu_lookup": mfu_lookup, "decode_attention_context": decode_attention_context,
+                                     "decode_kv_read_fraction": decode_kv_read_fraction}}
+        )
         t_start = time.perf_counter()
         results = []
         gpu_name = None
@@ -494,7 +507,8 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, knobs, fix
 
         settings = {
             "command": "servesim calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "servesim calibrate",
-            "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "mfu_lookup": mfu_lookup, "knobs": list(names), "fixed": fixed,
+            "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "mfu_lookup": mfu_lookup,
+            "decode_attention_context": decode_attention_context, "decode_kv_read_fraction": decode_kv_read_fraction, "knobs": list(names), "fixed": fixed,
             "n_points": len(pts), "n_experiments": pts["experiment"].nunique(), "n_overloaded": int(pts["overloaded"].sum()),
             "fit_max_requests": fit_max_requests, "eval_max_requests": eval_max, "n_bootstrap": n_boot, "level": level,
             "wall_s": time.perf_counter() - t_start, "date": _dt.date.today().isoformat(), "version": __version__,

@@ -102,6 +102,12 @@ class CostConfig(_Strict):
     allreduce_latency_us: float | None = Field(
         None, ge=0, le=1000, description="fixed latency of each all-reduce, µs: TP>1 steps pay 2 per layer (launch, cross-GPU synchronisation), not divided by TP; None = 0"
     )
+    decode_kv_read_fraction: float | None = Field(
+        None, gt=0, le=1, description="share of each decoding request's KV cache a decode step reads from HBM (κ): 1 = all of it (physical: attention streams the whole KV); None = the calibration's, else the seed's 0.8"
+    )
+    decode_attention_context: Literal["max", "mean"] | None = Field(
+        None, description="context at which a decode step's attention is priced: max (the seed's: every request at the batch's longest context) or mean (Σ contexts / N: the kernel reads each request's own KV); None = the calibration's, else max"
+    )
     calibration: str | None = Field(
         None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset with those fitted for cost.formula"
     )

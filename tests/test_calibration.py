@@ -258,6 +258,34 @@ def test_calibration_fills_unset_knobs_only(tmp_path):
     assert reps[0].seed == cfg.seed + 1
 
 
+def test_calibration_chooses_the_decode_attention_context_unless_the_config_does(tmp_path):
+    from sim.calibration import effective_decode_attention_context
+
+    p = _write_cal(tmp_path, decode_attention_context="mean")
+    assert effective_decode_attention_context(parse_run_config({})) == "max"  # the seed's
+    assert effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(p)}})) == "mean"
+    cfg = parse_run_config({"cost": {"calibration": str(p), "decode_attention_context": "max"}})
+    assert effective_decode_attention_context(cfg) == "max"
+    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(p)}})).decode_attention_context == "mean"
+    assert effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path))}})) == "max"
+    bad = _write_cal(tmp_path, decode_attention_context="median")
+    with pytest.raises(ConfigError, match="decode_attention_context"):
+        effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(bad)}}))
+
+
+def test_calibration_chooses_the_decode_kv_read_fraction_unless_the_config_does(tmp_path):
+    from sim.calibration import effective_decode_kv_read_fraction
+
+    p = _write_cal(tmp_path, decode_kv_read_fraction=1.0)
+    assert effective_decode_kv_read_fraction(parse_run_config({})) is None  # the seed's 0.8
+    assert effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(p)}})) == 1.0
+    assert effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(p), "decode_kv_read_fraction": 0.9}})) == 0.9
+    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(p)}})).decode_kv_read_fraction == 1.0
+    for bad in (0, 2.0, "all", True):
+        with pytest.raises(ConfigError, match="decode_kv_read_fraction"):
+            effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path, decode_kv_read_fraction=bad))}}))
+
+
 def test_calibration_chooses_the_mfu_lookup_unless_the_config_does(tmp_path):
     from sim.calibration import effective_mfu_lookup
 

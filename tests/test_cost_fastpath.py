@@ -23,7 +23,14 @@ MODELS = {
     # the tensor-parallel all-reduce term (a calibration knob) on both paths
     ("weighted-average", "tokens", "llama-2-70b+allreduce", 4): COST_MODELS.get("roofline")(
         parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"allreduce_bw_gbps": 120.0, "allreduce_latency_us": 8.0}})
-    )
+    ),
+    # decode attention priced at the mean context
+    ("weighted-average", "tokens", "llama-2-7b+mean-attention", 1): COST_MODELS.get("roofline")(
+        parse_run_config({"model": "llama-2-7b", "cost": {"decode_attention_context": "mean", "decode_kv_read_fraction": 1.0}})
+    ),
+    ("smooth-wa", "tokens", "llama-2-70b+mean-attention", 4): COST_MODELS.get("roofline")(
+        parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"formula": "smooth-wa", "decode_attention_context": "mean"}})
+    ),
 }
 
 items = st.lists(

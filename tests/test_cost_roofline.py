@@ -403,3 +403,62 @@ def test_allreduce_rejects_non_positive_bandwidth():
 
     with pytest.raises(ConfigError, match="allreduce_bw_gbps"):
         parse_run_config({"cost": {"allreduce_bw_gbps": 0}})
+
+
+def test_decode_attention_at_mean_context():
+    """'mean' prices a decode step's attention as the FLOPs of Σp at the table's MFU for the
+    mean context; with equal contexts it is the seed's 'max'; with unequal ones it is cheaper
+    than pricing every request at the longest context; the memory term is unchanged."""
+    base = {"model": "llama-2-7b"}
+    mx = COST_MODELS.get("roofline")(parse_run_config(base))
+    mean = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"decode_attention_context": "mean"}}))
+    assert mx.decode_attention_context == "max" and mean.decode_attention_context == "mean"
+    # equal contexts: the same step either way
+    for n, p in ((1, 500), (32, 1000), (64, 3000)):
+        assert mean.decode_terms([p] * n)[0] == pytest.approx(mx.decode_terms([p] * n)[0], rel=1e-12)
+    # unequal contexts: attention at the mean, analytically
+    contexts = [100] * 63 + [8000]
+    n, total = len(contexts), sum(contexts)
+    cd_mean, md_mean, g_mean = mean.decode_terms(contexts)
+    cd_max, md_max, g_max = mx.decode_terms(contexts)
+    expect_attn = mean._tau * mean._attn_flops_per_pair * total / (mean._peak_flops * mean.mfu.attn_decode(n, round(total / n)))
+    assert cd_mean - g_mean == pytest.approx(expect_attn, rel=1e-12)
+    assert cd_mean < cd_max and g_mean == g_max and md_mean == md_max
+    assert mean.decode_terms_aggregate(n, total, max(contexts)) == pytest.approx(mean.decode_terms(contexts), rel=1e-12)
+
+
+def test_decode_attention_context_rejects_unknown():
+    from sim.errors import ConfigError
+    from sim.cost.roofline import build_roofline
+
+    with pytest.raises(ConfigError, match="decode_attention_context"):
+        parse_run_config({"cost": {"decode_attention_context": "median"}})
+    with pytest.raises(ConfigError, match="decode_attention_context"):
+        build_roofline("llama-2-7b", decode_attention_context="median")  # type: ignore[arg-type]
+
+
+def test_decode_kv_read_fraction_prices_the_kv_a_decode_step_streams():
+    """κ scales only the KV re-read of decode steps: the memory term grows by
+    τ·kv_bytes_per_token·(κ₁ − κ₀)·Σp/BW; unset is the seed's 0.8, bit for bit."""
+    base = {"model": "llama-2-7b"}
+    seed = COST_MODELS.get("roofline")(parse_run_config(base))
+    k08 = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 0.8}}))
+    k1 = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 1.0}}))
+    assert seed.decode_kv_read_fraction == 0.8 and k1.decode_kv_read_fraction == 1.0
+    n, csum, cmax = 64, 64 * 1500, 2500
+    assert k08.price_decode(n, csum, cmax) == seed.price_decode(n, csum, cmax)
+    extra_s = k1._tau * k1._kv_bytes_per_token * 0.2 * csum / k1._bw_bytes_s
+    _, md1, _ = k1.decode_terms_aggregate(n, csum, cmax)
+    _, md0, _ = seed.decode_terms_aggregate(n, csum, cmax)
+    assert md1 - md0 == pytest.approx(extra_s, rel=1e-9)
+    assert k1.decode_step_fn(n)(csum, cmax) == k1.price_decode(n, csum, cmax).total_s
+    # prefill bytes keep their own κ
+    assert k1.dynamic_bytes(1000, 500) == seed.dynamic_bytes(1000, 500)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5])
+def test_decode_kv_read_fraction_rejects_out_of_range(bad):
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decode_kv_read_fraction"):
+        parse_run_config({"cost": {"decode_kv_read_fraction": bad}})

@@ -15,9 +15,15 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
   MFU excludes softmax), divided across GPUs by τ.
 * **Dynamic bytes** per request with context s and t new tokens (§1.1):
   ``D(s,t) = 2·L·Hk·dh·b·(t + κ·s) + L·d·b·t·a`` with κ = 0.80, a = 0.75 if t = 1, else
-  κ = 0.92, a = 0.85 (the seed's calibration of cache re-use and activation traffic).
-* **Decode** (N requests, contexts pᵢ; v2-pre): ``Cd = G(N) + τ·L·A(N, max p)/(P·mfu_dec(N,
-  max p))``; ``Md = τ·(W + ΣD(pᵢ, 1))/BW``.
+  κ = 0.92, a = 0.85 (the seed's calibration of cache re-use and activation traffic). The
+  decode κ is ``decode_kv_read_fraction`` (default the seed's 0.80): a decode step's attention
+  streams every request's whole KV from HBM (it is far larger than L2), so 1 is the physical
+  value, which the shipped calibration uses.
+* **Decode** (N requests, contexts pᵢ; v2-pre): ``Cd = G(N) + τ·L·A(N, p*)/(P·mfu_dec(N,
+  p*))``; ``Md = τ·(W + ΣD(pᵢ, 1))/BW``. p* is the longest context ``max p`` (the seed's, knob
+  ``decode_attention_context='max'``) or the mean ``Σpᵢ/N`` (``'mean'``): a paged decode
+  kernel reads each request's own KV, so its time follows the KV in the batch, Σpᵢ, and the
+  table's latency at (N, Σpᵢ/N) prices that; ``max`` prices every request at the longest.
 * **Prefill** (requests with new cⱼ, context PIⱼ): seqⱼ = PIⱼ + cⱼ goes to bucket 512·2^k ≥
   seqⱼ (cap 65536); attention per bucket is ``τ·L·Attn_b/1.8/(P·mfu_pf(bucket))``.
   ``gemm_m='tokens'`` (physical default): Attn_b = ΣA(cⱼ, seqⱼ) (the v2 attention) and one
@@ -73,6 +79,7 @@ PREFILL_BUCKET_MIN_TOKENS = 512  # smallest prefill bucket
 PREFILL_BUCKET_MAX_TOKENS = 65536  # largest prefill bucket (cap)
 
 GemmM = Literal["tokens", "requests"]
+DecodeAttentionContext = Literal["max", "mean"]
 
 
 DECODE_MEMO_MAX_ENTRIES = 200_000  # bounds the decode-price memo (~40 MB); cleared when full
@@ -115,6 +122,8 @@ class RooflineCostModel:
         mixed_penalty: float | None = None,
         allreduce_bw_gbps: float | None = None,
         allreduce_latency_us: float | None = None,
+        decode_attention_context: DecodeAttentionContext = "max",
+        decode_kv_read_fraction: float | None = None,
     ) -> None:
         if tp < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
@@ -127,6 +136,8 @@ class RooflineCostModel:
                 f"tensor_parallel_size {tp} must divide, or be a multiple of, {model.name}'s "
                 f"num_kv_heads ({model.num_kv_heads})"
             )
+        if decode_attention_context not in ("max", "mean"):
+            raise ConfigError(f"cost.decode_attention_context: expected 'max' or 'mean', got {decode_attention_context!r}")
         if gemm_m not in ("tokens", "requests"):
             raise ConfigError(f"cost.gemm_m: expected 'tokens' or 'requests', got {gemm_m!r}")
         FORMULAS.get(formula, "cost.formula")  # validate the name now, not at the first mixed step
@@ -179,6 +190,12 @@ class RooflineCostModel:
         # two all-reduces per layer and step (attention and MLP outputs), each paying a fixed
         # latency that TP does not divide (launch, synchronisation); none at tp = 1
         comm_fixed_s = 2.0 * model.num_layers * lat_us * 1e-6 if tp > 1 else 0.0
+        self.decode_attention_context = decode_attention_context
+        kappa = KV_REUSE_DECODE if decode_kv_read_fraction is None else float(decode_kv_read_fraction)
+        if not 0 < kappa <= 1:
+            raise ConfigError(f"cost.decode_kv_read_fraction must be in (0, 1], got {decode_kv_read_fraction}")
+        self.decode_kv_read_fraction = kappa
+        self._attn_at_mean = decode_attention_context == "mean"
 
         self._tau = 1.0 / tp
         self._peak_flops = gpu.peak_flops
@@ -225,7 +242,7 @@ class RooflineCostModel:
     def dynamic_bytes(self, context_tokens: int, new_tokens: int) -> float:
         """D(s, t): KV writes + discounted KV reads + activations, whole model, bytes."""
         if new_tokens == 1:
-            kappa, act = KV_REUSE_DECODE, ACT_DECODE
+            kappa, act = self.decode_kv_read_fraction, ACT_DECODE
         else:
             kappa, act = KV_REUSE_PREFILL, ACT_PREFILL
         return (
@@ -240,12 +257,25 @@ class RooflineCostModel:
     def decode_terms(self, contexts: list[int]) -> tuple[float, float, float]:
         """(Cd, Md, G(N)) for decode requests with KV lengths ``contexts`` (v2-pre §1.4)."""
         n = len(contexts)
-        p_max = max(contexts)
         gemm = self.gemm_s(n) * self._ds
-        attn_flops = self._attn_flops_per_pair * n * p_max
-        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, p_max)) * (self._as * self._ds) if attn_flops else 0.0
+        attn = self._decode_attention_s(n, sum(contexts), max(contexts))
         dyn = sum(self.dynamic_bytes(p, 1) for p in contexts)
         return gemm + attn, self._memory_s(dyn), gemm
+
+    def _decode_attention_s(self, n: int, context_sum: int, context_max: int) -> float:
+        """Attention-core time of a decode step of ``n`` requests, seconds (scaled): FLOPs
+        4·H·dh·L per (request × context token) at the table's MFU for (n, p*), p* per
+        ``decode_attention_context``. Under ``'mean'`` the FLOPs are those of Σp exactly and
+        the MFU is read at the mean context rounded to whole tokens."""
+        if self._attn_at_mean:
+            attn_flops = self._attn_flops_per_pair * context_sum
+            ctx = max(1, round(context_sum / n))
+        else:
+            attn_flops = self._attn_flops_per_pair * n * context_max
+            ctx = context_max
+        if not attn_flops:
+            return 0.0
+        return self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, ctx)) * (self._as * self._ds)
 
     def decode_terms_aggregate(self, n: int, context_sum: int, context_max: int) -> tuple[float, float, float]:
         """:meth:`decode_terms` from the batch aggregates, O(1): ΣD(pᵢ, 1) is linear in Σpᵢ.
@@ -254,10 +284,9 @@ class RooflineCostModel:
         (a test compares both on random batches).
         """
         gemm = self.gemm_s(n) * self._ds
-        attn_flops = self._attn_flops_per_pair * n * context_max
-        attn = self._tau * attn_flops / (self._peak_flops * self.mfu.attn_decode(n, context_max)) * (self._as * self._ds) if attn_flops else 0.0
+        attn = self._decode_attention_s(n, context_sum, context_max)
         dyn = (
-            self._kv_bytes_per_token * (n + KV_REUSE_DECODE * context_sum)
+            self._kv_bytes_per_token * (n + self.decode_kv_read_fraction * context_sum)
             + self._act_bytes_per_token * n * ACT_DECODE
         )
         return gemm + attn, self._memory_s(dyn), gemm
@@ -300,7 +329,7 @@ class RooflineCostModel:
         if n_dec:
             cd, md, gd = self.decode_terms_aggregate(n_dec, batch.decode_context_sum, batch.decode_context_max)
             dyn_dec = (
-                self._kv_bytes_per_token * (n_dec + KV_REUSE_DECODE * batch.decode_context_sum)
+                self._kv_bytes_per_token * (n_dec + self.decode_kv_read_fraction * batch.decode_context_sum)
                 + self._act_bytes_per_token * n_dec * ACT_DECODE
             )
         if pre:
@@ -352,20 +381,28 @@ class RooflineCostModel:
         context_max`` (one request), which its memo relies on."""
         gemm = self.gemm_s(n) * self._ds
         attn_n = self._attn_flops_per_pair * n
+        attn_pair = self._attn_flops_per_pair
+        at_mean = self._attn_at_mean
         tau, peak, attn_scale = self._tau, self._peak_flops, self._as * self._ds
         mfu_decode = self.mfu.attn_decode
         kv_b = self._kv_bytes_per_token
         act_n = self._act_bytes_per_token * n * ACT_DECODE
+        kappa = self.decode_kv_read_fraction
         weights = 1 * self._weights_bytes  # _memory_s with one weight load
         bw = self._bw_bytes_s
         comm = self._comm_s_per_token * n
         oh = self._overhead_s
 
         def step_s(context_sum: int, context_max: int) -> float:
-            attn_flops = attn_n * context_max
-            attn = tau * attn_flops / (peak * mfu_decode(n, context_max)) * attn_scale if attn_flops else 0.0
+            if at_mean:
+                attn_flops = attn_pair * context_sum
+                ctx = max(1, round(context_sum / n))
+            else:
+                attn_flops = attn_n * context_max
+                ctx = context_max
+            attn = tau * attn_flops / (peak * mfu_decode(n, ctx)) * attn_scale if attn_flops else 0.0
             cd = gemm + attn
-            md = tau * (weights + (kv_b * (n + KV_REUSE_DECODE * context_sum) + act_n)) / bw
+            md = tau * (weights + (kv_b * (n + kappa * context_sum) + act_n)) / bw
             return (cd if cd > md else md) + comm + oh
 
         if n != 1:
@@ -457,6 +494,8 @@ def build_roofline(
     bench_data_dir: str | None = None,
     bw_efficiency: float | None = None,
     per_layer_overhead_us: float | None = None,
+    decode_attention_context: DecodeAttentionContext = "max",
+    decode_kv_read_fraction: float | None = None,
     **knobs: float | None,
 ) -> RooflineCostModel:
     """Convenience constructor from names (used by the factory, scripts and tests); ``knobs``
@@ -466,12 +505,20 @@ def build_roofline(
     mfu = make_mfu_provider(
         spec.num_heads, spec.num_kv_heads, spec.head_dim, tp, hw.name, bench_data_dir, mfu_lookup  # type: ignore[arg-type]
     )
-    return RooflineCostModel(spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us, **knobs)
+    return RooflineCostModel(
+        spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us,
+        decode_attention_context=decode_attention_context, decode_kv_read_fraction=decode_kv_read_fraction, **knobs,
+    )
 
 
 @COST_MODELS.register("roofline", "MFU-table roofline (seed v2-pre structure) with a mixed-batch formula (cost.formula).")
 def _roofline_factory(cfg) -> RooflineCostModel:
-    from ..calibration import effective_knobs, effective_mfu_lookup  # cost.calibration fills what is unset
+    from ..calibration import (  # cost.calibration fills what is unset
+        effective_decode_attention_context,
+        effective_decode_kv_read_fraction,
+        effective_knobs,
+        effective_mfu_lookup,
+    )
 
     c = cfg.cost
     k = effective_knobs(cfg)
@@ -487,5 +534,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
         c.bench_data_dir,
         k.pop("bw_efficiency"),
         k.pop("per_layer_overhead_us"),
+        effective_decode_attention_context(cfg),
+        effective_decode_kv_read_fraction(cfg),
         **k,
     )
