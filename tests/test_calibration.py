@@ -343,6 +343,9 @@ def test_cli_calibrate_bad_input_exits_2(tmp_path):
                      ("bw_efficiency=fast", "not a number"), ("bw_efficiency=7", "outside the knob's range")):
         r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), "--fix", bad, "-o", str(tmp_path / "o")])
         assert r.exit_code == 2 and msg in r.output, (bad, r.output)
+    for opt, bad in (("--decode-kv-read-fraction", "0"), ("--decode-kv-read-fraction", "1.5"), ("--decode-attention-context", "median")):
+        r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), opt, bad, "-o", str(tmp_path / "o")])
+        assert r.exit_code == 2 and opt in r.output, (opt, bad, r.output)
 
 
 def test_calibrate_formula_holds_fixed_knobs_everywhere():
@@ -375,6 +378,8 @@ def test_cli_calibrate_on_fixture(tmp_path):
     assert len(doc["bootstrap"]) == 2
     assert "Leave" in (out / "report.md").read_text() or "leave-one-experiment-out" in (out / "report.md").read_text()
     assert doc["mfu_lookup"] == "interpolate"  # the default the calibration records
+    assert doc["decode_attention_context"] == "mean" and doc["decode_kv_read_fraction"] == 1.0  # likewise
+    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})).decode_kv_read_fraction == 1.0
     cfg = parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})
     assert effective_knobs(cfg)["bw_efficiency"] == pytest.approx(doc["knobs"]["bw_efficiency"])
     # every calibrated formula is saved; the primary at the top level, the others in sections
