@@ -257,9 +257,10 @@ def effective_knobs(cfg) -> dict[str, float | None]:
     return out
 
 
-def _effective_choice(cfg, key: str, choices: tuple[str, ...]) -> str:
-    """A categorical cost setting for ``cfg``: its own ``cost.<key>`` if set, else its
-    calibration's (``<key>`` in the YAML), else ``choices[0]`` (the seed's)."""
+def _effective_setting(cfg, key: str, is_valid: Callable[[Any], bool], expected: str, default: Any) -> Any:
+    """A cost setting that a calibration records beside its knobs: ``cfg``'s own ``cost.<key>``
+    if set, else its calibration's (``<key>`` in the YAML; ConfigError naming ``expected`` if
+    invalid), else ``default`` (the seed's)."""
     c = cfg.cost
     own = getattr(c, key)
     if own is not None:
@@ -268,38 +269,32 @@ def _effective_choice(cfg, key: str, choices: tuple[str, ...]) -> str:
     if name:
         value = load_calibration(name).get(key)
         if value is not None:
-            if value not in choices:
-                raise ConfigError(f"calibration {name!r}: {key} must be {' or '.join(choices)}, got {value!r}")
-            return str(value)
-    return choices[0]
+            if not is_valid(value):
+                raise ConfigError(f"calibration {name!r}: {key} must be {expected}, got {value!r}")
+            return value
+    return default
 
 
 def effective_mfu_lookup(cfg) -> str:
     """The MFU lookup for ``cfg``: its own ``cost.mfu_lookup`` if set, else its calibration's
     (``mfu_lookup`` in the YAML), else ``nearest`` (the seed's)."""
-    return _effective_choice(cfg, "mfu_lookup", ("nearest", "interpolate"))
-
-
-def effective_decode_kv_read_fraction(cfg) -> float | None:
-    """κ of decode steps for ``cfg``: its own ``cost.decode_kv_read_fraction`` if set, else its
-    calibration's (``decode_kv_read_fraction`` in the YAML), else None (the seed's 0.8)."""
-    c = cfg.cost
-    if c.decode_kv_read_fraction is not None:
-        return c.decode_kv_read_fraction
-    name = getattr(c, "calibration", None)
-    if name:
-        value = load_calibration(name).get("decode_kv_read_fraction")
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ConfigError(f"calibration {name!r}: decode_kv_read_fraction must be a number in (0, 1], got {value!r}")
-            return float(value)
-    return None
+    return _effective_setting(cfg, "mfu_lookup", lambda v: v in ("nearest", "interpolate"), "nearest or interpolate", "nearest")
 
 
 def effective_decode_attention_context(cfg) -> str:
     """The decode-attention context for ``cfg``: its own ``cost.decode_attention_context`` if
     set, else its calibration's, else ``max`` (the seed's)."""
-    return _effective_choice(cfg, "decode_attention_context", ("max", "mean"))
+    return _effective_setting(cfg, "decode_attention_context", lambda v: v in ("max", "mean"), "max or mean", "max")
+
+
+def effective_decode_kv_read_fraction(cfg) -> float | None:
+    """κ of decode steps for ``cfg``: its own ``cost.decode_kv_read_fraction`` if set, else its
+    calibration's, else None (the seed's 0.8)."""
+    value = _effective_setting(
+        cfg, "decode_kv_read_fraction",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1, "a number in (0, 1]", None,
+    )
+    return None if value is None else float(value)
 
 
 # ---------------------------------------------------------------------------- the problem

@@ -394,6 +394,8 @@ class RooflineCostModel:
         oh = self._overhead_s
 
         def step_s(context_sum: int, context_max: int) -> float:
+            # _decode_attention_s and decode_terms_aggregate inlined: this runs once per
+            # fast-forwarded step, and must give their float exactly (a test compares)
             if at_mean:
                 attn_flops = attn_pair * context_sum
                 ctx = max(1, round(context_sum / n))
