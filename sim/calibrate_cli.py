@@ -126,9 +126,13 @@ class FormulaResult:
 
 def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn, *, names=DEFAULT_FIT_KNOBS,
                       fixed: dict[str, float] | None = None, maxfev: int = DEFAULT_MAXFEV, n_boot: int = DEFAULT_BOOTSTRAP, level: float = 0.9,
-                      boot_seed: int = 0, formula: str = "", log: Callable[[str], None] = lambda s: None) -> FormulaResult:
+                      boot_seed: int = 0, formula: str = "", log: Callable[[str], None] = lambda s: None,
+                      cv_refit_maxfev: int = 0) -> FormulaResult:
     """Fit, LOEO cross-validation, bootstrap and intervals for one formula (see module doc).
-    ``fixed``: knobs held at given values (not fitted) in every fit, fold and replicate."""
+    ``fixed``: knobs held at given values (not fitted) in every fit, fold and replicate.
+    ``cv_refit_maxfev`` > 0: each fold is then refitted by simulation on its training points
+    (that many simulations, started from the surrogate's fold knobs) instead of taking the
+    surrogate's knobs; the bootstrap replicates stay surrogate-based."""
     t: dict[str, float] = {}
     fit_ev, eval_ev = Evaluator(fit_pb, summaries), Evaluator(eval_pb, summaries)
     gpu = fit_pb.configs[0].gpu
@@ -159,7 +163,10 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
     def refit(train_idx: list[int]) -> dict[str, float]:
         w = np.zeros(len(mask))
         w[train_idx] = 1.0
-        return shifted(w)
+        knobs = shifted(w)
+        if cv_refit_maxfev > 0:  # refine by simulation; a small simplex: the start is close
+            knobs = fit_direct(fit_ev, train_idx, names, start=knobs, fixed=fixed, maxfev=cv_refit_maxfev, step=0.05).knobs
+        return knobs
 
     folds = loeo_folds(fit_pb, refit)
     bw = bootstrap_weights(fit_pb.points["experiment"].astype(str), mask, n_boot, seed=boot_seed)
@@ -254,7 +261,9 @@ def render_report(results: list[FormulaResult], settings: dict) -> str:
              f"fit cap {settings['fit_max_requests']} requests/point, evaluation cap {settings['eval_max_requests']}; "
              f"{settings['n_bootstrap']} bootstrap replicates; level {settings['level']:.0%}; wall {settings['wall_s']:.0f} s. "
              f"Cost model: gemm_m {settings['gemm_m']}, MFU lookup {settings['mfu_lookup']}, decode attention at the "
-             f"{settings['decode_attention_context']} context, decode KV read fraction {settings['decode_kv_read_fraction']:g}.", ""]
+             f"{settings['decode_attention_context']} context, decode KV read fraction {settings['decode_kv_read_fraction']:g}. "
+             + (f"LOEO folds refitted by simulation ({settings['cv_refit_maxfev']} simulations each, from the linearised fold knobs)."
+                if settings.get("cv_refit_maxfev") else "LOEO folds from the linearised refit (one-step jackknife)."), ""]
     lines += ["## Fitted knobs", ""]
     hdr = ["knob", "seed"] + [r.formula for r in results] + ["meaning"]
     seed = seed_knobs(settings["gpu"])
@@ -334,6 +343,7 @@ def calibration_document(results: Sequence[FormulaResult], settings: dict, name:
             "data": settings["ground_truth"], "date": settings["date"], "command": settings["command"],
             "n_points": settings["n_points"], "n_experiments": settings["n_experiments"],
             "fit_max_requests_per_point": settings["fit_max_requests"], "eval_max_requests_per_point": settings["eval_max_requests"],
+            "cv_refit_maxfev": settings.get("cv_refit_maxfev", 0),
             "mfu_tables": settings["bench_data"], "servesim_version": settings["version"],
         },
         "cross_validation": first["cross_validation"],
@@ -421,6 +431,8 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--fit-max-requests", type=int, default=DEFAULT_FIT_MAX_REQUESTS, show_default=True, help="Request cap per point while fitting.")
 @click.option("--max-requests-per-point", "eval_max", type=int, default=DEFAULT_EVAL_MAX_REQUESTS, show_default=True, help="Request cap per point for the reported errors.")
 @click.option("--maxfev", type=int, default=DEFAULT_MAXFEV, show_default=True, help="Simulation budget of the optimiser.")
+@click.option("--cv-refit-maxfev", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Refit every LOEO fold by simulation with this budget (0: the linearised refit only; ~21 folds x N simulations).")
 @click.option("--bootstrap", "n_boot", type=int, default=DEFAULT_BOOTSTRAP, show_default=True, help="Bootstrap replicates (over experiments).")
 @click.option("--level", type=float, default=0.9, show_default=True, help="Prediction-interval level.")
 @click.option("--name", default=None, help="Calibration name written into the YAML (default: the GPU, lower case).")
@@ -432,7 +444,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_attention_context, decode_kv_read_fraction, knobs, fixes, gpu, experiments, fit_max_requests, eval_max, maxfev,
-              n_boot, level, name, seed, executor, workers, output_dir, list_only, no_plots, quiet) -> None:
+              cv_refit_maxfev, n_boot, level, name, seed, executor, workers, output_dir, list_only, no_plots, quiet) -> None:
     """Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate
     leave-one-experiment-out, bootstrap prediction intervals, and save the calibration."""
     from .cli import err_console, handle_errors, out_console
@@ -501,7 +513,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_att
             gpu_name, pts = fit_pb.configs[0].gpu, fit_pb.points
             if len(fit_pb.experiments) < 2:
                 raise ConfigError("calibration needs at least two experiments (leave-one-experiment-out)")
-            results.append(calibrate_formula(fit_pb, eval_pb, summaries, names=names, fixed=fixed, maxfev=maxfev, n_boot=n_boot,
+            results.append(calibrate_formula(fit_pb, eval_pb, summaries, names=names, fixed=fixed, maxfev=maxfev, n_boot=n_boot, cv_refit_maxfev=cv_refit_maxfev,
                                              level=level, formula=f, log=(lambda s: None) if quiet else err_console.print))
         from . import __version__
 
@@ -511,6 +523,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_att
             "decode_attention_context": decode_attention_context, "decode_kv_read_fraction": decode_kv_read_fraction, "knobs": list(names), "fixed": fixed,
             "n_points": len(pts), "n_experiments": pts["experiment"].nunique(), "n_overloaded": int(pts["overloaded"].sum()),
             "fit_max_requests": fit_max_requests, "eval_max_requests": eval_max, "n_bootstrap": n_boot, "level": level,
+            "cv_refit_maxfev": cv_refit_maxfev,
             "wall_s": time.perf_counter() - t_start, "date": _dt.date.today().isoformat(), "version": __version__,
         }
         from .cli_output import atomic_write_bytes, write_figure, write_yaml
