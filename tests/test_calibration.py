@@ -344,7 +344,8 @@ def test_cli_calibrate_bad_input_exits_2(tmp_path):
                      ("bw_efficiency=fast", "not a number"), ("bw_efficiency=7", "outside the knob's range")):
         r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), "--fix", bad, "-o", str(tmp_path / "o")])
         assert r.exit_code == 2 and msg in r.output, (bad, r.output)
-    for opt, bad in (("--decode-kv-read-fraction", "0"), ("--decode-kv-read-fraction", "1.5"), ("--decode-attention-context", "median")):
+    for opt, bad in (("--decode-kv-read-fraction", "0"), ("--decode-kv-read-fraction", "1.5"), ("--decode-attention-context", "median"),
+                     ("--cv-refit-maxfev", "-1")):
         r = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(FIXTURE), opt, bad, "-o", str(tmp_path / "o")])
         assert r.exit_code == 2 and opt in r.output, (opt, bad, r.output)
 
