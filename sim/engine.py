@@ -361,6 +361,12 @@ class Engine:
             r.last_token_s = times[g]
             if running_max[g - 1] > r.max_itl_s:
                 r.max_itl_s = running_max[g - 1]
+        if kv.enable_prefix_caching:
+            # the step loop hashes a block on the step that fills it; the window allocated new
+            # blocks only, so a block filled after a request's last allocation is hashed here
+            # (a preemption right after the window must free it as cached, as the loop would)
+            for r in running:
+                kv.cache_computed_blocks(r)
         decodes_arr = np.array(decodes, dtype=np.int64)
         sink.on_gaps(np.repeat(gaps, decodes_arr))
         steps = np.arange(1, k + 1, dtype=np.int64)

@@ -152,6 +152,14 @@ class KVCacheManager:
             ref[b] = 1
             owned[rid].append(b)
 
+    def cache_computed_blocks(self, req: Request) -> None:
+        """Hash the blocks that ``req``'s computed tokens fill (prefix caching only): what
+        :meth:`allocate_slots` does on each step that fills a block, for a caller that advanced
+        ``req.num_computed_tokens`` without it (the engine's decode fast-forward)."""
+        owned = self._owned.get(req.request_id)
+        if self.enable_prefix_caching and owned:
+            self._cache_full_blocks(req, owned, req.num_computed_tokens)
+
     def _cache_full_blocks(self, req: Request, owned: list[int], total_tokens: int) -> None:
         # Blocks become full (and hashable) as tokens are computed; walk back from the last
         # full block until one that already has a hash.
