@@ -506,7 +506,10 @@ def test_result_files_are_replaced_atomically(atomic_dir, old, new, fail, name):
     from sim import cli_output
 
     target = atomic_dir / f"{name}.bin"
-    if old is not None:
+    # the directory is shared by all examples and hypothesis repeats names: set up the GIVEN
+    if old is None:
+        target.unlink(missing_ok=True)
+    else:
         target.write_bytes(old)
     exc = KeyboardInterrupt if fail == "interrupt" else OSError
 
