@@ -284,7 +284,10 @@ def effective_mfu_lookup(cfg) -> str:
 def effective_decode_attention_context(cfg) -> str:
     """The decode-attention context for ``cfg``: its own ``cost.decode_attention_context`` if
     set, else its calibration's, else ``max`` (the seed's)."""
-    return _effective_setting(cfg, "decode_attention_context", lambda v: v in ("max", "mean"), "max or mean", "max")
+    from .cost.roofline import DECODE_ATTENTION_CONTEXTS
+
+    choices = DECODE_ATTENTION_CONTEXTS
+    return _effective_setting(cfg, "decode_attention_context", lambda v: v in choices, " or ".join(choices), choices[0])
 
 
 def effective_decode_kv_read_fraction(cfg) -> float | None:

@@ -59,7 +59,7 @@ an empty batch costs only the overhead (the engine never prices one).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal
+from typing import Literal, get_args
 
 from ..entities import Batch, StepCost
 from ..errors import ConfigError
@@ -80,6 +80,7 @@ PREFILL_BUCKET_MAX_TOKENS = 65536  # largest prefill bucket (cap)
 
 GemmM = Literal["tokens", "requests"]
 DecodeAttentionContext = Literal["max", "mean"]
+DECODE_ATTENTION_CONTEXTS: tuple[str, ...] = get_args(DecodeAttentionContext)  # the seed's first
 
 
 DECODE_MEMO_MAX_ENTRIES = 200_000  # bounds the decode-price memo (~40 MB); cleared when full
@@ -136,8 +137,10 @@ class RooflineCostModel:
                 f"tensor_parallel_size {tp} must divide, or be a multiple of, {model.name}'s "
                 f"num_kv_heads ({model.num_kv_heads})"
             )
-        if decode_attention_context not in ("max", "mean"):
-            raise ConfigError(f"cost.decode_attention_context: expected 'max' or 'mean', got {decode_attention_context!r}")
+        if decode_attention_context not in DECODE_ATTENTION_CONTEXTS:
+            raise ConfigError(
+                f"cost.decode_attention_context: expected {' or '.join(DECODE_ATTENTION_CONTEXTS)}, got {decode_attention_context!r}"
+            )
         if gemm_m not in ("tokens", "requests"):
             raise ConfigError(f"cost.gemm_m: expected 'tokens' or 'requests', got {gemm_m!r}")
         FORMULAS.get(formula, "cost.formula")  # validate the name now, not at the first mixed step
