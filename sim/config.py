@@ -160,7 +160,21 @@ class WorkloadConfig(_Strict):
     prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")
     prefix_groups: int = Field(1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly")
     priority_levels: int = Field(1, gt=0, description="each request draws a priority uniformly in 0..levels-1 (0 = most urgent); for the 'priority' policy")
+    prompt_pool: int | None = Field(
+        None,
+        gt=0,
+        description="distinct prompts the requests cycle through: request i sends pool prompt i mod prompt_pool, token for token (inference-perf's shared_prefix data: num_groups x num_prompts_per_group prompts, reused in order), so the prefix cache can hit whole prompts; None = every prompt unique",
+    )
+    prompt_pool_warm: bool = Field(
+        False, description="the pool's prompts are in the prefix cache when the run starts (a stage that follows an earlier one on the same server); needs prompt_pool"
+    )
     trace: TraceConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> "WorkloadConfig":
+        if self.prompt_pool_warm and self.prompt_pool is None:
+            raise ValueError("prompt_pool_warm needs prompt_pool (the number of distinct prompts)")
+        return self
 
 
 ArrivalStrategy = Literal[

@@ -35,6 +35,7 @@ class Request:
     Identity and sizes are fixed at creation; the scheduler and engine update the progress
     fields. ``prompt_tokens`` includes the shared prefix (``prefix_tokens`` of group
     ``prefix_group``); ``output_tokens`` >= 1 is the number of tokens the request generates.
+    Requests with the same ``prompt_id`` >= 0 send the same prompt tokens (a prompt pool).
     Preconditions: ``0 <= prefix_tokens <= prompt_tokens``, ``prompt_tokens >= 1``.
     """
 
@@ -45,6 +46,7 @@ class Request:
     prefix_group: int = -1
     prefix_tokens: int = 0
     priority: int = 0
+    prompt_id: int = -1  # pool prompt (workload.prompt_pool) whose tokens this prompt repeats; -1 = unique
     # progress (vLLM V1 names)
     num_computed_tokens: int = 0
     num_output_generated: int = 0

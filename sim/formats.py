@@ -12,9 +12,13 @@ that is deep-merged over a base config; server limits come from the base config 
   each prompt, as servesim does.
 * **inference-perf** config (``ground_truth/experiments/2026*/profile.yaml``): ``load.type``
   (constant, poisson), ``load.stages[] {rate, duration}``, ``data.type: shared_prefix`` with
-  ``num_unique_system_prompts``, ``system_prompt_len``, ``question_len``, ``output_len``
-  (fixed lengths), ``server.model_name``. Stages become a sweep over their rates with
-  ``rate·duration`` requests each.
+  ``num_groups`` × ``num_prompts_per_group`` (older: ``num_unique_system_prompts`` ×
+  ``num_users_per_system_prompt``), ``system_prompt_len``, ``question_len``, ``output_len``
+  (fixed lengths), ``server.model_name``. inference-perf pre-generates that many prompts and
+  sends them in a cycle, so they become ``workload.prompt_pool`` (repeats hit the prefix
+  cache); multi-turn sessions (``enable_multi_turn_chat``) are rejected. Stages become a sweep
+  over their rates with ``rate·duration`` requests each, each run on a fresh server (a cold
+  prefix cache; inference-perf runs its stages back to back on one).
 
 Pure functions of mappings (no I/O).
 """
@@ -180,8 +184,21 @@ def from_inference_perf(cfg: dict[str, Any]) -> dict[str, Any]:
         for key in ("system_prompt_len", "question_len", "output_len"):
             if key not in sp:
                 raise ConfigError(f"inference-perf data.shared_prefix.{key}: missing")
+        if sp.get("enable_multi_turn_chat"):
+            raise ConfigError(
+                "inference-perf data.shared_prefix.enable_multi_turn_chat: multi-turn sessions (prompts that grow "
+                "with each round) are not supported; set it to false"
+            )
         wl["prefix_tokens"] = _num(sp["system_prompt_len"], "data.shared_prefix.system_prompt_len", integer=True)
-        wl["prefix_groups"] = _num(sp.get("num_unique_system_prompts", 1), "data.shared_prefix.num_unique_system_prompts", integer=True)
+        # current inference-perf: num_groups × num_prompts_per_group; older: num_unique_system_prompts
+        # × num_users_per_system_prompt. Either way it sends that many prompts in a cycle.
+        groups_key = "num_groups" if "num_groups" in sp else "num_unique_system_prompts"
+        per_key = "num_prompts_per_group" if "num_prompts_per_group" in sp else "num_users_per_system_prompt"
+        groups = _num(sp.get(groups_key, 1), f"data.shared_prefix.{groups_key}", integer=True)
+        wl["prefix_groups"] = groups
+        if per_key in sp:
+            per_group = _num(sp[per_key], f"data.shared_prefix.{per_key}", integer=True)
+            wl["prompt_pool"] = int(groups) * int(per_group)
         wl["prompt_tokens"] = {"dist": "fixed", "value": _num(sp["question_len"], "data.shared_prefix.question_len", integer=True)}
         wl["output_tokens"] = {"dist": "fixed", "value": _num(sp["output_len"], "data.shared_prefix.output_len", integer=True)}
     elif data.get("type") not in (None, "random", "synthetic"):

@@ -21,6 +21,11 @@ This module only reads files. :func:`point_to_config` turns one measured point i
     ``throughput`` (all at t0, in-flight cap = guidellm's max concurrency) keep their
     strategies with the trace's lengths. Without a trace (set A) the configured distributions
     of points.csv are used (fixed lengths when no stdev is known) with the guidellm strategy.
+    inference-perf ``shared_prefix`` points (set C) send num_groups × num_prompts_per_group
+    distinct prompts in a cycle (``workload.prompt_pool``; the traces show it: 98–99.7 % of
+    requests have the prompt length of the request 100 before), so repeats hit vLLM's prefix
+    cache for the whole prompt; a stage after the first starts with them cached
+    (``prompt_pool_warm``), as the same server had just served them.
 
 ``study`` (reproduces the mixed-batch study's harness, blis-reference.md §5)
     Every point becomes ``open-loop-at-measured-rate``: synchronous → n_successful/duration,
@@ -277,6 +282,15 @@ def _prefix(point: pd.Series | dict) -> tuple[int, int]:
     return tokens, groups
 
 
+def _prompt_pool(point: pd.Series | dict) -> int | None:
+    """Distinct prompts of an inference-perf ``shared_prefix`` point (num_groups ×
+    num_prompts_per_group, which it sends in a cycle), else None (every prompt unique)."""
+    groups, per_group = _extra(point, "num_groups"), _extra(point, "num_prompts_per_group")
+    if "inference-perf" in str(point.get("harness", "")) and groups and per_group:
+        return groups * per_group
+    return None
+
+
 def study_rate(point: pd.Series | dict) -> float:
     """The open-loop rate the study's harness used for ``point`` (blis-reference.md §5)."""
     strat = point["strategy"]
@@ -394,6 +408,12 @@ def point_to_config(
                 "prefix_groups": prefix_groups,
                 "trace": {"path": str(trace_file), "benchmark_index": int(point["benchmark_index"]), "only_ok": True},
             }
+            pool = _prompt_pool(point)
+            if pool is not None:
+                # inference-perf cycles through its prompts, and its stages run back to back on
+                # one server: a later stage starts with the pool in the prefix cache
+                d["workload"]["prompt_pool"] = pool
+                d["workload"]["prompt_pool_warm"] = int(point["benchmark_index"]) > 0
             strategy = {"synchronous": "synchronous", "throughput": "throughput"}.get(strat, "replay")
             arrival: dict[str, Any] = {"strategy": strategy, "rate_rps": None, "concurrency": None}
         else:

@@ -155,6 +155,10 @@ class Simulation:
         )
         self.scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(sched_limits, self.kv)
         self.workload = build_workload(cfg.workload, self.streams)
+        if cfg.workload.prompt_pool_warm:
+            # the server served these prompts before this run (an earlier stage)
+            for req in self.workload.pool_prompts().values():
+                self.kv.prewarm(req)
         self.env = SimEnvironment()
         self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows)
         self.engine = Engine(

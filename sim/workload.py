@@ -7,6 +7,13 @@ Synthetic lengths come from :class:`~sim.config.LengthDist` (``fixed``; ``normal
 uniformly. A trace (a per-request CSV such as ``ground_truth/requests/<exp>.csv``) gives
 the lengths (its prompt counts already include any prefix) and send offsets for replay.
 
+With ``prompt_pool`` = K the requests cycle through K distinct prompts, as inference-perf's
+``shared_prefix`` data does (it pre-generates num_groups × num_prompts_per_group prompts and
+sends prompt ``i mod K`` as request ``i``): request ``i`` gets ``prompt_id = i mod K`` (a
+trace's ``request_index`` column, when present, takes the place of ``i``, so a later stage
+continues the cycle). Synthetic lengths are drawn once per pool prompt; each pool prompt
+belongs to one prefix group (groups dealt out evenly, in a shuffled order).
+
 Randomness: named streams ``workload.prompt``, ``workload.output``, ``workload.prefix``,
 ``workload.priority``.
 """
@@ -43,6 +50,7 @@ class Workload:
     prefix_tokens: np.ndarray
     priorities: np.ndarray
     offsets_s: np.ndarray | None = None
+    prompt_ids: np.ndarray | None = None  # pool prompt of each request (prompt_pool), else None
     created: int = 0
 
     def __len__(self) -> int:
@@ -57,7 +65,16 @@ class Workload:
             prefix_group=group,
             prefix_tokens=int(self.prefix_tokens[i]) if group >= 0 else 0,
             priority=int(self.priorities[i]),
+            prompt_id=int(self.prompt_ids[i]) if self.prompt_ids is not None else -1,
         )
+
+    def pool_prompts(self) -> dict[int, Request]:
+        """One request per pool prompt that occurs, keyed by ``prompt_id`` (its first
+        occurrence; ids, lengths and groups as sent). Empty without a prompt pool."""
+        if self.prompt_ids is None:
+            return {}
+        ids, first = np.unique(self.prompt_ids, return_index=True)
+        return {int(q): self.make_request(int(i)) for q, i in zip(ids, first)}
 
     def iter_requests(self) -> Iterator[Request]:
         """Requests 0..n-1 in order, created on demand (``created`` counts them)."""
@@ -135,6 +152,8 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
 def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
     """The requests of a run, ids 0..n-1 in send order."""
     prefix_rng = streams.get("workload.prefix")
+    pool = cfg.prompt_pool
+    prompt_ids: np.ndarray | None = None
     if cfg.trace is not None:
         df = load_trace(cfg.trace.path, cfg.trace.benchmark_index, cfg.trace.only_ok)
         if cfg.num_requests is not None:
@@ -145,15 +164,28 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
         if offsets is not None:
             offsets = offsets - offsets.min()
         prefix = np.minimum(cfg.prefix_tokens, prompts)
+        if pool is not None:
+            seq = _trace_sequence_numbers(df, cfg.trace.path)
+            prompt_ids = seq % pool
     else:
         n = cfg.num_requests or DEFAULT_NUM_SYNTHETIC_REQUESTS
-        unique = sample_lengths(cfg.prompt_tokens, n, streams.get("workload.prompt"))
-        outputs = sample_lengths(cfg.output_tokens, n, streams.get("workload.output"))
+        if pool is None:
+            unique = sample_lengths(cfg.prompt_tokens, n, streams.get("workload.prompt"))
+            outputs = sample_lengths(cfg.output_tokens, n, streams.get("workload.output"))
+        else:
+            # lengths belong to the pool prompt (inference-perf draws them per prompt)
+            prompt_ids = np.arange(n, dtype=np.int64) % pool
+            unique = sample_lengths(cfg.prompt_tokens, pool, streams.get("workload.prompt"))[prompt_ids]
+            outputs = sample_lengths(cfg.output_tokens, pool, streams.get("workload.output"))[prompt_ids]
         prompts = unique + cfg.prefix_tokens
         prefix = np.full(n, cfg.prefix_tokens, dtype=np.int64)
         offsets = None
     n = len(prompts)
-    if cfg.prefix_tokens > 0:
+    if cfg.prefix_tokens > 0 and prompt_ids is not None:
+        # a pool prompt keeps its group: groups dealt out evenly over the pool, shuffled
+        pool_groups = prefix_rng.permutation(np.arange(pool, dtype=np.int64) % cfg.prefix_groups)
+        groups = pool_groups[prompt_ids]
+    elif cfg.prefix_tokens > 0:
         groups = prefix_rng.integers(0, cfg.prefix_groups, size=n) if cfg.prefix_groups > 1 else np.zeros(n, dtype=np.int64)
     else:
         groups = np.full(n, -1, dtype=np.int64)
@@ -169,4 +201,16 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
         np.asarray(prefix, dtype=np.int64),
         np.asarray(priorities, dtype=np.int64),
         offsets,
+        None if prompt_ids is None else np.asarray(prompt_ids, dtype=np.int64),
     )
+
+
+def _trace_sequence_numbers(df: pd.DataFrame, path: str | Path) -> np.ndarray:
+    """Each trace row's position in the harness's request sequence: its ``request_index``
+    column when present (a later stage continues the count), else its row position."""
+    if "request_index" not in df.columns:
+        return np.arange(len(df), dtype=np.int64)
+    idx = pd.to_numeric(df["request_index"], errors="coerce")
+    if idx.isna().any() or not np.isfinite(idx).all() or (idx < 0).any() or (idx != np.floor(idx)).any():
+        raise ConfigError(f"workload.trace.path: {path}: column request_index must hold integers >= 0 (used by workload.prompt_pool)")
+    return idx.to_numpy(dtype=np.int64)

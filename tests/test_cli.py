@@ -142,6 +142,19 @@ def test_inference_perf_config_as_sweep(tmp_path):
     assert (req["prompt_tokens"] == 150).all() and (req["output_tokens"] == 20).all()
 
 
+def test_inference_perf_prompt_pool_and_multi_turn():
+    from sim.formats import from_inference_perf
+
+    base = {"load": {"type": "constant", "stages": [{"rate": 8, "duration": 600}]}}
+    sp = {"num_groups": 10, "num_prompts_per_group": 10, "system_prompt_len": 100, "question_len": 447, "output_len": 248}
+    wl = from_inference_perf({**base, "data": {"type": "shared_prefix", "shared_prefix": sp}})["workload"]
+    assert wl["prompt_pool"] == 100 and wl["prefix_groups"] == 10 and wl["prefix_tokens"] == 100
+    old = {"num_unique_system_prompts": 9, "num_users_per_system_prompt": 5, "system_prompt_len": 100, "question_len": 447, "output_len": 248}
+    assert from_inference_perf({**base, "data": {"type": "shared_prefix", "shared_prefix": old}})["workload"]["prompt_pool"] == 45
+    with pytest.raises(ConfigError, match="enable_multi_turn_chat"):
+        from_inference_perf({**base, "data": {"type": "shared_prefix", "shared_prefix": {**old, "enable_multi_turn_chat": True}}})
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -107,6 +107,90 @@ def test_trace_replay_sends_at_offsets(tmp_path):
     assert res.requests["prompt_tokens"].tolist() == [50, 100]
 
 
+# ------------------------------------------------------------------ prompt pool (inference-perf)
+
+
+def test_pool_prompt_blocks_are_shared_only_with_the_same_prompt():
+    kv = KVCacheManager(num_blocks=40, block_size=16, enable_prefix_caching=True)
+    a = Request(request_id=0, prompt_tokens=100, output_tokens=5, prefix_group=0, prefix_tokens=40, prompt_id=3)
+    assert kv.allocate_slots(a, 100)
+    a.num_computed_tokens = 100
+    kv.free(a)
+    same = Request(request_id=1, prompt_tokens=100, output_tokens=5, prefix_group=0, prefix_tokens=40, prompt_id=3)
+    assert len(kv.get_computed_blocks(same)) == 99 // 16  # every full block but the one with the last token
+    other = Request(request_id=2, prompt_tokens=100, output_tokens=5, prefix_group=0, prefix_tokens=40, prompt_id=4)
+    assert len(kv.get_computed_blocks(other)) == 2  # the group's prefix only
+    unique = _req(3, 100, group=0, prefix=40)
+    assert len(kv.get_computed_blocks(unique)) == 2
+    kv.check()
+
+
+def test_prewarm_caches_the_prompt_unowned_and_uncounted():
+    kv = KVCacheManager(num_blocks=20, block_size=16, enable_prefix_caching=True)
+    r = Request(request_id=7, prompt_tokens=70, output_tokens=5, prompt_id=0)
+    assert kv.prewarm(r) == 64  # the four full blocks
+    assert kv.num_used_blocks == 0 and kv.num_cache_hit_tokens == 0 and kv.num_cache_query_tokens == 0
+    assert kv.prewarm(r) == 64 and kv.num_used_blocks == 0  # idempotent
+    again = Request(request_id=8, prompt_tokens=70, output_tokens=5, prompt_id=0)
+    assert len(kv.get_computed_blocks(again)) == 4
+    kv.check()
+    off = KVCacheManager(num_blocks=20, block_size=16, enable_prefix_caching=False)
+    assert off.prewarm(r) == 0
+    tiny = KVCacheManager(num_blocks=2, block_size=16, enable_prefix_caching=True)
+    assert tiny.prewarm(r) == 0 and tiny.num_used_blocks == 0  # does not fit: nothing cached, nothing held
+
+
+def test_synthetic_pool_cycles_prompts_with_fixed_lengths_and_groups():
+    cfg = make_config(workload={"num_requests": 200, "prompt_pool": 12, "prefix_tokens": 32, "prefix_groups": 4})
+    wl = build_workload(cfg.workload, RandomStreams(cfg.seed))
+    assert wl.prompt_ids.tolist() == [i % 12 for i in range(200)]
+    for q in range(12):
+        m = wl.prompt_ids == q
+        assert len(set(wl.prompt_tokens[m])) == 1 and len(set(wl.output_tokens[m])) == 1
+        assert len(set(wl.prefix_groups[m])) == 1
+    per_group = np.bincount(wl.prefix_groups[:12], minlength=4)
+    assert per_group.tolist() == [3, 3, 3, 3]  # dealt out evenly
+    assert len(set(wl.prompt_tokens[:12])) > 1  # lengths still drawn from the distribution
+    plain = build_workload(make_config().workload, RandomStreams(1))
+    assert plain.prompt_ids is None and plain.make_request(0).prompt_id == -1
+
+
+def test_trace_pool_ids_follow_request_index(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("request_index,start_offset_s,prompt_tokens,output_tokens\n" + "".join(f"{100 + i},{i / 10},50,3\n" for i in range(8)))
+    cfg = make_config(workload={"trace": {"path": str(p)}, "prompt_pool": 3}, arrival={"strategy": "replay"})
+    wl = build_workload(cfg.workload, RandomStreams(1))
+    assert wl.prompt_ids.tolist() == [(100 + i) % 3 for i in range(8)]
+    q = tmp_path / "q.csv"
+    q.write_text("start_offset_s,prompt_tokens,output_tokens\n" + "".join(f"{i / 10},50,3\n" for i in range(5)))
+    wl2 = build_workload(make_config(workload={"trace": {"path": str(q)}, "prompt_pool": 2}).workload, RandomStreams(1))
+    assert wl2.prompt_ids.tolist() == [0, 1, 0, 1, 0]  # no request_index: row order
+    bad = tmp_path / "b.csv"
+    bad.write_text("request_index,start_offset_s,prompt_tokens,output_tokens\n-1,0,50,3\n")
+    with pytest.raises(ConfigError, match="request_index"):
+        build_workload(make_config(workload={"trace": {"path": str(bad)}, "prompt_pool": 2}).workload, RandomStreams(1))
+
+
+def test_repeated_prompts_hit_the_cache_after_one_cycle_or_at_once_when_warm():
+    """GIVEN a synchronous run over a pool of 5 prompts WHEN cold THEN each prompt's first
+    request computes it all and every repeat hits all its full blocks but the last token's;
+    WHEN warm THEN the first requests hit as well and TTFT drops."""
+    over = dict(
+        cost={"model": "linear"},
+        server={"enable_prefix_caching": True},
+        workload={"num_requests": 15, "prompt_pool": 5, "prompt_tokens": {"dist": "uniform", "min": 200, "max": 400}},
+        arrival={"strategy": "synchronous"},
+    )
+    cold = simulate(make_config(**over)).requests.sort_values("request_id")
+    warm = simulate(make_config(**{**over, "workload": {**over["workload"], "prompt_pool_warm": True}})).requests.sort_values("request_id")
+    full_hit = ((cold["prompt_tokens"] - 1) // 16) * 16
+    assert (cold["cached_prompt_tokens"].iloc[:5] == 0).all()
+    assert (cold["cached_prompt_tokens"].iloc[5:] == full_hit.iloc[5:]).all()
+    assert (warm["cached_prompt_tokens"] == full_hit).all()
+    assert warm["ttft_s"].iloc[:5].mean() < 0.5 * cold["ttft_s"].iloc[:5].mean()
+    assert warm["ttft_s"].iloc[5:].tolist() == pytest.approx(cold["ttft_s"].iloc[5:].tolist())
+
+
 @pytest.mark.parametrize(
     "content,match",
     [
@@ -149,6 +233,8 @@ def test_replay_without_offsets_is_an_error(tmp_path):
         ({"workload": {"prompt_tokens": {"dist": "normal", "mean": 10, "min": 50, "max": 5}}}, "min"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
         ({"seed": "abc"}, "seed"),
+        ({"workload": {"prompt_pool": 0}}, "workload.prompt_pool"),
+        ({"workload": {"prompt_pool_warm": True}}, "prompt_pool_warm needs prompt_pool"),
     ],
 )
 def test_bad_config_names_the_field(data, match):

@@ -152,6 +152,9 @@ def run_configs(draw, arrivals=ARRIVALS, horizon: bool = True, kv_sizes=KV_SIZES
         "arrival": draw(arrivals),
         "record_itls": True,
     }
+    if draw(st.integers(0, 3)) == 0:  # prompts repeat from a pool (inference-perf), maybe cached at t=0
+        cfg["workload"]["prompt_pool"] = draw(st.integers(1, 8))
+        cfg["workload"]["prompt_pool_warm"] = draw(st.booleans())
     if horizon and draw(st.integers(0, 4)) == 0:
         cfg["horizon_s"] = draw(st.floats(0.01, 3.0))
     return cfg

@@ -179,6 +179,9 @@ def test_point_to_config_guidellm_each_strategy(pts):
     assert c.arrival.strategy == "replay" and c.workload.num_requests == 3
     assert c.workload.prefix_tokens == 100 and c.workload.prefix_groups == 10
     assert c.server.max_num_seqs == 128 and c.server.max_num_batched_tokens == 2048
+    # inference-perf cycles through num_groups x num_prompts_per_group prompts; stage 0 starts cold
+    assert c.workload.prompt_pool == 100 and not c.workload.prompt_pool_warm
+    assert sync.workload.prompt_pool is None and a.workload.prompt_pool is None  # guidellm: unique prompts
 
 
 def test_point_to_config_study_mode(pts):
@@ -302,6 +305,26 @@ def test_every_real_point_maps(ground_truth):
         assert len(cfgs) == len(pts)
     c = point_to_config(pts[pts["point_id"] == "jan20-codellama-prefill-1#0"].iloc[0], gt_dir=ground_truth)
     assert c.model == "codellama-34b" and c.server.num_gpu_blocks == 44640 // 16 and c.server.max_num_batched_tokens == 64
+    # set C's later stages ran right after the first on the same server: the prompt pool is cached
+    later = point_to_config(pts[pts["point_id"] == "20260217-231439-llama-2-7b-tp1-general#1"].iloc[0], gt_dir=ground_truth)
+    assert later.workload.prompt_pool == 100 and later.workload.prompt_pool_warm
+
+
+def test_set_c_traces_cycle_through_their_prompt_pool(ground_truth):
+    """The evidence behind ``prompt_pool`` for set C: a request's prompt length equals that of
+    the request ``num_groups x num_prompts_per_group`` earlier far more often than chance (the
+    lengths spread over ~25 values), and the pool ids follow ``request_index`` across stages."""
+    pts = load_points(ground_truth)
+    c = pts[pts["harness"].str.contains("inference-perf", na=False)]
+    assert len(c) >= 2
+    for exp in c["experiment"].unique():
+        cfg = point_to_config(c[c["experiment"] == exp].iloc[0], gt_dir=ground_truth)
+        pool = cfg.workload.prompt_pool
+        rows = pd.read_csv(cfg.workload.trace.path).sort_values("request_index")
+        lengths = rows["prompt_tokens"].to_numpy()
+        same = (lengths[pool:] == lengths[:-pool]).mean()
+        shifted = (lengths[pool + 1:] == lengths[:-pool - 1]).mean()  # not the period: chance level
+        assert same > 0.95 and shifted < 0.5, (exp, same, shifted)
 
 
 def test_validation_on_real_data(ground_truth):

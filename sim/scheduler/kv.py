@@ -8,8 +8,10 @@ blocks are freed tail first so its prefix outlives its suffix).
 
 Token identity is modelled without token ids: block ``i`` of a request is shared with every
 request of the same prefix group when it lies entirely inside the group's shared prefix
-(``(i + 1) * block_size <= prefix_tokens``); any other block is unique to its request, and still
-reusable by that same request after a preemption (as in vLLM, whose hashes cover output tokens).
+(``(i + 1) * block_size <= prefix_tokens``); past that, a block entirely inside the prompt of a
+pool prompt (``prompt_id`` >= 0, the same tokens sent again) is shared with every request of that
+pool prompt; any other block is unique to its request, and still reusable by that same request
+after a preemption (as in vLLM, whose hashes cover output tokens).
 
 Invariants (checked by :meth:`check`): ``0 <= used <= num_blocks``; a block is either free
 (ref count 0, in the free queue) or owned (ref count > 0, not in the queue).
@@ -62,8 +64,11 @@ class KVCacheManager:
         return -(-tokens // self.block_size)
 
     def _block_key(self, req: Request, index: int) -> object:
-        if req.prefix_group >= 0 and (index + 1) * self.block_size <= req.prefix_tokens:
+        end = (index + 1) * self.block_size
+        if req.prefix_group >= 0 and end <= req.prefix_tokens:
             return ("p", req.prefix_group, index)
+        if req.prompt_id >= 0 and end <= req.prompt_tokens:
+            return ("q", req.prompt_id, index)
         return ("r", req.request_id, index)
 
     def get_computed_blocks(self, req: Request) -> list[int]:
@@ -172,6 +177,29 @@ class KVCacheManager:
             key = self._block_key(req, j)
             self._hash[b] = key
             self._cached.setdefault(key, b)
+
+    def prewarm(self, req: Request) -> int:
+        """Leave the full blocks of ``req``'s prompt in the prefix cache, unowned (as after an
+        earlier request with that prompt finished): a server that already served it. Takes
+        free blocks like an allocation (evicting the least recently freed), then frees them.
+        Returns the tokens now cached (0 without prefix caching or when the blocks do not fit).
+        Precondition: ``req`` is not running (it owns no blocks)."""
+        if not self.enable_prefix_caching or req.request_id in self._owned:
+            return 0
+        tokens = (req.prompt_tokens // self.block_size) * self.block_size
+        if tokens == 0:
+            return 0
+        hits = self.get_computed_blocks(req)
+        self.num_cache_query_tokens -= req.num_tokens  # not a request the server saw
+        cached = len(hits) * self.block_size
+        if cached >= tokens:
+            return tokens
+        if not self.allocate_slots(req, tokens - cached, hits):
+            return 0
+        if hits:
+            self.num_cache_hit_tokens -= cached
+        self.free(req)
+        return tokens
 
     def free(self, req: Request) -> None:
         """Release all of ``req``'s blocks (tail first, so its prefix is evicted last)."""
