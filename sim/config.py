@@ -62,6 +62,10 @@ class ServerConfig(_Strict):
         VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="--gpu-memory-utilization: share of GPU memory vLLM may use"
     )
     max_model_len: int | None = Field(None, gt=0, description="--max-model-len: longest prompt+output; None = the model's")
+    async_scheduling: bool = Field(
+        False,
+        description="--async-scheduling: the scheduler plans step k+1 when step k launches, so a request that reaches the engine during step k joins step k+2 at the earliest (vLLM's default since late 2025; off in 0.11)",
+    )
 
 
 class SchedulerConfig(_Strict):
@@ -158,7 +162,7 @@ class WorkloadConfig(_Strict):
     prompt_tokens: LengthDist = LengthDist(dist="normal", mean=512, stdev=256, min=2, max=7000)
     output_tokens: LengthDist = LengthDist(dist="normal", mean=215, stdev=100, min=2, max=7000)
     prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")
-    prefix_groups: int = Field(1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly")
+    prefix_groups: int = Field(1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly (with prompt_pool: each pool prompt keeps one group)")
     priority_levels: int = Field(1, gt=0, description="each request draws a priority uniformly in 0..levels-1 (0 = most urgent); for the 'priority' policy")
     prompt_pool: int | None = Field(
         None,

@@ -8,6 +8,13 @@ Same-time ordering: arrival < step < completion. Before planning a step at time 
 lets every other event already due at *t* run first (``env.peek() == env.now``), so a request
 arriving exactly when a step ends joins the next step; completions happen at the step's end.
 When there is no work the engine sleeps until :meth:`Engine.submit` wakes it.
+
+With ``async_scheduling`` (vLLM's ``--async-scheduling``) the scheduler plans step k+1 when
+step k launches, overlapping its CPU work with the GPU's. A request that reaches the engine
+while step k runs (or exactly when it ends) therefore waits in a staging list and joins the
+scheduler's queue only when step k+1 launches, i.e. it can run in step k+2 at the earliest. An
+idle engine admits a request at once; a planned step that would be empty admits the staged
+requests at once too (the real engine re-plans immediately).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class Engine:
         kv_capacity_tokens: int,
         max_prefill_tokens_unchunked: int | None = None,
         fast_forward: bool = True,
+        async_scheduling: bool = False,
     ) -> None:
         self.env = env
         self.scheduler = scheduler
@@ -67,6 +75,11 @@ class Engine:
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_prefill_tokens_unchunked = max_prefill_tokens_unchunked
         self._idle: simpy.Event | None = None
+        self.async_scheduling = async_scheduling
+        # async scheduling: requests that reached the engine while a step ran, in arrival order,
+        # with the start time of the step they arrived in (they may join the step after next)
+        self._staged: list[tuple[float, Request]] = []
+        self._step_start_s: float | None = None  # start of the running step (None when idle)
         # Fast-forward applies to policies that schedule every running decode-ready request
         # for one token when nothing waits (vLLM V1 and policies that only reorder the queue).
         self.fast_forward = (
@@ -108,9 +121,29 @@ class Engine:
             self.sink.on_request_done(req)
             self._signal_done(req)
             return
+        if self.async_scheduling and self._step_start_s is not None:
+            self._staged.append((self._step_start_s, req))  # the next step is already planned
+            return
         self.scheduler.add_request(req)
         if self._idle is not None and not self._idle.triggered:
             self._idle.succeed()
+
+    @property
+    def staged_requests(self) -> list[Request]:
+        """Requests in the engine that the scheduler has not seen yet (async scheduling)."""
+        return [req for _, req in self._staged]
+
+    def _admit_staged(self, launched_s: float | None) -> None:
+        """Async scheduling: hand the scheduler the staged requests that arrived during a step
+        that started before ``launched_s`` (all of them when None). Planning step k+1 at the
+        launch of step k, the scheduler saw what arrived before step k started."""
+        staged = self._staged
+        k = len(staged) if launched_s is None else 0
+        while k < len(staged) and staged[k][0] < launched_s:
+            k += 1
+        for _, req in staged[:k]:
+            self.scheduler.add_request(req)
+        del staged[:k]
 
     def _record_finish(self, req: Request, end_s: float) -> None:
         """``req`` produced its last token at ``end_s`` (the scheduler already released it):
@@ -134,14 +167,23 @@ class Engine:
         ff = self.fast_forward and hasattr(self.cost_model, "price_decode")
         carried_preemptions = 0
         deferred = self.deferred
+        staged = self._staged
+        prev_start_s: float | None = None  # start of the step that just ended (async scheduling)
         while True:
-            if not sched.has_work():
+            if not sched.has_work() and not staged:
+                self._step_start_s = None
+                prev_start_s = None
                 self._idle = env.event()
                 yield self._idle
                 self._idle = None
             if env.peek() == env.now:
-                yield env.timeout(0)  # let arrivals due now join this step
-            if ff and not sched.waiting and sched.running and not carried_preemptions:
+                yield env.timeout(0)  # let arrivals due now join this step (staged if async)
+            if staged:
+                # step k+1 was planned when step k launched: it holds what arrived before then
+                self._admit_staged(prev_start_s if sched.has_work() else None)
+                if not sched.has_work():
+                    self._admit_staged(None)
+            if ff and not sched.waiting and sched.running and not carried_preemptions and not staged:
                 if deferred:
                     # a request finishing within MIN_WINDOW_STEPS rules a window out; settling
                     # the deferred requests for nothing would cost more than the check
@@ -154,9 +196,13 @@ class Engine:
                     window = self._decode_window()
                 if window is not None:
                     yield from self._fast_forward(*window)
+                    self._step_start_s = prev_start_s = window[0][-2]  # the window's last step
                     continue
             start_s = env.now
             out = sched.schedule(start_s)
+            if out.is_empty and staged and not out.preempted:
+                self._admit_staged(None)  # the real engine re-plans at once with them
+                out = sched.schedule(start_s)
             if out.is_empty:
                 if out.preempted:
                     # vLLM V1 plans an empty step when the request that needed KV preempted
@@ -172,6 +218,7 @@ class Engine:
             cost = price(out.batch)
             if not cost.total_s > 0:
                 raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {cost.total_s} s")
+            self._step_start_s = prev_start_s = start_s
             yield env.timeout(cost.total_s)
             end_s = env.now
             sampled, finished = sched.update_from_output(out, end_s)

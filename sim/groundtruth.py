@@ -25,7 +25,13 @@ This module only reads files. :func:`point_to_config` turns one measured point i
     distinct prompts in a cycle (``workload.prompt_pool``; the traces show it: 98–99.7 % of
     requests have the prompt length of the request 100 before), so repeats hit vLLM's prefix
     cache for the whole prompt; a stage after the first starts with them cached
-    (``prompt_pool_warm``), as the same server had just served them.
+    (``prompt_pool_warm``), as the same server had just served them. Set C's server also
+    ran with async scheduling (``server.async_scheduling``; its vLLM version is not recorded,
+    the runs date from February 2026, after vLLM turned it on by default): its warm-cache
+    TTFT is 3 ms + 2.3 TPOT at the 1st percentile and ≈ 7 ms + 2.5 TPOT at the median for
+    Llama-2-7B, CodeLlama-34B and Llama-2-70B alike — one step more than a request that joins
+    the next step would see — while set B (vLLM 0.11, no async scheduling) shows client TTFT
+    = server TTFT + 10 ms with the server's TTFT = queue + prefill.
 
 ``study`` (reproduces the mixed-batch study's harness, blis-reference.md §5)
     Every point becomes ``open-loop-at-measured-rate``: synchronous → n_successful/duration,
@@ -282,11 +288,16 @@ def _prefix(point: pd.Series | dict) -> tuple[int, int]:
     return tokens, groups
 
 
+def inference_perf_harness(point: pd.Series | dict) -> bool:
+    """Whether ``point`` was measured with inference-perf (set C)."""
+    return "inference-perf" in str(point.get("harness", ""))
+
+
 def _prompt_pool(point: pd.Series | dict) -> int | None:
     """Distinct prompts of an inference-perf ``shared_prefix`` point (num_groups ×
     num_prompts_per_group, which it sends in a cycle), else None (every prompt unique)."""
     groups, per_group = _extra(point, "num_groups"), _extra(point, "num_prompts_per_group")
-    if "inference-perf" in str(point.get("harness", "")) and groups and per_group:
+    if inference_perf_harness(point) and groups and per_group:
         return groups * per_group
     return None
 
@@ -408,6 +419,9 @@ def point_to_config(
                 "prefix_groups": prefix_groups,
                 "trace": {"path": str(trace_file), "benchmark_index": int(point["benchmark_index"]), "only_ok": True},
             }
+            if inference_perf_harness(point):
+                # see the module docstring: set C's TTFT holds one more step than set B's
+                d["server"]["async_scheduling"] = True
             pool = _prompt_pool(point)
             if pool is not None:
                 # inference-perf cycles through its prompts, and its stages run back to back on
@@ -468,7 +482,7 @@ def measured_for_point(point: pd.Series | dict, gt_dir: str | Path, cfg: RunConf
     meas = {c: _num(point.get(c)) for c in MEASURED_COLUMNS}
     meas = {k: (math.nan if v is None else v) for k, v in meas.items()}
     source = "points.csv"
-    inference_perf = "inference-perf" in str(point.get("harness", ""))
+    inference_perf = inference_perf_harness(point)
     tr = cfg.workload.trace
     if tr is not None and (cfg.workload.num_requests is not None or inference_perf):
         rows = trace_rows(gt_dir, point, cfg.workload.num_requests)

@@ -31,6 +31,7 @@ from .config import (
 )
 from .cost import COST_MODELS
 from .engine import Engine, SimEnvironment
+from .entities import Request
 from .errors import ConfigError
 from .hardware import GpuSpec, resolve_gpu
 from .metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, steps_frame, summarize
@@ -170,6 +171,7 @@ class Simulation:
             kv_capacity_tokens=self.limits["kv_capacity_tokens"],
             max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else self.limits["max_num_batched_tokens"],
             fast_forward=fast_forward,
+            async_scheduling=cfg.server.async_scheduling,
         )
         from .calibration import effective_knobs
 
@@ -177,7 +179,9 @@ class Simulation:
             "frontend_latency_ms": cfg.cost.frontend_latency_ms, "frontend_us_per_prompt_token": cfg.cost.frontend_us_per_prompt_token}
         frontend_ms = knobs.get("frontend_latency_ms") or 0.0
         per_token_us = knobs.get("frontend_us_per_prompt_token") or 0.0
-        submit = self.engine.submit if not (frontend_ms or per_token_us) else self._frontend(float(frontend_ms) * 1e-3, float(per_token_us) * 1e-6)
+        self.num_sent = 0  # requests the client has sent (ids 0..num_sent-1: sends follow id order)
+        self._in_frontend: dict[int, Request] = {}  # sent, not yet handed to the engine
+        submit = self._counted(self.engine.submit) if not (frontend_ms or per_token_us) else self._frontend(float(frontend_ms) * 1e-3, float(per_token_us) * 1e-6)
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, submit, self.workload, cfg.arrival, self.streams)
 
     def _frontend(self, latency_s: float, per_prompt_token_s: float = 0.0):
@@ -186,16 +190,27 @@ class Simulation:
         tokenization and hand-off to the engine), with the send time as its arrival: TTFT, E2E
         and queue delay include the latency. Equal delays keep the send order; a longer prompt
         sent earlier can reach the engine after a shorter one, as it would."""
-        env, engine = self.env, self.engine
+        env, engine, pending = self.env, self.engine, self._in_frontend
 
         def deliver(req, sent_s: float):
             yield env.timeout(latency_s + per_prompt_token_s * req.prompt_tokens)
+            del pending[req.request_id]
             engine.submit(req, sent_s)
 
         def submit(req) -> None:
+            pending[req.request_id] = req
             env.process(deliver(req, env.now))
 
-        return submit
+        return self._counted(submit)
+
+    def _counted(self, submit):
+        """``submit`` that also counts the requests sent (for the horizon's bookkeeping)."""
+
+        def counted(req) -> None:
+            self.num_sent += 1
+            submit(req)
+
+        return counted
 
     def run(self, progress=None) -> SimResult:
         """Run to the horizon (or until every request left) and tabulate. Call once.
@@ -217,10 +232,12 @@ class Simulation:
         sync = getattr(self.scheduler, "sync", None)
         if sync is not None:  # deferred decodes: bring running requests up to date
             sync()
-        # Requests are created and submitted in id order, so ids >= num_submitted were never sent.
-        for req in sorted([*self.scheduler.waiting, *self.scheduler.running], key=lambda r: r.request_id):
+        # Requests are sent in id order, so ids >= num_sent were never sent. A sent request is
+        # in the API server (frontend delay), staged (async scheduling) or in the scheduler.
+        inside = [*self.scheduler.waiting, *self.scheduler.running, *self.engine.staged_requests, *self._in_frontend.values()]
+        for req in sorted(inside, key=lambda r: r.request_id):
             sink.on_request_done(req, "in_flight")
-        for i in range(self.engine.num_submitted, total):
+        for i in range(self.num_sent, total):
             sink.add_record(request_record(self.workload.make_request(i), "not_sent"))
         if progress is not None:
             progress(total, total)

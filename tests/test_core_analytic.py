@@ -140,3 +140,41 @@ def test_per_prompt_token_frontend_time_shifts_ttft_by_prompt_length(strategy):
     for col in ("ttft_s", "e2e_s", "queue_delay_s"):
         assert (late[col] - base[col]).to_numpy() == pytest.approx(expect, abs=1e-9), col
     assert late["tpot_s"].to_numpy() == pytest.approx(base["tpot_s"].to_numpy(), rel=1e-9)
+
+
+def _replay(tmp_path, rows, **over):
+    p = tmp_path / "trace.csv"
+    p.write_text("start_offset_s,prompt_tokens,output_tokens\n" + "".join(f"{t},{pr},{o}\n" for t, pr, o in rows))
+    return simulate(_fixed(1, 1, workload={"num_requests": None, "trace": {"path": str(p)}}, arrival={"strategy": "replay"}, **over))
+
+
+@pytest.mark.parametrize("offset_steps,sync_steps,async_steps", [(0.2, 1.8, 2.8), (1.0, 1.0, 2.0), (2.5, 1.5, 2.5)])
+def test_async_scheduling_admits_a_request_into_the_step_after_next(tmp_path, offset_steps, sync_steps, async_steps):
+    """GIVEN request A at t=0 decoding for 4 steps of Δ and B arriving at offset·Δ WHEN the
+    scheduler plans step k+1 at the launch of step k (async) THEN B, arriving during step k
+    (or as it ends), first runs in step k+2: its TTFT grows by one step. Without async B runs
+    in the next step. A's latencies do not change."""
+    rows = [(0.0, 100, 5), (offset_steps * STEP_S, 50, 3)]
+    plain = _replay(tmp_path, rows).requests.set_index("request_id")
+    fast = _replay(tmp_path, rows, server={"async_scheduling": True}).requests.set_index("request_id")
+    assert plain.loc[1, "ttft_s"] == pytest.approx(sync_steps * STEP_S, rel=1e-9)
+    assert fast.loc[1, "ttft_s"] == pytest.approx(async_steps * STEP_S, rel=1e-9)
+    assert fast.loc[0, "e2e_s"] == pytest.approx(plain.loc[0, "e2e_s"], rel=1e-12)
+
+
+def test_async_scheduling_admits_at_once_on_an_idle_engine_or_an_empty_plan(tmp_path):
+    """GIVEN an idle engine THEN a request runs at once (closed-loop runs are unchanged);
+    GIVEN the only running request finishing in the step during which B arrives THEN the
+    planned next step would be empty and B joins it (the real engine re-plans at once)."""
+    sync = dict(arrival={"strategy": "synchronous"}, workload={"num_requests": 5})
+    a = simulate(_fixed(300, 20, **sync)).requests
+    b = simulate(_fixed(300, 20, server={"async_scheduling": True}, **sync)).requests
+    assert a[["ttft_s", "e2e_s"]].to_numpy().tolist() == b[["ttft_s", "e2e_s"]].to_numpy().tolist()
+    req = _replay(tmp_path, [(0.0, 100, 1), (0.4 * STEP_S, 50, 2)], server={"async_scheduling": True}).requests.set_index("request_id")
+    assert req.loc[1, "ttft_s"] == pytest.approx(1.6 * STEP_S, rel=1e-9)
+
+
+def test_async_staged_requests_count_as_in_flight_at_the_horizon(tmp_path):
+    res = _replay(tmp_path, [(0.0, 100, 50), (0.5 * STEP_S, 50, 3)], server={"async_scheduling": True}, horizon_s=1.2 * STEP_S)
+    st = res.requests.set_index("request_id")["status"]
+    assert st.loc[0] == "in_flight" and st.loc[1] == "in_flight" and len(res.requests) == 2

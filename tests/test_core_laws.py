@@ -187,3 +187,23 @@ def test_requests_frame_columns_have_units():
             continue
         pytest.fail(f"column without a unit suffix: {col}")
     assert isinstance(res.requests, pd.DataFrame)
+
+
+def test_horizon_bookkeeping_with_a_per_token_frontend_records_each_request_once():
+    """GIVEN a per-prompt-token frontend delay (a later, shorter prompt can reach the engine
+    before an earlier, longer one) and a horizon that cuts the run WHEN tabulated THEN every
+    request appears exactly once: sent ones finished or in flight (in the API server too),
+    the rest not sent — never a duplicate or a gap."""
+    for horizon_s in (0.1, 0.2, 0.3, 0.5):
+        cfg = make_config(
+            cost={"model": "fixed", "fixed_step_s": 0.01, "frontend_us_per_prompt_token": 1000.0},
+            workload={"num_requests": 50, "prompt_tokens": {"dist": "uniform", "min": 1, "max": 100}},
+            arrival={"strategy": "poisson", "rate_rps": 100.0},
+            server={"async_scheduling": horizon_s > 0.2},
+            horizon_s=horizon_s,
+        )
+        req = simulate(cfg).requests
+        assert sorted(req["request_id"]) == list(range(50))
+        sent = req[req["status"] != "not_sent"]
+        assert (sent["arrival_s"] <= horizon_s).all()
+        assert (req[req["status"] == "not_sent"]["request_id"] > sent["request_id"].max()).all()

@@ -127,6 +127,7 @@ def run_configs(draw, arrivals=ARRIVALS, horizon: bool = True, kv_sizes=KV_SIZES
         "enable_prefix_caching": draw(st.booleans()),
         "long_prefill_token_threshold": draw(st.one_of(st.just(0), st.integers(1, 2048))),
         "num_gpu_blocks": max(1, min(3000, math.ceil(kv_tokens / block_size))),
+        "async_scheduling": draw(st.integers(0, 3)) == 0,
     }
     if draw(st.integers(0, 5)) == 0:
         server["max_model_len"] = draw(st.integers(1, 4096))

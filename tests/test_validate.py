@@ -181,6 +181,7 @@ def test_point_to_config_guidellm_each_strategy(pts):
     assert c.server.max_num_seqs == 128 and c.server.max_num_batched_tokens == 2048
     # inference-perf cycles through num_groups x num_prompts_per_group prompts; stage 0 starts cold
     assert c.workload.prompt_pool == 100 and not c.workload.prompt_pool_warm
+    assert c.server.async_scheduling and not sync.server.async_scheduling  # set C only (see groundtruth)
     assert sync.workload.prompt_pool is None and a.workload.prompt_pool is None  # guidellm: unique prompts
 
 
