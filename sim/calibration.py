@@ -208,7 +208,7 @@ def calibration_formulas(cal: Mapping[str, Any]) -> list[str]:
 
 
 def calibration_for(cfg) -> dict[str, Any]:
-    """``cfg``'s calibration (``cost.calibration``) as fitted for ``cfg.cost.formula``: the
+    """``cfg``'s calibration (``cost.calibration``) as fitted for its formula (:func:`effective_formula`): the
     file's top level for its primary formula, else that formula's section of ``formulas``
     laid over it (knobs, residuals, bootstrap replicates). Knobs depend on the formula they
     were fitted with, so a formula the file lacks is a ConfigError, never a silent mismatch.
@@ -216,7 +216,7 @@ def calibration_for(cfg) -> dict[str, Any]:
     from .cost.combine import FORMULAS
 
     name = cfg.cost.calibration
-    formula = cfg.cost.formula
+    formula = effective_formula(cfg)
     FORMULAS.get(formula, "cost.formula")  # an unknown formula is reported as such first
     return calibration_section(load_calibration(name), formula, name)
 
@@ -273,6 +273,18 @@ def _effective_setting(cfg, key: str, is_valid: Callable[[Any], bool], expected:
                 raise ConfigError(f"calibration {name!r}: {key} must be {expected}, got {value!r}")
             return value
     return default
+
+
+DEFAULT_FORMULA = "weighted-average"  # the seed simulator's default mixed-batch formula
+
+
+def effective_formula(cfg) -> str:
+    """The mixed-batch formula for ``cfg``: its own ``cost.formula`` if set, else its
+    calibration's primary formula (``formula`` at the YAML's top level: the one its knobs at
+    the top level were fitted with), else weighted-average (the seed's)."""
+    from .cost.combine import FORMULAS
+
+    return _effective_setting(cfg, "formula", lambda v: isinstance(v, str) and v in FORMULAS, f"one of {', '.join(FORMULAS)}", DEFAULT_FORMULA)
 
 
 def effective_mfu_lookup(cfg) -> str:

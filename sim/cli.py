@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .calibration import effective_formula
 from .config import RunConfig, merge, parse_run_config
 from .errors import ConfigError, ServesimError
 from .formats import convert
@@ -448,7 +449,7 @@ def run(config: str | None, **kwargs: Any) -> None:
         write_figure(out / "plots" / "batch_composition.png", batch_composition(res))
     s = res.summary
     label = cfg.arrival.strategy + (f"@{cfg.arrival.rate_rps:g}" if cfg.arrival.rate_rps else "")
-    out_console.print(summary_table([(label, cfg.arrival.rate_rps, s, None)], f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{cfg.cost.formula}"))
+    out_console.print(summary_table([(label, cfg.arrival.rate_rps, s, None)], f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}"))
     if ivs:
         out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
     out_console.print(
@@ -525,13 +526,13 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     if not opts["no_plots"]:
         from .plots import batch_composition, latency_vs_rate, throughput_vs_offered
 
-        title = f"{cfg.model}, {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.formula}"
+        title = f"{cfg.model}, {cfg.tensor_parallel_size}x {cfg.gpu}, {effective_formula(cfg)}"
         write_figure(out / "plots" / "latency_vs_rate.png", latency_vs_rate(result, title, ivs or None))
         write_figure(out / "plots" / "throughput_vs_offered.png", throughput_vs_offered(result, title))
         busiest = max(result.points, key=lambda p: p.result.summary["mean_batch_tokens"])  # the most loaded point
         write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
-    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{cfg.cost.formula}"))
+    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}"))
     if ivs:
         out_console.print(interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)],
                                          f"prediction intervals (calibration {cfg.cost.calibration})"))
@@ -641,7 +642,7 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
     flags, opts = _split(kwargs)
     cfg, fmt = build_config(config, flags, opts["sets"])
     policies = _csv(policies_text) or [cfg.scheduler.policy]
-    formulas = _csv(formulas_text) or [cfg.cost.formula]
+    formulas = _csv(formulas_text) or [effective_formula(cfg)]
     rates = [_float(r, "--rates") for r in _csv(rates_text)] if rates_text else None
     out = _out_dir(opts, "compare")
     with _Progress(opts["quiet"], "compare") as prog:

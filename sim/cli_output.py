@@ -106,13 +106,15 @@ def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stab
 
 
 def header(cfg) -> dict:
+    from .calibration import effective_formula
+
     return {
         "servesim_version": __version__,
         "model": cfg.model,
         "gpu": cfg.gpu,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "cost_model": cfg.cost.model,
-        "formula": cfg.cost.formula,
+        "formula": effective_formula(cfg),
         "gemm_m": cfg.cost.gemm_m,
         "policy": cfg.scheduler.policy,
         "seed": cfg.seed,

@@ -78,7 +78,9 @@ class CostConfig(_Strict):
     """Step-cost model selection and calibration knobs."""
 
     model: str = Field("roofline", description="cost model name: roofline | fixed | linear")
-    formula: str = Field("weighted-average", description="mixed-batch formula (roofline only)")
+    formula: str | None = Field(
+        None, description="mixed-batch formula (roofline only); None = the calibration's (cost.calibration), else weighted-average"
+    )
     gemm_m: Literal["tokens", "requests"] = Field(
         "tokens", description="GEMM M dimension: token count (physical) or request count (reproduces the seed study)"
     )
@@ -113,7 +115,7 @@ class CostConfig(_Strict):
         None, description="context at which a decode step's attention is priced: max (the seed's: every request at the batch's longest context) or mean (Σ contexts / N: the kernel reads each request's own KV); None = the calibration's, else max"
     )
     calibration: str | None = Field(
-        None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs left unset with those fitted for cost.formula"
+        None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs (and the formula and settings) left unset with those it fitted for cost.formula"
     )
     # fixed / linear test models
     fixed_step_s: float = Field(0.01, gt=0, description="fixed model: seconds per step")

@@ -253,10 +253,12 @@ class Simulation:
             step_df = sink.steps_frame()
             itls = np.asarray(sink.itls_s, dtype=float)
             summary = summarize(req_df, sink.step_stats(), itls if cfg.record_itls else None)
+        from .calibration import effective_formula
+
         derived = dict(
             self.limits,
             cost_model=self.cost_model.name,
-            formula=cfg.cost.formula,
+            formula=effective_formula(cfg) if cfg.cost.model == "roofline" else cfg.cost.formula,
             policy=cfg.scheduler.policy,
             end_s=float(self.env.now),
             num_steps=self.engine.num_steps,

@@ -454,6 +454,32 @@ def test_calibration_knobs_follow_the_formula(tmp_path):
         effective_knobs(bad)
 
 
+def test_an_unset_formula_is_the_calibrations_primary_one(tmp_path):
+    """A calibration is a fitted model, formula included: a config that names no formula
+    runs the calibration's primary formula with its knobs; a named formula wins; without a
+    calibration the seed's weighted average is used. Bad primary formulas are errors."""
+    from sim.calibration import effective_formula
+    from sim.simulation import Simulation
+
+    p = _two_formula_calibration(tmp_path)
+    doc = yaml.safe_load(p.read_text())
+    doc["formula"] = "additive"  # primary: additive at the top level, weighted-average in a section
+    doc["knobs"], doc["formulas"] = doc["formulas"]["additive"]["knobs"], {"weighted-average": {"knobs": doc["knobs"]}}
+    p.write_text(yaml.safe_dump(doc))
+    unset = parse_run_config({"workload": {"num_requests": 5}, "cost": {"calibration": str(p)}})
+    assert unset.cost.formula is None and effective_formula(unset) == "additive"
+    assert effective_knobs(unset)["per_step_overhead_us"] == 700.0
+    sim = Simulation(unset)
+    assert sim.cost_model.formula == "additive" and sim.run().derived["formula"] == "additive"
+    named = parse_run_config({"cost": {"calibration": str(p), "formula": "weighted-average"}})
+    assert effective_formula(named) == "weighted-average" and effective_knobs(named)["per_step_overhead_us"] == 100.0
+    assert effective_formula(parse_run_config({})) == "weighted-average"
+    doc["formula"] = "sideways"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="formula must be one of"):
+        effective_formula(parse_run_config({"cost": {"calibration": str(p)}}))
+
+
 def test_cli_formula_missing_from_calibration_exits_2(tmp_path):
     p = str(_two_formula_calibration(tmp_path))
     r = CliRunner().invoke(main, ["run", "--num-requests", "5", "--set", f"cost.calibration={p}", "--set", "cost.formula=max",

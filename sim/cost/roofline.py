@@ -521,6 +521,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
     from ..calibration import (  # cost.calibration fills what is unset
         effective_decode_attention_context,
         effective_decode_kv_read_fraction,
+        effective_formula,
         effective_knobs,
         effective_mfu_lookup,
     )
@@ -533,7 +534,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
         cfg.model,
         cfg.gpu,
         cfg.tensor_parallel_size,
-        c.formula,
+        effective_formula(cfg),
         c.gemm_m,
         effective_mfu_lookup(cfg),
         c.bench_data_dir,
