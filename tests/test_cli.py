@@ -26,7 +26,7 @@ def invoke(*args):
 
 def test_run_writes_tables_summary_and_config(tmp_path):
     out = tmp_path / "r"
-    res = invoke("run", *FAST, "--strategy", "poisson", "--rate", "4", "-o", str(out), "--max-num-seqs", "64")
+    res = invoke("run", *FAST, "--strategy", "poisson", "--rate", "4", "-o", str(out), "--max-num-seqs", "64", "--async-scheduling")
     assert res.exit_code == 0, res.output
     req = pd.read_parquet(out / "runs/run/requests.parquet")
     steps = pd.read_parquet(out / "runs/run/steps.parquet")
@@ -37,7 +37,7 @@ def test_run_writes_tables_summary_and_config(tmp_path):
     assert s["num_finished"] == 40
     assert s["ttft_mean_ms"] == pytest.approx(req["ttft_s"].mean() * 1e3)
     assert s["num_steps"] == len(steps)
-    assert cfg["server"]["max_num_seqs"] == 64 and cfg["arrival"]["rate_rps"] == 4.0
+    assert cfg["server"]["max_num_seqs"] == 64 and cfg["arrival"]["rate_rps"] == 4.0 and cfg["server"]["async_scheduling"]
     assert summary["cost_model"] == "linear" and summary["formula"] == "weighted-average"
     assert "finished" in res.output and "TTFT" in res.output
 
