@@ -319,7 +319,7 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
 
 @click.command()
 @click.option("--ground-truth", "ground_truth", required=True, help="Measured data directory (points.csv, requests/, requests_server/).")
-@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to validate (repeatable; default weighted-average).")
+@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to validate (repeatable; default: the calibration's, else weighted-average).")
 @click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), default="tokens", show_default=True, help="GEMM M sizing.")
 @click.option("--mode", type=click.Choice(list(MODES)), default="guidellm", show_default=True,
               help="guidellm: our arrival semantics and each run's vLLM limits; study: the mixed-batch study's harness.")
@@ -360,7 +360,9 @@ def validate(ground_truth, formulas, gemm_m, mode, bench_data, max_requests_per_
             def many(cfgs):
                 return run_many(cfgs, executor, workers, prog.phase("points", len(cfgs)), ray_address)
 
-            v = run_validation(ground_truth, many, formulas=formulas or (DEFAULT_FORMULA,), gemm_ms=(gemm_m,), mode=mode,
+            from .calibration import effective_formula
+
+            v = run_validation(ground_truth, many, formulas=formulas or (effective_formula(base),), gemm_ms=(gemm_m,), mode=mode,
                                bench_data_dir=bench_data, max_requests_per_point=max_requests_per_point,
                                experiments=experiments, base=base)
         out = Path(output_dir)

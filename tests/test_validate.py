@@ -273,6 +273,10 @@ def test_cli_calibration_changes_the_simulated_values(tmp_path):
     assert r.exit_code == 0, r.output
     a, b = (pd.read_csv(tmp_path / d / "points.csv") for d in ("a", "b"))
     assert len(a) == len(b) and not np.allclose(a["sim"], b["sim"], equal_nan=True)
+    # without --formula: the seed's weighted average, or the calibration's primary formula
+    from sim.calibration import load_calibration
+
+    assert set(a["formula"]) == {"weighted-average"} and set(b["formula"]) == {load_calibration("h100")["formula"]}
 
 
 def test_study_script_tables_and_criteria():
