@@ -68,6 +68,9 @@ DEFAULT_FIT_MAX_REQUESTS = 200
 DEFAULT_EVAL_MAX_REQUESTS = 1000
 DEFAULT_BOOTSTRAP = 8
 DEFAULT_MAXFEV = 50
+# the formula that cross-validated best on the shipped H100 data (docs/calibration.md:
+# smooth-wa 11.5 / 6.5 / 8.3 % CV E2E / TPOT / TTFT, weighted-average 32.1 / 14.8 / 43.6 %)
+DEFAULT_CALIBRATE_FORMULA = "smooth-wa"
 TARGETS = {"e2e_mean": 0.08, "tpot_mean": 0.08, "ttft_mean": 0.15}
 
 SummariesFn = Callable[[list[RunConfig]], list[dict]]
@@ -415,7 +418,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.command()
 @click.option("--ground-truth", "ground_truth", help="Measured data directory (points.csv, requests/).")
 @click.option("--bench-data", type=click.Path(file_okay=False), help="bench_data/ for MFU tables (default: <ground-truth>/bench_data if present).")
-@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to calibrate (repeatable; default weighted-average). Each is saved; the first is the primary.")
+@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to calibrate (repeatable; default smooth-wa, the best cross-validated). Each is saved; the first is the primary.")
 @click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), default="tokens", show_default=True)
 @click.option("--knob", "knobs", multiple=True, help=f"Knobs to fit (repeatable; default {', '.join(DEFAULT_FIT_KNOBS)}).")
 @click.option("--mfu-lookup", type=click.Choice(["interpolate", "nearest"]), default="interpolate", show_default=True,
@@ -488,7 +491,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_att
             raise ConfigError(f"--knob: unknown knob(s) {', '.join(bad)}; known: {', '.join(KNOB_NAMES)}")
         from .cost.combine import FORMULAS
 
-        fl = tuple(formulas) or ("weighted-average",)
+        fl = tuple(formulas) or (DEFAULT_CALIBRATE_FORMULA,)
         for f in fl:
             FORMULAS.get(f, "--formula")
         bd = bench_data

@@ -275,14 +275,11 @@ def _effective_setting(cfg, key: str, is_valid: Callable[[Any], bool], expected:
     return default
 
 
-DEFAULT_FORMULA = "weighted-average"  # the seed simulator's default mixed-batch formula
-
-
 def effective_formula(cfg) -> str:
     """The mixed-batch formula for ``cfg``: its own ``cost.formula`` if set, else its
     calibration's primary formula (``formula`` at the YAML's top level: the one its knobs at
     the top level were fitted with), else weighted-average (the seed's)."""
-    from .cost.combine import FORMULAS
+    from .cost.combine import DEFAULT_FORMULA, FORMULAS
 
     return _effective_setting(cfg, "formula", lambda v: isinstance(v, str) and v in FORMULAS, f"one of {', '.join(FORMULAS)}", DEFAULT_FORMULA)
 

@@ -258,7 +258,7 @@ class Simulation:
         derived = dict(
             self.limits,
             cost_model=self.cost_model.name,
-            formula=effective_formula(cfg) if cfg.cost.model == "roofline" else cfg.cost.formula,
+            formula=effective_formula(cfg),
             policy=cfg.scheduler.policy,
             end_s=float(self.env.now),
             num_steps=self.engine.num_steps,

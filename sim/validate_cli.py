@@ -26,6 +26,7 @@ import click
 import pandas as pd
 
 from .config import RunConfig, parse_run_config
+from .cost.combine import DEFAULT_FORMULA
 from .errors import ConfigError
 from .groundtruth import (
     DEFAULT_MAX_REQUESTS_PER_POINT,
@@ -36,8 +37,6 @@ from .groundtruth import (
     point_to_config,
 )
 from .validate import HEADLINE_METRICS, compare_points, mape_table, overload_flags, step_check
-
-DEFAULT_FORMULA = "weighted-average"
 
 
 @dataclass

@@ -71,6 +71,7 @@ class PhaseTerms:
 
 Formula = Callable[[PhaseTerms], float]
 FORMULAS: Registry[Formula] = Registry("mixed-batch formula")
+DEFAULT_FORMULA = "weighted-average"  # the seed simulator's default (used when nothing names one)
 
 
 def _token_weighted(t: PhaseTerms) -> float:
