@@ -181,7 +181,7 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
     # the seed model: seed knobs and the seed's MFU lookup, whatever the calibration uses
     seed_cfgs = [with_knobs(c, seed) for c in eval_pb.configs]
     seed_cfgs = [
-        c.model_copy(update={"cost": c.cost.model_copy(update={"mfu_lookup": "nearest", "decode_attention_context": "max", "decode_kv_read_fraction": None})}) for c in seed_cfgs
+        c.model_copy(update={"cost": c.cost.model_copy(update={"mfu_lookup": "nearest", "decode_attention_context": "max", "decode_kv_read_fraction": None, "lm_head_reads": None})}) for c in seed_cfgs
     ]
     sims_seed = sim_matrix(summaries(seed_cfgs), REPORT_METRICS)
     sims_fit = sim_matrix(eval_ev.summaries(fit.knobs, all_idx), REPORT_METRICS)
@@ -264,7 +264,8 @@ def render_report(results: list[FormulaResult], settings: dict) -> str:
              f"fit cap {settings['fit_max_requests']} requests/point, evaluation cap {settings['eval_max_requests']}; "
              f"{settings['n_bootstrap']} bootstrap replicates; level {settings['level']:.0%}; wall {settings['wall_s']:.0f} s. "
              f"Cost model: gemm_m {settings['gemm_m']}, MFU lookup {settings['mfu_lookup']}, decode attention at the "
-             f"{settings['decode_attention_context']} context, decode KV read fraction {settings['decode_kv_read_fraction']:g}. "
+             f"{settings['decode_attention_context']} context, decode KV read fraction {settings['decode_kv_read_fraction']:g}, "
+             f"LM head {'read every step' if settings.get('lm_head_reads') else 'not read (layers only)'}. "
              + (f"LOEO folds refitted by simulation ({settings['cv_refit_maxfev']} simulations each, from the linearised fold knobs)."
                 if settings.get("cv_refit_maxfev") else "LOEO folds from the linearised refit (one-step jackknife)."), ""]
     lines += ["## Fitted knobs", ""]
@@ -340,6 +341,7 @@ def calibration_document(results: Sequence[FormulaResult], settings: dict, name:
         "mfu_lookup": settings["mfu_lookup"],
         "decode_attention_context": settings["decode_attention_context"],
         "decode_kv_read_fraction": settings["decode_kv_read_fraction"],
+        "lm_head_reads": settings["lm_head_reads"],
         "knobs": first["knobs"],
         "fitted_knobs": first["fitted_knobs"],
         "provenance": {
@@ -427,6 +429,9 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
               help="Context at which decode attention is priced (max = the seed's: every request at the batch's longest context).")
 @click.option("--decode-kv-read-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Share of each request's KV a decode step reads (κ; the seed's 0.8 is a re-use discount, 1 streams it all).")
+@click.option("--lm-head-reads/--no-lm-head-reads", default=False, show_default=True,
+              help="Every step reads the LM head's weights besides the layers' (off: the layers only, as the seed; "
+                   "on cross-validated worse on the H100 data, docs/calibration.md).")
 @click.option("--fix", "fixes", multiple=True, metavar="KNOB=VALUE",
               help="Hold a knob at a value instead of fitting it (repeatable), e.g. allreduce_bw_gbps=450.")
 @click.option("--gpu", help="Calibrate the points of this GPU only (required when the data mixes GPUs).")
@@ -446,7 +451,7 @@ def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], su
 @click.option("--list", "list_only", is_flag=True, help="List the shipped calibrations and exit.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_attention_context, decode_kv_read_fraction, knobs, fixes, gpu, experiments, fit_max_requests, eval_max, maxfev,
+def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_attention_context, decode_kv_read_fraction, lm_head_reads, knobs, fixes, gpu, experiments, fit_max_requests, eval_max, maxfev,
               cv_refit_maxfev, n_boot, level, name, seed, executor, workers, output_dir, list_only, no_plots, quiet) -> None:
     """Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate
     leave-one-experiment-out, bootstrap prediction intervals, and save the calibration."""
@@ -504,7 +509,7 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_att
 
         base = parse_run_config(
             {"seed": seed, "cost": {"model": "roofline", "mfu_lookup": mfu_lookup, "decode_attention_context": decode_attention_context,
-                                     "decode_kv_read_fraction": decode_kv_read_fraction}}
+                                     "decode_kv_read_fraction": decode_kv_read_fraction, "lm_head_reads": lm_head_reads}}
         )
         t_start = time.perf_counter()
         results = []
@@ -523,7 +528,8 @@ def calibrate(ground_truth, bench_data, formulas, gemm_m, mfu_lookup, decode_att
         settings = {
             "command": "servesim calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "servesim calibrate",
             "ground_truth": str(ground_truth), "bench_data": bd, "gpu": gpu_name, "gemm_m": gemm_m, "mfu_lookup": mfu_lookup,
-            "decode_attention_context": decode_attention_context, "decode_kv_read_fraction": decode_kv_read_fraction, "knobs": list(names), "fixed": fixed,
+            "decode_attention_context": decode_attention_context, "decode_kv_read_fraction": decode_kv_read_fraction,
+            "lm_head_reads": lm_head_reads, "knobs": list(names), "fixed": fixed,
             "n_points": len(pts), "n_experiments": pts["experiment"].nunique(), "n_overloaded": int(pts["overloaded"].sum()),
             "fit_max_requests": fit_max_requests, "eval_max_requests": eval_max, "n_bootstrap": n_boot, "level": level,
             "cv_refit_maxfev": cv_refit_maxfev,

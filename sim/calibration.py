@@ -309,6 +309,12 @@ def effective_decode_kv_read_fraction(cfg) -> float | None:
     return None if value is None else float(value)
 
 
+def effective_lm_head_reads(cfg) -> bool:
+    """Whether ``cfg``'s steps read the LM head: its own ``cost.lm_head_reads`` if set, else its
+    calibration's, else False (the seed's: transformer layers only)."""
+    return bool(_effective_setting(cfg, "lm_head_reads", lambda v: isinstance(v, bool), "true or false", False))
+
+
 # ---------------------------------------------------------------------------- the problem
 
 

@@ -111,6 +111,9 @@ class CostConfig(_Strict):
     decode_kv_read_fraction: float | None = Field(
         None, gt=0, le=1, description="share of each decoding request's KV cache a decode step reads from HBM (κ): 1 = all of it (physical: attention streams the whole KV); None = the calibration's, else the seed's 0.8"
     )
+    lm_head_reads: bool | None = Field(
+        None, description="every step reads the LM head's weights (vocab x hidden, split by TP) besides the layers' (physical: the logits GEMM streams them whatever the rows); None = the calibration's, else the seed's false (layers only)"
+    )
     decode_attention_context: Literal["max", "mean"] | None = Field(
         None, description="context at which a decode step's attention is priced: max (the seed's: every request at the batch's longest context) or mean (Σ contexts / N: the kernel reads each request's own KV); None = the calibration's, else max"
     )

@@ -134,6 +134,13 @@ class ModelSpec:
         return float(self.num_layers * per_layer) * self.bytes_per_param
 
     @property
+    def lm_head_bytes(self) -> float:
+        """Bytes of the LM head (vocab × hidden), whole model: the logits GEMM reads all of it on
+        every step that samples, however few rows it has (tied embeddings share the storage,
+        but the read is the same)."""
+        return float(self.vocab_size * self.hidden_size) * self.bytes_per_param
+
+    @property
     def active_params_per_token(self) -> int:
         """Layer parameters one token multiplies by (MoE: active experts only); FLOPs ≈ 2× this."""
         per_layer = self._attn_params_per_layer() + self.active_experts * 3 * self.hidden_size * self.intermediate_size

@@ -274,6 +274,18 @@ def test_calibration_chooses_the_decode_attention_context_unless_the_config_does
         effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(bad)}}))
 
 
+def test_calibration_chooses_lm_head_reads_unless_the_config_does(tmp_path):
+    from sim.calibration import effective_lm_head_reads
+
+    p = _write_cal(tmp_path, lm_head_reads=True)
+    assert effective_lm_head_reads(parse_run_config({})) is False  # the seed's: layers only
+    assert effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(p)}})) is True
+    assert effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(p), "lm_head_reads": False}})) is False
+    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(p)}})).lm_head_reads is True
+    with pytest.raises(ConfigError, match="lm_head_reads must be true or false"):
+        effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path, lm_head_reads="yes"))}}))
+
+
 def test_calibration_chooses_the_decode_kv_read_fraction_unless_the_config_does(tmp_path):
     from sim.calibration import effective_decode_kv_read_fraction
 
@@ -409,6 +421,7 @@ def test_cli_calibrate_on_fixture(tmp_path):
     assert "Leave" in (out / "report.md").read_text() or "leave-one-experiment-out" in (out / "report.md").read_text()
     assert doc["mfu_lookup"] == "interpolate"  # the default the calibration records
     assert doc["decode_attention_context"] == "mean" and doc["decode_kv_read_fraction"] == 1.0  # likewise
+    assert doc["lm_head_reads"] is False  # the default the calibration records (the seed's)
     assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})).decode_kv_read_fraction == 1.0
     cfg = parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})
     assert effective_knobs(cfg)["bw_efficiency"] == pytest.approx(doc["knobs"]["bw_efficiency"])

@@ -28,6 +28,9 @@ MODELS = {
     ("weighted-average", "tokens", "llama-2-7b+mean-attention", 1): COST_MODELS.get("roofline")(
         parse_run_config({"model": "llama-2-7b", "cost": {"decode_attention_context": "mean", "decode_kv_read_fraction": 1.0}})
     ),
+    ("smooth-wa", "tokens", "qwen2.5-7b+lm-head", 1): COST_MODELS.get("roofline")(
+        parse_run_config({"model": "qwen2.5-7b", "cost": {"formula": "smooth-wa", "decode_attention_context": "mean", "lm_head_reads": True}})
+    ),
     ("smooth-wa", "tokens", "llama-2-70b+mean-attention", 4): COST_MODELS.get("roofline")(
         parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"formula": "smooth-wa", "decode_attention_context": "mean"}})
     ),

@@ -456,6 +456,35 @@ def test_decode_kv_read_fraction_prices_the_kv_a_decode_step_streams():
     assert k1.dynamic_bytes(1000, 500) == seed.dynamic_bytes(1000, 500)
 
 
+def test_lm_head_reads_add_the_vocab_projection_to_every_steps_weight_bytes():
+    """With ``lm_head_reads`` each step's memory term grows by τ·V·d·b/BW (the LM head, split by
+    TP, streamed once per step), decode, prefill and mixed alike; compute is unchanged; unset is
+    the seed's layers-only W, bit for bit. Qwen2.5-7B's 152k vocabulary makes it 8 % of W."""
+    from sim.entities import Batch, BatchItem
+
+    for model, tp in (("qwen2.5-7b", 1), ("llama-2-70b", 4)):
+        base = {"model": model, "tensor_parallel_size": tp}
+        seed = COST_MODELS.get("roofline")(parse_run_config(base))
+        off = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"lm_head_reads": False}}))
+        on = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"lm_head_reads": True}}))
+        spec = on.model
+        assert spec.lm_head_bytes == spec.vocab_size * spec.hidden_size * spec.bytes_per_param
+        extra_s = spec.lm_head_bytes / tp / on._bw_bytes_s
+        n, csum, cmax = 32, 32 * 900, 1500
+        assert off.price_decode(n, csum, cmax) == seed.price_decode(n, csum, cmax)
+        cd1, md1, _ = on.decode_terms_aggregate(n, csum, cmax)
+        cd0, md0, _ = seed.decode_terms_aggregate(n, csum, cmax)
+        assert cd1 == cd0 and md1 - md0 == pytest.approx(extra_s, rel=1e-9)
+        assert on.decode_step_fn(n)(csum, cmax) == on.price_decode(n, csum, cmax).total_s
+        cp1, mp1, _ = on.prefill_terms([(0, 700)])
+        cp0, mp0, _ = seed.prefill_terms([(0, 700)])
+        assert cp1 == cp0 and mp1 - mp0 == pytest.approx(extra_s, rel=1e-9)
+        mixed = Batch.of([BatchItem(0, 700, 0, False), BatchItem(1, 1, 900, True)])
+        assert on.price(mixed).total_s > seed.price(mixed).total_s
+    qwen = build_roofline("qwen2.5-7b")
+    assert qwen.model.lm_head_bytes / qwen.model.weights_bytes > 0.08
+
+
 @pytest.mark.parametrize("bad", [0, -0.5, 1.5])
 def test_decode_kv_read_fraction_rejects_out_of_range(bad):
     from sim.errors import ConfigError

@@ -19,6 +19,10 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
   decode κ is ``decode_kv_read_fraction`` (default the seed's 0.80): a decode step's attention
   streams every request's whole KV from HBM (it is far larger than L2), so 1 is the physical
   value, which the shipped calibration uses.
+* **Weights read per step** W: the transformer layers' (v2-pre; embeddings and LM head
+  excluded). With ``lm_head_reads`` (a calibration setting; the seed's is off) W also holds the
+  LM head, V·d·b: the logits GEMM streams it on every step whatever its few rows (8 % of W for
+  Qwen2.5-7B's 152k vocabulary, 2 % for Llama-2-7B's 32k).
 * **Decode** (N requests, contexts pᵢ; v2-pre): ``Cd = G(N) + τ·L·A(N, p*)/(P·mfu_dec(N,
   p*))``; ``Md = τ·(W + ΣD(pᵢ, 1))/BW``. p* is the longest context ``max p`` (the seed's, knob
   ``decode_attention_context='max'``) or the mean ``Σpᵢ/N`` (``'mean'``): a paged decode
@@ -125,6 +129,7 @@ class RooflineCostModel:
         allreduce_latency_us: float | None = None,
         decode_attention_context: DecodeAttentionContext = "max",
         decode_kv_read_fraction: float | None = None,
+        lm_head_reads: bool = False,
     ) -> None:
         if tp < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
@@ -204,7 +209,9 @@ class RooflineCostModel:
         self._peak_flops = gpu.peak_flops
         self._bw_bytes_s = gpu.peak_bw_bytes_s * eta
         self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6 + comm_fixed_s
-        self._weights_bytes = model.weights_bytes
+        self.lm_head_reads = bool(lm_head_reads)
+        # bytes every step streams from HBM besides KV and activations (the seed: layers only)
+        self._weights_bytes = model.weights_bytes + (model.lm_head_bytes if self.lm_head_reads else 0.0)
         self._kv_bytes_per_token = model.kv_bytes_per_token  # 2·L·Hk·dh·b, whole model
         self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.bytes_per_param
         # attention FLOPs per (query token × context token), all layers: L·4·H·dh
@@ -501,6 +508,7 @@ def build_roofline(
     per_layer_overhead_us: float | None = None,
     decode_attention_context: DecodeAttentionContext = "max",
     decode_kv_read_fraction: float | None = None,
+    lm_head_reads: bool = False,
     **knobs: float | None,
 ) -> RooflineCostModel:
     """Convenience constructor from names (used by the factory, scripts and tests); ``knobs``
@@ -512,7 +520,8 @@ def build_roofline(
     )
     return RooflineCostModel(
         spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us,
-        decode_attention_context=decode_attention_context, decode_kv_read_fraction=decode_kv_read_fraction, **knobs,
+        decode_attention_context=decode_attention_context, decode_kv_read_fraction=decode_kv_read_fraction,
+        lm_head_reads=lm_head_reads, **knobs,
     )
 
 
@@ -522,6 +531,7 @@ def _roofline_factory(cfg) -> RooflineCostModel:
         effective_decode_attention_context,
         effective_decode_kv_read_fraction,
         effective_formula,
+        effective_lm_head_reads,
         effective_knobs,
         effective_mfu_lookup,
     )
@@ -542,5 +552,6 @@ def _roofline_factory(cfg) -> RooflineCostModel:
         k.pop("per_layer_overhead_us"),
         effective_decode_attention_context(cfg),
         effective_decode_kv_read_fraction(cfg),
+        effective_lm_head_reads(cfg),
         **k,
     )
