@@ -79,14 +79,17 @@ class KVCacheManager:
         """
         if not self.enable_prefix_caching or req.num_computed_tokens:
             return []
-        limit = (req.num_tokens - 1) // self.block_size
+        self.num_cache_query_tokens += req.num_tokens
+        return self._cached_run(req, (req.num_tokens - 1) // self.block_size)
+
+    def _cached_run(self, req: Request, limit: int) -> list[int]:
+        """The cached blocks holding ``req``'s first blocks, up to ``limit``, stopping at the first miss."""
         hits: list[int] = []
         for i in range(limit):
             block = self._cached.get(self._block_key(req, i))
             if block is None:
                 break
             hits.append(block)
-        self.num_cache_query_tokens += req.num_tokens
         return hits
 
     # -------------------------------------------------------------- mutations
@@ -189,15 +192,13 @@ class KVCacheManager:
         tokens = (req.prompt_tokens // self.block_size) * self.block_size
         if tokens == 0:
             return 0
-        hits = self.get_computed_blocks(req)
-        self.num_cache_query_tokens -= req.num_tokens  # not a request the server saw
+        hits = self._cached_run(req, tokens // self.block_size)  # not a request: no query counted
         cached = len(hits) * self.block_size
         if cached >= tokens:
             return tokens
         if not self.allocate_slots(req, tokens - cached, hits):
             return 0
-        if hits:
-            self.num_cache_hit_tokens -= cached
+        self.num_cache_hit_tokens -= cached  # allocate_slots counted the reused blocks as hits
         self.free(req)
         return tokens
 
