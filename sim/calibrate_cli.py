@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import (
+    CALIBRATION_SETTINGS,
     DEFAULT_FIT_KNOBS,
     FIT_METRICS,
     KNOB_NAMES,
@@ -178,10 +179,10 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
 
     # real simulations: seed model, in-sample fit, cross-validated folds (evaluation cap)
     t0 = time.perf_counter()
-    # the seed model: seed knobs and the seed's MFU lookup, whatever the calibration uses
+    # the seed model: seed knobs and the seed's settings (unset, no calibration: the seed's values)
     seed_cfgs = [with_knobs(c, seed) for c in eval_pb.configs]
     seed_cfgs = [
-        c.model_copy(update={"cost": c.cost.model_copy(update={"mfu_lookup": "nearest", "decode_attention_context": "max", "decode_kv_read_fraction": None, "lm_head_reads": None})}) for c in seed_cfgs
+        c.model_copy(update={"cost": c.cost.model_copy(update=dict.fromkeys(CALIBRATION_SETTINGS))}) for c in seed_cfgs
     ]
     sims_seed = sim_matrix(summaries(seed_cfgs), REPORT_METRICS)
     sims_fit = sim_matrix(eval_ev.summaries(fit.knobs, all_idx), REPORT_METRICS)
@@ -338,10 +339,7 @@ def calibration_document(results: Sequence[FormulaResult], settings: dict, name:
         "gpu": settings["gpu"],
         "formula": results[0].formula,
         "gemm_m": settings["gemm_m"],
-        "mfu_lookup": settings["mfu_lookup"],
-        "decode_attention_context": settings["decode_attention_context"],
-        "decode_kv_read_fraction": settings["decode_kv_read_fraction"],
-        "lm_head_reads": settings["lm_head_reads"],
+        **{k: settings[k] for k in CALIBRATION_SETTINGS},
         "knobs": first["knobs"],
         "fitted_knobs": first["fitted_knobs"],
         "provenance": {

@@ -275,6 +275,11 @@ def _effective_setting(cfg, key: str, is_valid: Callable[[Any], bool], expected:
     return default
 
 
+# Cost settings a calibration records beside its knobs (read back by the effective_* functions
+# below; a config's own value wins, unset = the calibration's, else the seed's).
+CALIBRATION_SETTINGS = ("mfu_lookup", "decode_attention_context", "decode_kv_read_fraction", "lm_head_reads")
+
+
 def effective_formula(cfg) -> str:
     """The mixed-batch formula for ``cfg``: its own ``cost.formula`` if set, else its
     calibration's primary formula (``formula`` at the YAML's top level: the one its knobs at
