@@ -49,14 +49,14 @@ def _child(case: dict) -> dict:
     cfg = parse_run_config(merge(P1, case.get("override", {})))
     t0 = time.perf_counter()
     if case["kind"] == "run":
-        from sim.simulation import Simulation
+        from sim.core.simulation import Simulation
 
         spill = None
         tmp = None
         if case.get("stream"):
             from pathlib import Path
 
-            from sim.cli_output import StreamingParquet
+            from sim.cli.output import StreamingParquet
 
             tmp = tempfile.mkdtemp(prefix="servesim-bench-")
             spill = StreamingParquet({"requests": Path(tmp) / "requests.parquet", "steps": Path(tmp) / "steps.parquet"})
@@ -70,8 +70,8 @@ def _child(case: dict) -> dict:
             "requests_per_wall_s": s["num_requests"] / wall, "steps_per_wall_s": s["num_steps"] / wall,
             "mean_batch_tokens": s["mean_batch_tokens"], "finished": s["num_finished"],
         }
-    from sim.executor import run_many
-    from sim.sweep import run_sweep
+    from sim.studies.executor import run_many
+    from sim.studies.sweep import run_sweep
 
     res = run_sweep(cfg, lambda cfgs: run_many(cfgs, "process"))
     wall = time.perf_counter() - t0

@@ -6,7 +6,7 @@ Usage::
     python scripts/check_guidellm_compat.py path/to/benchmarks.json   # check an existing file
     python scripts/check_guidellm_compat.py                          # simulate a small run, write it to a temp dir, check it
 
-Needs guidellm (0.8.1, the schema ``sim/guidellm_report.py`` matches) importable in the running
+Needs guidellm (0.8.1, the schema ``sim/records/guidellm.py`` matches) importable in the running
 interpreter; servesim itself does not depend on it. guidellm imports torch only for its dataset
 loader, which loading a report never uses; when torch is not installed this script puts a tiny
 stand-in module in ``sys.modules`` so the loader can be imported without torch/CUDA
@@ -150,8 +150,8 @@ def recompute_with_guidellm(bench) -> dict[str, tuple[float, float]]:
 
 def _demo_report(directory: Path) -> Path:
     from sim.config import parse_run_config
-    from sim.guidellm_report import build_report
-    from sim.simulation import simulate
+    from sim.core.simulation import simulate
+    from sim.records.guidellm import build_report
 
     base = {
         "seed": 1,

@@ -24,12 +24,13 @@ import click
 import numpy as np
 import pandas as pd
 
-from sim.cli_output import atomic_write_bytes
+from sim.cli.output import atomic_write_bytes
+from sim.cli.validate import run_validation, write_outputs
 from sim.errors import ConfigError
-from sim.executor import run_many
-from sim.groundtruth import DEFAULT_MAX_REQUESTS_PER_POINT
-from sim.validate import mape
-from sim.validate_cli import md_table, run_validation, write_outputs
+from sim.studies.executor import run_many
+from sim.studies.groundtruth import DEFAULT_MAX_REQUESTS_PER_POINT
+from sim.studies.markdown import md_table
+from sim.studies.scoring import mape
 
 ARMS = (("weighted-average", "BL"), ("smooth-wa", "SWA"), ("additive", "ADD"), ("max", "MAX"))
 SIZINGS = ("requests", "tokens")

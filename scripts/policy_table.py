@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sim.config import parse_run_config  # noqa: E402
-from sim.simulation import simulate  # noqa: E402
+from sim.core.simulation import simulate  # noqa: E402
 
 POLICIES = ["vllm-v1", "vllm-v0", "decode-first", "sarathi", "priority", "sjf"]
 

@@ -1,6 +1,6 @@
 """``python -m sim``: the servesim command line."""
 
-from .cli import main
+from sim.cli import main
 
 if __name__ == "__main__":
     main(prog_name="servesim")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 # vLLM defaults (vllm/engine/arg_utils.py, EngineArgs and _set_default_args_v1; vllm 0.11):
 VLLM_DEFAULT_MAX_NUM_SEQS = 256

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from hypothesis import settings
 
 from sim.config import merge, parse_run_config
+from sim.core.simulation import SimResult, Simulation
 from sim.entities import Batch, StepCost
-from sim.simulation import SimResult, Simulation
 
 # Property tests explore new random examples on every developer run; CI (CI=true) replays a
 # fixed, derandomised set so that a submission's result does not depend on luck.

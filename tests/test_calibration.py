@@ -13,39 +13,29 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sim.calibration import (
-    DEFAULT_FIT_KNOBS,
-    KNOBS,
+from sim.cli import main
+from sim.cli.calibrate import calibrate_formula, mape_summary
+from sim.config import parse_run_config
+from sim.core.simulation import simulate
+from sim.cost import build_cost_model
+from sim.cost.calibration import KNOBS, available_calibrations, calibration_for, calibration_formulas, effective_knobs, load_calibration, seed_knobs
+from sim.entities import Batch, BatchItem
+from sim.errors import ConfigError
+from sim.studies.fit import (
     Evaluator,
     Problem,
-    available_calibrations,
     bootstrap_weights,
-    calibration_for,
-    calibration_formulas,
-    coverage,
-    effective_knobs,
     fit_direct,
     fit_surrogate,
-    interval_configs,
-    interval_from_samples,
     knobs_to_unit,
     linearise,
-    load_calibration,
     loeo_folds,
     objective,
     sim_matrix,
-    seed_knobs,
-    summary_intervals,
     unit_to_knobs,
     with_knobs,
 )
-from sim.calibrate_cli import calibrate_formula, intervals_for_configs, mape_summary
-from sim.cli import main
-from sim.config import parse_run_config
-from sim.cost import COST_MODELS
-from sim.entities import Batch, BatchItem
-from sim.errors import ConfigError
-from sim.simulation import simulate
+from sim.studies.intervals import coverage, interval_configs, interval_from_samples, intervals_for_configs, summary_intervals
 
 FIXTURE = Path(__file__).parent / "fixtures" / "groundtruth_small"
 
@@ -75,7 +65,7 @@ def test_knobs_change_prices_in_the_right_direction():
     mixed = Batch.of([BatchItem(0, 1, 500, True), BatchItem(1, 1, 800, True), BatchItem(2, 300, 0, False)])
     dec = Batch.of([BatchItem(i, 1, 500 + i, True) for i in range(64)])
     pre = Batch.of([BatchItem(0, 2000, 0, False)])
-    price = lambda batch, **k: COST_MODELS.get("roofline")(_cfg(**k)).price(batch).total_s  # noqa: E731
+    price = lambda batch, **k: build_cost_model(_cfg(**k)).price(batch).total_s  # noqa: E731
     assert price(pre, prefill_compute_scale=2.0) > price(pre)
     assert price(dec, decode_compute_scale=0.3) < price(dec)
     assert price(dec, per_step_overhead_us=1000.0) == pytest.approx(price(dec) + 1e-3)
@@ -89,7 +79,7 @@ def test_fast_path_matches_reference_with_knobs(formula):
     from sim.cost.roofline import price_reference
 
     rng = np.random.default_rng(3)
-    m = COST_MODELS.get("roofline")(_cfg(formula=formula, per_step_overhead_us=700.0, prefill_compute_scale=1.3,
+    m = build_cost_model(_cfg(formula=formula, per_step_overhead_us=700.0, prefill_compute_scale=1.3,
                                          decode_compute_scale=0.4, attention_scale=1.7, mixed_penalty=0.2))
     for _ in range(50):
         items = [BatchItem(i, 1 if dec else int(rng.integers(1, 2000)), int(rng.integers(0, 4000)), dec)
@@ -252,7 +242,7 @@ def test_calibration_fills_unset_knobs_only(tmp_path):
     assert k["per_step_overhead_us"] == 3000.0
     assert k["decode_compute_scale"] == 0.8  # the user's value wins
     assert k["attention_scale"] is None
-    m = COST_MODELS.get("roofline")(cfg)
+    m = build_cost_model(cfg)
     assert m.per_step_overhead_us == 3000.0 and m.decode_compute_scale == 0.8
     reps = interval_configs(cfg, load_calibration(str(p)))
     assert reps[0].cost.per_step_overhead_us == 2900.0 and reps[0].cost.decode_compute_scale == 0.8
@@ -260,14 +250,14 @@ def test_calibration_fills_unset_knobs_only(tmp_path):
 
 
 def test_calibration_chooses_the_decode_attention_context_unless_the_config_does(tmp_path):
-    from sim.calibration import effective_decode_attention_context
+    from sim.cost.calibration import effective_decode_attention_context
 
     p = _write_cal(tmp_path, decode_attention_context="mean")
     assert effective_decode_attention_context(parse_run_config({})) == "max"  # the seed's
     assert effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(p)}})) == "mean"
     cfg = parse_run_config({"cost": {"calibration": str(p), "decode_attention_context": "max"}})
     assert effective_decode_attention_context(cfg) == "max"
-    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(p)}})).decode_attention_context == "mean"
+    assert build_cost_model(parse_run_config({"cost": {"calibration": str(p)}})).decode_attention_context == "mean"
     assert effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path))}})) == "max"
     bad = _write_cal(tmp_path, decode_attention_context="median")
     with pytest.raises(ConfigError, match="decode_attention_context"):
@@ -275,32 +265,32 @@ def test_calibration_chooses_the_decode_attention_context_unless_the_config_does
 
 
 def test_calibration_chooses_lm_head_reads_unless_the_config_does(tmp_path):
-    from sim.calibration import effective_lm_head_reads
+    from sim.cost.calibration import effective_lm_head_reads
 
     p = _write_cal(tmp_path, lm_head_reads=True)
     assert effective_lm_head_reads(parse_run_config({})) is False  # the seed's: layers only
     assert effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(p)}})) is True
     assert effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(p), "lm_head_reads": False}})) is False
-    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(p)}})).lm_head_reads is True
+    assert build_cost_model(parse_run_config({"cost": {"calibration": str(p)}})).lm_head_reads is True
     with pytest.raises(ConfigError, match="lm_head_reads must be true or false"):
         effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path, lm_head_reads="yes"))}}))
 
 
 def test_calibration_chooses_the_decode_kv_read_fraction_unless_the_config_does(tmp_path):
-    from sim.calibration import effective_decode_kv_read_fraction
+    from sim.cost.calibration import effective_decode_kv_read_fraction
 
     p = _write_cal(tmp_path, decode_kv_read_fraction=1.0)
     assert effective_decode_kv_read_fraction(parse_run_config({})) is None  # the seed's 0.8
     assert effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(p)}})) == 1.0
     assert effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(p), "decode_kv_read_fraction": 0.9}})) == 0.9
-    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(p)}})).decode_kv_read_fraction == 1.0
+    assert build_cost_model(parse_run_config({"cost": {"calibration": str(p)}})).decode_kv_read_fraction == 1.0
     for bad in (0, 2.0, "all", True):
         with pytest.raises(ConfigError, match="decode_kv_read_fraction"):
             effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path, decode_kv_read_fraction=bad))}}))
 
 
 def test_calibration_chooses_the_mfu_lookup_unless_the_config_does(tmp_path):
-    from sim.calibration import effective_mfu_lookup
+    from sim.cost.calibration import effective_mfu_lookup
 
     p = _write_cal(tmp_path, mfu_lookup="interpolate")
     assert effective_mfu_lookup(parse_run_config({})) == "nearest"  # the seed's
@@ -422,7 +412,7 @@ def test_cli_calibrate_on_fixture(tmp_path):
     assert doc["mfu_lookup"] == "interpolate"  # the default the calibration records
     assert doc["decode_attention_context"] == "mean" and doc["decode_kv_read_fraction"] == 1.0  # likewise
     assert doc["lm_head_reads"] is False  # the default the calibration records (the seed's)
-    assert COST_MODELS.get("roofline")(parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})).decode_kv_read_fraction == 1.0
+    assert build_cost_model(parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})).decode_kv_read_fraction == 1.0
     cfg = parse_run_config({"cost": {"calibration": str(out / "calibration-h100.yaml")}})
     assert effective_knobs(cfg)["bw_efficiency"] == pytest.approx(doc["knobs"]["bw_efficiency"])
     # every calibrated formula is saved; the primary at the top level, the others in sections
@@ -457,7 +447,7 @@ def test_calibration_knobs_follow_the_formula(tmp_path):
     assert calibration_for(add)["residuals_log"] == {"e2e_mean": [0.5]}
     assert [c.cost.per_step_overhead_us for c in interval_configs(add, calibration_for(add))] == [710.0]
     # the knobs reach the cost model: the additive calibration's larger overhead lengthens steps
-    from sim.simulation import Simulation
+    from sim.core.simulation import Simulation
 
     a_res = Simulation(parse_run_config({"workload": {"num_requests": 5}, "cost": {"calibration": p, "formula": "additive"}})).run()
     w_res = Simulation(parse_run_config({"workload": {"num_requests": 5}, "cost": {"calibration": p, "formula": "weighted-average"}})).run()
@@ -471,8 +461,8 @@ def test_an_unset_formula_is_the_calibrations_primary_one(tmp_path):
     """A calibration is a fitted model, formula included: a config that names no formula
     runs the calibration's primary formula with its knobs; a named formula wins; without a
     calibration the seed's weighted average is used. Bad primary formulas are errors."""
-    from sim.calibration import effective_formula
-    from sim.simulation import Simulation
+    from sim.core.simulation import Simulation
+    from sim.cost.calibration import effective_formula
 
     p = _two_formula_calibration(tmp_path)
     doc = yaml.safe_load(p.read_text())

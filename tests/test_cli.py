@@ -11,7 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sim.cli import main, parse_slo
+from sim.cli.capacity import parse_slo
+from sim.cli.main import main
 from sim.errors import ConfigError
 
 FAST = [
@@ -143,7 +144,7 @@ def test_inference_perf_config_as_sweep(tmp_path):
 
 
 def test_inference_perf_prompt_pool_and_multi_turn():
-    from sim.formats import from_inference_perf
+    from sim.load.formats import from_inference_perf
 
     base = {"load": {"type": "constant", "stages": [{"rate": 8, "duration": 600}]}}
     sp = {"num_groups": 10, "num_prompts_per_group": 10, "system_prompt_len": 100, "question_len": 447, "output_len": 248}
@@ -218,7 +219,7 @@ def test_shipped_configs_and_workloads_are_valid():
     """Every file in configs/ and workloads/ loads strictly (unknown keys would fail)."""
     from pathlib import Path
 
-    from sim.cli import build_config, default_config_dict
+    from sim.cli.config_input import build_config, default_config_dict
     from sim.config import merge, parse_run_config
 
     root = Path(__file__).resolve().parents[1]
@@ -257,7 +258,7 @@ def test_streamed_run_writes_the_same_records_as_in_memory(tmp_path):
 
 def test_streaming_spills_in_chunks(tmp_path):
     from sim.config import parse_run_config
-    from sim.simulation import Simulation
+    from sim.core.simulation import Simulation
 
     chunks = []
     cfg = parse_run_config({"cost": {"model": "fixed"}, "workload": {"num_requests": 50}, "arrival": {"strategy": "throughput"}})
@@ -284,7 +285,7 @@ def test_calibration_flag_changes_the_cost_and_is_recorded(tmp_path):
 def test_interrupted_streamed_run_leaves_no_result_files(tmp_path, monkeypatch):
     """Ctrl-C during a streamed run: exit 130, the chunk files already written are deleted and
     no results file appears."""
-    from sim import simulation
+    from sim.core import simulation
 
     def interrupted_run(self, progress=None):
         self.sink.spill("requests", pd.DataFrame({"request_id": [1, 2]}))

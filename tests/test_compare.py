@@ -6,12 +6,12 @@ import math
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_config
+
 from sim.cli import main
-from sim.compare import compare, mean_ci
 from sim.errors import ConfigError
-from sim.executor import run_many
+from sim.studies.compare import compare, mean_ci
+from sim.studies.executor import run_many
 
 
 def serial(cfgs):

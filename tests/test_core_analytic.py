@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import make_config, run_checked
-from sim.simulation import simulate
+
+from sim.core.simulation import simulate
 
 STEP_S = 0.025
 

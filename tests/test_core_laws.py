@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_config, run_checked
-from sim.simulation import simulate
+
+from sim.core.simulation import simulate
 
 STRATEGIES = [
     {"strategy": "synchronous"},

@@ -7,13 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.config import parse_run_config
-from sim.cost import COST_MODELS
+from sim.cost import build_cost_model
 from sim.cost.base import decode_step_fn
 from sim.cost.roofline import price_reference
 from sim.entities import Batch, BatchItem
 
 MODELS = {
-    (formula, gemm_m, model, tp): COST_MODELS.get("roofline")(
+    (formula, gemm_m, model, tp): build_cost_model(
         parse_run_config({"model": model, "tensor_parallel_size": tp, "cost": {"formula": formula, "gemm_m": gemm_m}})
     )
     for formula in ("weighted-average", "smooth-wa", "additive", "max")
@@ -21,17 +21,17 @@ MODELS = {
     for model, tp in (("llama-2-7b", 1), ("llama-2-70b", 4))
 } | {
     # the tensor-parallel all-reduce term (a calibration knob) on both paths
-    ("weighted-average", "tokens", "llama-2-70b+allreduce", 4): COST_MODELS.get("roofline")(
+    ("weighted-average", "tokens", "llama-2-70b+allreduce", 4): build_cost_model(
         parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"allreduce_bw_gbps": 120.0, "allreduce_latency_us": 8.0}})
     ),
     # decode attention priced at the mean context
-    ("weighted-average", "tokens", "llama-2-7b+mean-attention", 1): COST_MODELS.get("roofline")(
+    ("weighted-average", "tokens", "llama-2-7b+mean-attention", 1): build_cost_model(
         parse_run_config({"model": "llama-2-7b", "cost": {"decode_attention_context": "mean", "decode_kv_read_fraction": 1.0}})
     ),
-    ("smooth-wa", "tokens", "qwen2.5-7b+lm-head", 1): COST_MODELS.get("roofline")(
+    ("smooth-wa", "tokens", "qwen2.5-7b+lm-head", 1): build_cost_model(
         parse_run_config({"model": "qwen2.5-7b", "cost": {"formula": "smooth-wa", "decode_attention_context": "mean", "lm_head_reads": True}})
     ),
-    ("smooth-wa", "tokens", "llama-2-70b+mean-attention", 4): COST_MODELS.get("roofline")(
+    ("smooth-wa", "tokens", "llama-2-70b+mean-attention", 4): build_cost_model(
         parse_run_config({"model": "llama-2-70b", "tensor_parallel_size": 4, "cost": {"formula": "smooth-wa", "decode_attention_context": "mean"}})
     ),
 }
@@ -74,5 +74,5 @@ def test_decode_step_fn_is_price_decode(n, contexts, key):
 
 def test_decode_step_fn_falls_back_to_price_decode():
     """Cost models without their own decode_step_fn are priced through price_decode."""
-    model = COST_MODELS.get("linear")(parse_run_config({"cost": {"model": "linear"}}))
+    model = build_cost_model(parse_run_config({"cost": {"model": "linear"}}))
     assert decode_step_fn(model, 7)(700, 120) == model.price_decode(7, 700, 120).total_s

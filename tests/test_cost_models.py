@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sim.catalogue.hardware import GPU_CATALOGUE, resolve_gpu
+from sim.catalogue.models import MODEL_CATALOGUE, ModelSpec, dtype_bytes, model_spec_from_hf, resolve_model
 from sim.errors import ConfigError
-from sim.hardware import GPU_CATALOGUE, resolve_gpu
-from sim.models import MODEL_CATALOGUE, ModelSpec, dtype_bytes, model_spec_from_hf, resolve_model
 
 GROUND_TRUTH = Path(
     os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth")

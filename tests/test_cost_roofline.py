@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.catalogue.hardware import GpuSpec
+from sim.catalogue.models import ModelSpec
 from sim.config import parse_run_config
-from sim.cost.base import COST_MODELS
+from sim.cost import build_cost_model
 from sim.cost.combine import FORMULAS, PhaseTerms, combine
 from sim.cost.mfu import BuiltinMfu, TableMfu
 from sim.cost.roofline import RooflineCostModel, build_roofline, prefill_bucket
 from sim.entities import Batch, BatchItem
 from sim.errors import ConfigError
-from sim.hardware import GpuSpec
-from sim.models import ModelSpec
 
 GROUND_TRUTH = Path(
     os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth")
@@ -333,11 +333,11 @@ def test_higher_tp_never_more_compute_per_gpu(prefills, decodes, formula):
 def test_factory_builds_from_run_config():
     cfg = parse_run_config({"model": "llama-2-7b", "gpu": "H100", "tensor_parallel_size": 2,
                             "cost": {"model": "roofline", "formula": "additive", "gemm_m": "requests"}})
-    m = COST_MODELS.get("roofline")(cfg)
+    m = build_cost_model(cfg)
     assert isinstance(m, RooflineCostModel) and isinstance(m.mfu, BuiltinMfu)
     assert (m.tp, m.formula, m.gemm_m, m.bw_efficiency, m.per_layer_overhead_us) == (2, "additive", "requests", 0.82, 100.0)
     cfg2 = parse_run_config({"cost": {"bw_efficiency": 0.5, "per_layer_overhead_us": 0}})
-    m2 = COST_MODELS.get("roofline")(cfg2)
+    m2 = build_cost_model(cfg2)
     assert (m2.bw_efficiency, m2.per_layer_overhead_us) == (0.5, 0)
     assert m2.price(Batch.of([dec(0, 1)])).total_s > 0  # weights keep it positive without overhead
 
@@ -347,7 +347,7 @@ def test_factory_with_real_tables():
     if not bench.is_dir():
         pytest.skip(f"ground truth bench_data not found at {bench} (set SERVESIM_GROUND_TRUTH)")
     cfg = parse_run_config({"model": "qwen2.5-7b", "cost": {"bench_data_dir": str(bench), "mfu_lookup": "interpolate"}})
-    m = COST_MODELS.get("roofline")(cfg)
+    m = build_cost_model(cfg)
     assert isinstance(m.mfu, TableMfu) and m.mfu.config == (28, 4, 128)
     assert m.price(_mixed_batch()).total_s > 0
 
@@ -362,14 +362,14 @@ def test_allreduce_term_is_closed_form_and_absent_without_tp():
     batch = Batch.of([BatchItem(0, 1, 700, True), BatchItem(1, 300, 0, False), BatchItem(2, 1, 90, True)])
     tokens = 302
     for model_name, tp in (("llama-2-70b", 4), ("llama-2-7b", 2)):
-        off = COST_MODELS.get("roofline")(parse_run_config({"model": model_name, "tensor_parallel_size": tp}))
-        on = COST_MODELS.get("roofline")(parse_run_config({"model": model_name, "tensor_parallel_size": tp, "cost": {"allreduce_bw_gbps": 100.0}}))
+        off = build_cost_model(parse_run_config({"model": model_name, "tensor_parallel_size": tp}))
+        on = build_cost_model(parse_run_config({"model": model_name, "tensor_parallel_size": tp, "cost": {"allreduce_bw_gbps": 100.0}}))
         spec = on.model
         expect_s = 2 * spec.num_layers * tokens * spec.hidden_size * spec.bytes_per_param * 2 * (tp - 1) / tp / 100e9
         assert on.price(batch).total_s - off.price(batch).total_s == pytest.approx(expect_s, rel=1e-9)
         assert on.price_decode(8, 4000, 900).total_s - off.price_decode(8, 4000, 900).total_s == pytest.approx(expect_s * 8 / tokens, rel=1e-9)
-    one = COST_MODELS.get("roofline")(parse_run_config({"cost": {"allreduce_bw_gbps": 100.0}}))
-    base = COST_MODELS.get("roofline")(parse_run_config({}))
+    one = build_cost_model(parse_run_config({"cost": {"allreduce_bw_gbps": 100.0}}))
+    base = build_cost_model(parse_run_config({}))
     assert one.price(batch).total_s == base.price(batch).total_s
 
 
@@ -381,9 +381,9 @@ def test_allreduce_latency_is_two_per_layer_and_step_only_with_tp():
     mixed = Batch.of([BatchItem(0, 1, 700, True), BatchItem(1, 300, 0, False)])
     for model_name, tp in (("llama-2-70b", 4), ("llama-2-7b", 2), ("llama-2-7b", 1)):
         base = {"model": model_name, "tensor_parallel_size": tp}
-        off = COST_MODELS.get("roofline")(parse_run_config(base))
-        zero = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"allreduce_latency_us": 0.0}}))
-        on = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"allreduce_latency_us": 7.5}}))
+        off = build_cost_model(parse_run_config(base))
+        zero = build_cost_model(parse_run_config({**base, "cost": {"allreduce_latency_us": 0.0}}))
+        on = build_cost_model(parse_run_config({**base, "cost": {"allreduce_latency_us": 7.5}}))
         expect_s = 2 * on.model.num_layers * 7.5e-6 if tp > 1 else 0.0
         for price in (lambda m: m.price(mixed).total_s, lambda m: m.price_decode(16, 9000, 800).total_s,
                       lambda m: m.decode_step_fn(16)(9000, 800)):
@@ -410,8 +410,8 @@ def test_decode_attention_at_mean_context():
     mean context; with equal contexts it is the seed's 'max'; with unequal ones it is cheaper
     than pricing every request at the longest context; the memory term is unchanged."""
     base = {"model": "llama-2-7b"}
-    mx = COST_MODELS.get("roofline")(parse_run_config(base))
-    mean = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"decode_attention_context": "mean"}}))
+    mx = build_cost_model(parse_run_config(base))
+    mean = build_cost_model(parse_run_config({**base, "cost": {"decode_attention_context": "mean"}}))
     assert mx.decode_attention_context == "max" and mean.decode_attention_context == "mean"
     # equal contexts: the same step either way
     for n, p in ((1, 500), (32, 1000), (64, 3000)):
@@ -428,8 +428,8 @@ def test_decode_attention_at_mean_context():
 
 
 def test_decode_attention_context_rejects_unknown():
-    from sim.errors import ConfigError
     from sim.cost.roofline import build_roofline
+    from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="decode_attention_context"):
         parse_run_config({"cost": {"decode_attention_context": "median"}})
@@ -441,9 +441,9 @@ def test_decode_kv_read_fraction_prices_the_kv_a_decode_step_streams():
     """κ scales only the KV re-read of decode steps: the memory term grows by
     τ·kv_bytes_per_token·(κ₁ − κ₀)·Σp/BW; unset is the seed's 0.8, bit for bit."""
     base = {"model": "llama-2-7b"}
-    seed = COST_MODELS.get("roofline")(parse_run_config(base))
-    k08 = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 0.8}}))
-    k1 = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 1.0}}))
+    seed = build_cost_model(parse_run_config(base))
+    k08 = build_cost_model(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 0.8}}))
+    k1 = build_cost_model(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 1.0}}))
     assert seed.decode_kv_read_fraction == 0.8 and k1.decode_kv_read_fraction == 1.0
     n, csum, cmax = 64, 64 * 1500, 2500
     assert k08.price_decode(n, csum, cmax) == seed.price_decode(n, csum, cmax)
@@ -464,9 +464,9 @@ def test_lm_head_reads_add_the_vocab_projection_to_every_steps_weight_bytes():
 
     for model, tp in (("qwen2.5-7b", 1), ("llama-2-70b", 4)):
         base = {"model": model, "tensor_parallel_size": tp}
-        seed = COST_MODELS.get("roofline")(parse_run_config(base))
-        off = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"lm_head_reads": False}}))
-        on = COST_MODELS.get("roofline")(parse_run_config({**base, "cost": {"lm_head_reads": True}}))
+        seed = build_cost_model(parse_run_config(base))
+        off = build_cost_model(parse_run_config({**base, "cost": {"lm_head_reads": False}}))
+        on = build_cost_model(parse_run_config({**base, "cost": {"lm_head_reads": True}}))
         spec = on.model
         assert spec.lm_head_bytes == spec.vocab_size * spec.hidden_size * spec.bytes_per_param
         extra_s = spec.lm_head_bytes / tp / on._bw_bytes_s

@@ -6,7 +6,7 @@ import pytest
 
 from sim.config import parse_run_config
 from sim.errors import ConfigError
-from sim.executor import run_many
+from sim.studies.executor import run_many
 
 
 def _configs():

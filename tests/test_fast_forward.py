@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_config
-from sim.simulation import Simulation
+
+from sim.core.simulation import Simulation
 
 CASES = [
     {"arrival": {"strategy": "synchronous"}},

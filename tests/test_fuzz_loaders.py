@@ -24,12 +24,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sim.cli import build_config, default_config_dict, main, read_config_file
+from sim.cli.config_input import build_config, default_config_dict, read_config_file
+from sim.cli.main import main
 from sim.config import RunConfig, merge, parse_run_config
+from sim.core.simulation import Simulation
 from sim.errors import ConfigError
-from sim.simulation import Simulation
-from sim.formats import GUIDELLM_DATA_KEYS, GUIDELLM_IGNORED, GUIDELLM_KEYS, convert
-from sim.workload import TRACE_MAX_TOKENS, load_trace
+from sim.load.formats import GUIDELLM_DATA_KEYS, GUIDELLM_IGNORED, GUIDELLM_KEYS, convert
+from sim.load.workload import TRACE_MAX_TOKENS, load_trace
 
 SCALE = float(os.environ.get("SERVESIM_HYPOTHESIS_SCALE", "1"))
 

@@ -1,4 +1,4 @@
-"""guidellm-compatible report export (sim/guidellm_report.py)."""
+"""guidellm-compatible report export (sim/records/guidellm.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sim.guidellm_report import build_report, distribution_summary
-from sim.simulation import simulate
-
 from conftest import make_config
+
+from sim.core.simulation import simulate
+from sim.records.guidellm import build_report, distribution_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_config, run_checked
+
 from sim.config import parse_run_config
+from sim.core.simulation import simulate
 from sim.entities import Request
 from sim.errors import ConfigError
+from sim.load.workload import build_workload, load_trace
 from sim.rng import RandomStreams, fnv1a64
 from sim.scheduler.kv import KVCacheManager
-from sim.simulation import simulate
-from sim.workload import build_workload, load_trace
 
 
 def _req(rid, prompt, group=-1, prefix=0):

@@ -5,14 +5,14 @@ tests on whole runs."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_config, run_checked
+from test_core_laws import _check_request_laws, _check_step_laws, _check_work_conserving
+
+from sim.core.simulation import Simulation, simulate
 from sim.entities import Request, RequestStatus
 from sim.scheduler import SCHEDULERS
 from sim.scheduler.base import SchedulerLimits
 from sim.scheduler.kv import KVCacheManager
-from sim.simulation import Simulation, simulate
-from test_core_laws import _check_request_laws, _check_step_laws, _check_work_conserving
 
 POLICIES = ["vllm-v0", "decode-first", "sarathi", "priority", "sjf"]
 

@@ -32,17 +32,17 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import LawChecker
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import LawChecker
 from sim.config import parse_run_config
-from sim.errors import ConfigError, SimulationError
+from sim.core.simulation import Simulation, simulate
 from sim.entities import Request
+from sim.errors import ConfigError
 from sim.scheduler import SCHEDULERS
 from sim.scheduler.base import SchedulerLimits
 from sim.scheduler.kv import KVCacheManager
-from sim.simulation import Simulation, simulate
 
 POLICIES = SCHEDULERS.names()
 OPEN_LOOP = ("constant", "poisson", "open-loop-at-measured-rate")
@@ -507,7 +507,7 @@ def test_result_files_are_replaced_atomically(atomic_dir, old, new, fail, name):
     """GIVEN a result file (or none) WHEN it is rewritten and the write fails at any point
     (I/O error or Ctrl-C) THEN the file holds either all the old bytes or all the new ones,
     and no temporary file is left behind."""
-    from sim import cli_output
+    from sim.cli import output as cli_output
 
     target = atomic_dir / f"{name}.bin"
     # the directory is shared by all examples and hypothesis repeats names: set up the GIVEN
@@ -520,7 +520,7 @@ def test_result_files_are_replaced_atomically(atomic_dir, old, new, fail, name):
     def boom(*_a, **_k):
         raise exc("injected")
 
-    where = {"write": "sim.cli_output.os.fdopen", "fsync": "sim.cli_output.os.fsync", "replace": "sim.cli_output.os.replace", "interrupt": "sim.cli_output.os.fsync"}
+    where = {"write": "sim.cli.output.os.fdopen", "fsync": "sim.cli.output.os.fsync", "replace": "sim.cli.output.os.replace", "interrupt": "sim.cli.output.os.fsync"}
     if fail == "none":
         cli_output.atomic_write_bytes(target, new)
         assert target.read_bytes() == new

@@ -7,11 +7,11 @@ for exactly O steps, so the server completes at most S/(O·Δ) requests per seco
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_config
-from sim.executor import run_many
-from sim.simulation import simulate
-from sim.sweep import full_batch_capacity_rps, is_stable, queue_growth, run_sweep
+
+from sim.core.simulation import simulate
+from sim.studies.executor import run_many
+from sim.studies.sweep import full_batch_capacity_rps, is_stable, queue_growth, run_sweep
 
 STEP_S, SEATS, OUTPUT = 0.01, 8, 20
 CAPACITY_RPS = SEATS / (OUTPUT * STEP_S)  # 40 req/s

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from sim.cli.validate import run_validation, validate
 from sim.errors import ConfigError
-from sim.executor import run_many
-from sim.groundtruth import (
+from sim.studies.executor import run_many
+from sim.studies.groundtruth import (
     STUDY_MAX_NUM_BATCHED_TOKENS,
     STUDY_NUM_GPU_BLOCKS,
     load_points,
@@ -25,8 +25,7 @@ from sim.groundtruth import (
     points_to_configs,
     study_rate,
 )
-from sim.validate import ape, compare_points, mape, mape_table, overload_flags, step_check
-from sim.validate_cli import run_validation, validate
+from sim.studies.scoring import ape, compare_points, mape, mape_table, overload_flags, step_check
 
 FIXTURE = Path(__file__).parent / "fixtures" / "groundtruth_small"
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +273,7 @@ def test_cli_calibration_changes_the_simulated_values(tmp_path):
     a, b = (pd.read_csv(tmp_path / d / "points.csv") for d in ("a", "b"))
     assert len(a) == len(b) and not np.allclose(a["sim"], b["sim"], equal_nan=True)
     # without --formula: the seed's weighted average, or the calibration's primary formula
-    from sim.calibration import load_calibration
+    from sim.cost.calibration import load_calibration
 
     assert set(a["formula"]) == {"weighted-average"} and set(b["formula"]) == {load_calibration("h100")["formula"]}
 

@@ -1,7 +1,9 @@
 """The cost-model contract and its registry.
 
-A cost model is built from a run's config (``factory(ctx) -> CostModel``, registered in
-:data:`COST_MODELS`) and then prices batches with ``price(batch) -> StepCost``.
+A cost model is built from a run's config and its resolved cost settings
+(``factory(cfg, settings) -> CostModel``, registered in :data:`COST_MODELS`;
+``settings`` is a :class:`~sim.cost.calibration.CostSettings`, resolved once when the
+simulation is assembled) and then prices batches with ``price(batch) -> StepCost``.
 
 Contract of ``price``: pure and deterministic (same batch ⇒ same cost, no hidden state that
 changes results), ``total_s > 0`` for every non-empty batch (a zero step would stall the clock),
@@ -11,11 +13,16 @@ and it never mutates the batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
-from typing import Protocol, runtime_checkable
+from sim.entities import Batch, StepCost
+from sim.registry import Registry
 
-from ..entities import Batch, StepCost
-from ..registry import Registry
+# Settings of the roofline that a calibration records (their types live here, beside the
+# contract, so that the calibration data and the cost models both read them from below).
+GemmM = Literal["tokens", "requests"]
+DecodeAttentionContext = Literal["max", "mean"]
+DECODE_ATTENTION_CONTEXTS: tuple[str, ...] = get_args(DecodeAttentionContext)  # the seed's first
 
 
 @runtime_checkable
@@ -54,4 +61,4 @@ def decode_step_fn(model: DecodePricer, n: int) -> Callable[[int, int], float]:
 
 
 COST_MODELS: Registry = Registry("cost model")
-"""Registry of cost-model factories: ``factory(ctx: BuildContext) -> CostModel``."""
+"""Registry of cost-model factories: ``factory(cfg: RunConfig, settings: CostSettings) -> CostModel``."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..registry import Registry
+from sim.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)

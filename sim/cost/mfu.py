@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
+from sim.errors import ConfigError
 
 MFU_FLOOR = 1e-4
 """Smallest usable MFU: table rows below it are measurement artefacts (e.g. 32-8-128-tp1 at

@@ -63,15 +63,14 @@ an empty batch costs only the overhead (the engine never prices one).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal, get_args
 
-from ..entities import Batch, StepCost
-from ..errors import ConfigError
-from ..hardware import GpuSpec, resolve_gpu
-from ..models import ModelSpec, resolve_model
-from .base import COST_MODELS
-from .combine import FORMULAS, PhaseTerms, combine
-from .mfu import MfuProvider, make_mfu_provider
+from sim.catalogue.hardware import GpuSpec, resolve_gpu
+from sim.catalogue.models import ModelSpec, resolve_model
+from sim.cost.base import COST_MODELS, DECODE_ATTENTION_CONTEXTS, DecodeAttentionContext, GemmM
+from sim.cost.combine import FORMULAS, PhaseTerms, combine
+from sim.cost.mfu import MfuProvider, make_mfu_provider
+from sim.entities import Batch, StepCost
+from sim.errors import ConfigError
 
 # Seed calibration constants (inference-sim v2-pre roofline_step.go, blis-reference.md §1.1, §1.3).
 KV_REUSE_DECODE = 0.80  # κ for t = 1: fraction of the KV cache re-read per decode step
@@ -82,9 +81,6 @@ CAUSAL_DISCOUNT = 1.8  # prefill attention FLOPs / 1.8 ≈ the causal mask's sav
 PREFILL_BUCKET_MIN_TOKENS = 512  # smallest prefill bucket
 PREFILL_BUCKET_MAX_TOKENS = 65536  # largest prefill bucket (cap)
 
-GemmM = Literal["tokens", "requests"]
-DecodeAttentionContext = Literal["max", "mean"]
-DECODE_ATTENTION_CONTEXTS: tuple[str, ...] = get_args(DecodeAttentionContext)  # the seed's first
 
 
 DECODE_MEMO_MAX_ENTRIES = 200_000  # bounds the decode-price memo (~40 MB); cleared when full
@@ -526,32 +522,25 @@ def build_roofline(
 
 
 @COST_MODELS.register("roofline", "MFU-table roofline (seed v2-pre structure) with a mixed-batch formula (cost.formula).")
-def _roofline_factory(cfg) -> RooflineCostModel:
-    from ..calibration import (  # cost.calibration fills what is unset
-        effective_decode_attention_context,
-        effective_decode_kv_read_fraction,
-        effective_formula,
-        effective_lm_head_reads,
-        effective_knobs,
-        effective_mfu_lookup,
-    )
-
-    c = cfg.cost
-    k = effective_knobs(cfg)
+def _roofline_factory(cfg, settings) -> RooflineCostModel:
+    """The roofline of ``cfg``'s model, GPU and TP, priced with the resolved ``settings``
+    (:class:`~sim.cost.calibration.CostSettings`: the config's own values, else its
+    calibration's, else the seed's)."""
+    k = dict(settings.knobs)
     k.pop("frontend_latency_ms", None)  # not step costs: the simulation applies them to arrivals
     k.pop("frontend_us_per_prompt_token", None)
     return build_roofline(
         cfg.model,
         cfg.gpu,
         cfg.tensor_parallel_size,
-        effective_formula(cfg),
-        c.gemm_m,
-        effective_mfu_lookup(cfg),
-        c.bench_data_dir,
+        settings.formula,
+        cfg.cost.gemm_m,
+        settings.mfu_lookup,
+        cfg.cost.bench_data_dir,
         k.pop("bw_efficiency"),
         k.pop("per_layer_overhead_us"),
-        effective_decode_attention_context(cfg),
-        effective_decode_kv_read_fraction(cfg),
-        effective_lm_head_reads(cfg),
+        settings.decode_attention_context,
+        settings.decode_kv_read_fraction,
+        settings.lm_head_reads,
         **k,
     )

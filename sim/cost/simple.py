@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..entities import Batch, StepCost
-from .base import COST_MODELS
+from sim.cost.base import COST_MODELS
+from sim.entities import Batch, StepCost
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +63,11 @@ class LinearCostModel:
 
 
 @COST_MODELS.register("fixed", "Constant step time (cost.fixed_step_s); for tests and analytic cases.")
-def _fixed_factory(cfg) -> FixedCostModel:
+def _fixed_factory(cfg, settings) -> FixedCostModel:
     return FixedCostModel(cfg.cost.fixed_step_s)
 
 
 @COST_MODELS.register("linear", "base + per-prefill-token + per-decode-token seconds (cost.linear_*).")
-def _linear_factory(cfg) -> LinearCostModel:
+def _linear_factory(cfg, settings) -> LinearCostModel:
     c = cfg.cost
     return LinearCostModel(c.linear_base_s, c.linear_per_prefill_token_s, c.linear_per_decode_token_s)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..entities import Batch, Request
-from ..registry import Registry
+from sim.entities import Batch, Request
+from sim.registry import Registry
 
 
 @dataclass(slots=True)

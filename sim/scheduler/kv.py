@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..entities import Request
+from sim.entities import Request
 
 
 class KVCacheManager:

@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..entities import Batch, BatchItem, Request, RequestStatus
-from .base import SCHEDULERS, SchedulerLimits, SchedulerOutput
-from .vllm_v1 import VllmV1Scheduler
+from sim.entities import Batch, BatchItem, Request, RequestStatus
+from sim.scheduler.base import SCHEDULERS, SchedulerLimits, SchedulerOutput
+from sim.scheduler.vllm_v1 import VllmV1Scheduler
 
 
 def _is_decode(req: Request) -> bool:

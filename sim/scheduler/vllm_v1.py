@@ -33,10 +33,9 @@ from array import array
 from collections import deque
 from itertools import repeat
 
-from ..entities import Batch, BatchItem, Request, RequestStatus
-from .base import SCHEDULERS, SchedulerLimits, SchedulerOutput
-from .kv import KVCacheManager
-
+from sim.entities import Batch, BatchItem, Request, RequestStatus
+from sim.scheduler.base import SCHEDULERS, SchedulerLimits, SchedulerOutput
+from sim.scheduler.kv import KVCacheManager
 
 _new_item = tuple.__new__  # builds a BatchItem without NamedTuple's Python-level __new__ (hot path)
 _ONES = repeat(1)  # new_tokens of decode items (itertools.repeat: zip never exhausts it)

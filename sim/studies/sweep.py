@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import RunConfig, SloConfig, with_overrides
-from .errors import ConfigError
-from .simulation import SimResult
+from sim.config import RunConfig, SloConfig, with_overrides
+from sim.core.simulation import SimResult
+from sim.errors import ConfigError
 
 RunMany = Callable[[Sequence[RunConfig]], list[SimResult]]
 

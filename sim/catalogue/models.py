@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 # Bytes per parameter by dtype name (blis-reference.md §3). int4/nf4 are 1 byte there, not the
 # packed 0.5: we keep 1 so that quantised configs price as the seed study did; weights of a

@@ -23,7 +23,7 @@ from operator import attrgetter
 import numpy as np
 import pandas as pd
 
-from .entities import Request, RequestRecord, RequestStatus, StepRecord
+from sim.entities import Request, RequestRecord, RequestStatus, StepRecord
 
 PERCENTILES = (50, 90, 95, 99)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 GUIDELLM_KEYS = {"rate-type", "rate", "max-requests", "max-seconds", "max-concurrency", "random-seed", "data"}
 # guidellm options that describe the client or output, not the load: accepted and ignored.

@@ -21,26 +21,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import arrival as _arrival  # noqa: F401  (registers strategies)
-from .arrival import ARRIVALS
-from .config import (
+from sim.catalogue.hardware import GpuSpec, resolve_gpu
+from sim.catalogue.models import ModelSpec, resolve_model
+from sim.config import (
     VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU,
     VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU,
     VLLM_LARGE_GPU_THRESHOLD_GIB,
     RunConfig,
 )
-from .cost import COST_MODELS
-from .engine import Engine, SimEnvironment
-from .entities import Request
-from .errors import ConfigError
-from .hardware import GpuSpec, resolve_gpu
-from .metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, steps_frame, summarize
-from .models import ModelSpec, resolve_model
-from .rng import RandomStreams
-from .scheduler import SCHEDULERS
-from .scheduler.base import SchedulerLimits
-from .scheduler.kv import KVCacheManager
-from .workload import build_workload
+from sim.core.engine import Engine, SimEnvironment
+from sim.cost import build_cost_model, resolve_cost_settings
+from sim.entities import Request
+from sim.errors import ConfigError
+from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
+from sim.load.arrival import ARRIVALS
+from sim.load.workload import build_workload
+from sim.records.metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, steps_frame, summarize
+from sim.rng import RandomStreams
+from sim.scheduler import SCHEDULERS
+from sim.scheduler.base import SchedulerLimits
+from sim.scheduler.kv import KVCacheManager
 
 GIB = 2**30
 # Memory vLLM keeps per GPU outside weights and KV: activation peak of its profiling run,
@@ -143,7 +143,9 @@ class Simulation:
         self.gpu = resolve_gpu(cfg.gpu)
         self.limits = resolve_limits(cfg, self.model, self.gpu)
         self.streams = RandomStreams(cfg.seed)
-        self.cost_model = COST_MODELS.get(cfg.cost.model, "cost.model")(cfg)
+        # the calibration is read once, here, and handed to the cost model and the frontend
+        self.cost_settings = resolve_cost_settings(cfg)
+        self.cost_model = build_cost_model(cfg, self.cost_settings)
         self.kv = KVCacheManager(self.limits["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching)
         sched_limits = SchedulerLimits(
             max_num_seqs=cfg.server.max_num_seqs,
@@ -173,12 +175,8 @@ class Simulation:
             fast_forward=fast_forward,
             async_scheduling=cfg.server.async_scheduling,
         )
-        from .calibration import effective_knobs
-
-        knobs = effective_knobs(cfg) if cfg.cost.model == "roofline" else {
-            "frontend_latency_ms": cfg.cost.frontend_latency_ms, "frontend_us_per_prompt_token": cfg.cost.frontend_us_per_prompt_token}
-        frontend_ms = knobs.get("frontend_latency_ms") or 0.0
-        per_token_us = knobs.get("frontend_us_per_prompt_token") or 0.0
+        frontend_ms = self.cost_settings.knob("frontend_latency_ms") or 0.0
+        per_token_us = self.cost_settings.knob("frontend_us_per_prompt_token") or 0.0
         self.num_sent = 0  # requests the client has sent (ids 0..num_sent-1: sends follow id order)
         self._in_frontend: dict[int, Request] = {}  # sent, not yet handed to the engine
         submit = self._counted(self.engine.submit) if not (frontend_ms or per_token_us) else self._frontend(float(frontend_ms) * 1e-3, float(per_token_us) * 1e-6)
@@ -253,12 +251,10 @@ class Simulation:
             step_df = sink.steps_frame()
             itls = np.asarray(sink.itls_s, dtype=float)
             summary = summarize(req_df, sink.step_stats(), itls if cfg.record_itls else None)
-        from .calibration import effective_formula
-
         derived = dict(
             self.limits,
             cost_model=self.cost_model.name,
-            formula=effective_formula(cfg),
+            formula=self.cost_settings.formula,
             policy=cfg.scheduler.policy,
             end_s=float(self.env.now),
             num_steps=self.engine.num_steps,

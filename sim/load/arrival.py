@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import simpy
 
-from .config import ArrivalConfig
-from .entities import Request
-from .errors import ConfigError
-from .registry import Registry
-from .rng import RandomStreams
-from .workload import Workload
+from sim.config import ArrivalConfig
+from sim.entities import Request
+from sim.errors import ConfigError
+from sim.load.workload import Workload
+from sim.registry import Registry
+from sim.rng import RandomStreams
 
 Submit = Callable[[Request], None]
 ARRIVALS: Registry = Registry("arrival strategy")

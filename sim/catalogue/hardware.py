@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,15 @@
 """Plots of runs and sweeps. Functions return matplotlib Figures; callers save them.
 
-Uses the non-interactive Agg backend (no display needed).
+The package selects the non-interactive Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .simulation import SimResult  # noqa: E402
-from .sweep import SweepResult  # noqa: E402
+from sim.core.simulation import SimResult
+from sim.studies.sweep import SweepResult
 
 
 def latency_vs_rate(sweep: SweepResult, title: str = "", intervals: list[dict] | None = None) -> Figure:

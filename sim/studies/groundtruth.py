@@ -59,10 +59,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig, merge, parse_run_config
-from .errors import ConfigError
-from .models import resolve_model
-from .workload import load_trace
+from sim.catalogue.models import resolve_model
+from sim.config import RunConfig, merge, parse_run_config
+from sim.errors import ConfigError
+from sim.load.workload import load_trace
 
 Mode = Literal["guidellm", "study"]
 MODES = ("guidellm", "study")

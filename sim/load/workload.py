@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import LengthDist, WorkloadConfig
-from .entities import Request
-from .errors import ConfigError
-from .rng import RandomStreams
+from sim.config import LengthDist, WorkloadConfig
+from sim.entities import Request
+from sim.errors import ConfigError
+from sim.rng import RandomStreams
 
 DEFAULT_NUM_SYNTHETIC_REQUESTS = 100
 

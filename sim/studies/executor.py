@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from .config import RunConfig
-from .errors import ConfigError
-from .simulation import SimResult, simulate
+from sim.config import RunConfig
+from sim.core.simulation import SimResult, simulate
+from sim.errors import ConfigError
 
 EXECUTORS = ("process", "serial", "ray")
 Progress = Callable[[int, int], None]

@@ -17,7 +17,7 @@ accepts our output; see ``scripts/check_guidellm_compat.py`` and the optional te
 
 Mapping
 -------
-* One :class:`~sim.simulation.SimResult` → one ``GenerativeBenchmark``; its index is
+* One :class:`~sim.core.simulation.SimResult` → one ``GenerativeBenchmark``; its index is
   ``config.run_index``; ids are deterministic (``servesim-<index>``), not random UUIDs.
 * Status: finished → ``successful``; rejected → ``errored``; in_flight (cut by the horizon) →
   ``incomplete``; not_sent requests were never issued and appear nowhere (guidellm never
@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__ as SERVESIM_VERSION
+from sim.version import __version__ as SERVESIM_VERSION
 
 __all__ = ["GUIDELLM_SCHEMA_VERSION", "GUIDELLM_VERSION", "build_report", "distribution_summary"]
 
@@ -636,7 +636,7 @@ def _jsonable(x: Any) -> Any:
 def build_report(results: list, *, model: str, backend_target: str = "servesim://simulated") -> dict:
     """A guidellm 0.8.1 ``GenerativeBenchmarksReport`` (as a JSON-serialisable dict).
 
-    ``results``: :class:`~sim.simulation.SimResult` objects, one benchmark each, in order.
+    ``results``: :class:`~sim.core.simulation.SimResult` objects, one benchmark each, in order.
     ``model``: the model name to record (e.g. the Hugging Face id the run simulates).
     Deterministic: no wall clock, no random ids; the same results give the same dict.
     """

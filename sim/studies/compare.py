@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .config import RunConfig, with_overrides
-from .errors import ConfigError
-from .simulation import SimResult
+from sim.config import RunConfig, with_overrides
+from sim.core.simulation import SimResult
+from sim.errors import ConfigError
 
 METRICS = (
     "ttft_mean_ms", "ttft_p99_ms", "tpot_mean_ms", "tpot_p99_ms", "itl_p99_ms",

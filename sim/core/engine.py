@@ -25,11 +25,11 @@ import numpy as np
 import simpy
 from simpy.core import NORMAL
 
-from .cost.base import CostModel, decode_step_fn
-from .entities import Request, RequestStatus
-from .errors import SimulationError
-from .metrics import MetricsSink
-from .scheduler.vllm_v1 import VllmV1Scheduler
+from sim.cost.base import CostModel, decode_step_fn
+from sim.entities import Request, RequestStatus
+from sim.errors import SimulationError
+from sim.records.metrics import MetricsSink
+from sim.scheduler.vllm_v1 import VllmV1Scheduler
 
 
 class SimEnvironment(simpy.Environment):

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from . import __version__
-from .simulation import SimResult
+from sim.core.simulation import SimResult
+from sim.version import __version__
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -106,7 +106,7 @@ def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stab
 
 
 def header(cfg) -> dict:
-    from .calibration import effective_formula
+    from sim.cost.calibration import effective_formula
 
     return {
         "servesim_version": __version__,
@@ -158,3 +158,15 @@ class StreamingParquet:
             except FileNotFoundError:
                 pass
         self.writers = {}
+
+
+def write_config_yaml(out: Path, cfg, fmt: str) -> None:
+    """``config.yaml``: the effective config and the format it was read from."""
+    write_yaml(out / "config.yaml", {"source_format": fmt, **cfg.model_dump(mode="json")})
+
+
+def write_guidellm(out: Path, results: list, cfg) -> None:
+    """``benchmarks.json``: the guidellm-compatible report of ``results``."""
+    from sim.records.guidellm import build_report
+
+    write_json(out / "benchmarks.json", build_report(results, model=cfg.model))

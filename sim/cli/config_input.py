@@ -1,0 +1,149 @@
+"""How a command builds its effective config: embedded default ← CONFIG file ← ``--set`` ←
+named flags. Reads files (YAML/JSON, duplicate keys rejected) and converts guidellm and
+inference-perf formats."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.config import RunConfig, merge, parse_run_config
+from sim.errors import ConfigError
+from sim.load.formats import convert
+
+
+def default_config_dict() -> dict[str, Any]:
+    """The embedded default config (``sim/data/default.yaml``)."""
+    text = resources.files("sim").joinpath("data/default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML safe loader that rejects duplicate keys (a silent last-one-wins hides typos)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # unhashable key; let the base class report it
+                dup = False
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            try:
+                seen.add(key)
+            except TypeError:
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+
+def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
+    """(format, servesim mapping) from a YAML/JSON file: servesim, guidellm or inference-perf."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"CONFIG: file not found: {p}")
+    try:
+        data = yaml.load(p.read_text(), Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"CONFIG: {p} is not valid YAML/JSON: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"CONFIG: {p} is not a text file") from None
+    except RecursionError:
+        raise ConfigError(f"CONFIG: {p} is nested too deeply to be a config") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"CONFIG: {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return convert(data)
+
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[k] = nxt
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+
+# option name -> dotted config path
+FLAG_PATHS = {
+    "model": "model",
+    "gpu": "gpu",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "max_num_seqs": "server.max_num_seqs",
+    "max_num_batched_tokens": "server.max_num_batched_tokens",
+    "long_prefill_token_threshold": "server.long_prefill_token_threshold",
+    "enable_prefix_caching": "server.enable_prefix_caching",
+    "enable_chunked_prefill": "server.enable_chunked_prefill",
+    "async_scheduling": "server.async_scheduling",
+    "block_size": "server.block_size",
+    "gpu_memory_utilization": "server.gpu_memory_utilization",
+    "num_gpu_blocks_override": "server.num_gpu_blocks",
+    "max_model_len": "server.max_model_len",
+    "policy": "scheduler.policy",
+    "cost_model": "cost.model",
+    "formula": "cost.formula",
+    "gemm_m": "cost.gemm_m",
+    "mfu_lookup": "cost.mfu_lookup",
+    "bench_data": "cost.bench_data_dir",
+    "calibration": "cost.calibration",
+    "seed": "seed",
+    "num_requests": "workload.num_requests",
+    "strategy": "arrival.strategy",
+    "rate": "arrival.rate_rps",
+    "concurrency": "arrival.concurrency",
+    "horizon": "horizon_s",
+}
+
+
+
+def build_config(config_path: str | None, flags: dict[str, Any], sets: tuple[str, ...]) -> tuple[RunConfig, str]:
+    """Effective config: embedded default ← CONFIG file ← --set ← named flags."""
+    base = default_config_dict()
+    fmt = "default"
+    if config_path:
+        fmt, data = read_config_file(config_path)
+        if fmt == "servesim":
+            base = data  # a servesim file is complete on its own (defaults fill the rest)
+        else:
+            base = merge(base, data)
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected KEY=VALUE (e.g. server.max_num_seqs=128), got {item!r}")
+        k, v = item.split("=", 1)
+        _set_path(base, k.strip(), _parse_value(v))
+    for name, value in flags.items():
+        if value is not None:
+            _set_path(base, FLAG_PATHS[name], value)
+    strategy = flags.get("strategy")
+    if strategy in ("synchronous", "throughput", "replay") and flags.get("rate") is None:
+        base.setdefault("arrival", {})["rate_rps"] = None
+    return parse_run_config(base, source=config_path), fmt
+
+
+
+def split_flags(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    flags = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAG_PATHS}
+    return flags, kwargs

@@ -1,0 +1,87 @@
+"""``servesim run``: one simulation, its summary table and result files."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from sim.cli.common import (
+    STREAM_THRESHOLD_REQUESTS,
+    ProgressBars,
+    common_options,
+    compute_intervals,
+    err_console,
+    handle_errors,
+    intervals_option,
+    out_console,
+    out_dir,
+)
+from sim.cli.config_input import build_config, split_flags
+from sim.cli.output import write_config_yaml, write_guidellm
+from sim.cli.tables import interval_table, summary_table
+from sim.cost.calibration import effective_formula
+
+
+@click.command()
+@common_options
+@intervals_option
+@click.option(
+    "--stream/--no-stream", default=None,
+    help=f"Stream records to disk in chunks (bounded memory); default: on above {STREAM_THRESHOLD_REQUESTS:,} requests.",
+)
+@handle_errors
+def run(config: str | None, **kwargs: Any) -> None:
+    """Simulate one run of CONFIG (YAML: servesim, guidellm profile or inference-perf config)."""
+    from sim.cli.output import StreamingParquet, header, run_entry, write_figure, write_json, write_run_tables
+    from sim.core.simulation import Simulation
+
+    stream = kwargs.pop("stream")
+    flags, opts = split_flags(kwargs)
+    cfg, fmt = build_config(config, flags, opts["sets"])
+    out = out_dir(opts, "run")
+    t0 = time.perf_counter()
+    n = cfg.workload.num_requests or 0
+    if stream is None:
+        stream = n > STREAM_THRESHOLD_REQUESTS
+    writer = None
+    if stream:
+        writer = StreamingParquet({"requests": out / "runs/run/requests.parquet", "steps": out / "runs/run/steps.parquet"})
+    try:
+        sim = Simulation(cfg, spill=writer)
+        with ProgressBars(opts["quiet"], "run") as prog:
+            res = sim.run(progress=prog.phase("requests", len(sim.workload)))
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    with ProgressBars(opts["quiet"], "intervals") as prog:
+        ivs = compute_intervals([cfg], [res], opts, prog)
+    wall = time.perf_counter() - t0
+    write_config_yaml(out, cfg, fmt)
+    if writer is None:
+        write_run_tables(out, "run", res)
+    entry = run_entry("run", res)
+    if ivs:
+        entry["intervals_90"] = ivs[0]
+    write_json(out / "summary.json", {**header(cfg), "runs": [entry]})
+    if not res.derived.get("streamed"):  # the guidellm report needs the full request table
+        write_guidellm(out, [res], cfg)
+    if not opts["no_plots"] and len(res.steps):  # streamed runs keep no steps in memory
+        from sim.plots.runs import batch_composition
+
+        write_figure(out / "plots" / "batch_composition.png", batch_composition(res))
+    s = res.summary
+    label = cfg.arrival.strategy + (f"@{cfg.arrival.rate_rps:g}" if cfg.arrival.rate_rps else "")
+    out_console.print(summary_table([(label, cfg.arrival.rate_rps, s, None)], f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}"))
+    if ivs:
+        out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
+    out_console.print(
+        f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected, {s['num_in_flight']} in flight, "
+        f"{s['num_not_sent']} not sent; KV blocks {res.derived['num_gpu_blocks']}, budget {res.derived['max_num_batched_tokens']} tokens"
+    )
+    out_console.print(f"results: {out}/")
+    err_console.print(f"simulated {s['num_requests']} requests, {s['num_steps']} steps in {wall:.2f} s wall")
