@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from conftest import make_config
 
+from sim.config import parse_run_config
 from sim.core.simulation import Simulation
 
 CASES = [
@@ -136,3 +137,32 @@ def test_preemption_right_after_a_window_frees_the_blocks_it_filled_as_cached():
     assert on.steps["num_preempted"].sum() > 0  # the case needs a preemption
     assert on.steps.to_csv(index=False) == off.steps.to_csv(index=False)
     assert on.requests.to_csv(index=False) == off.requests.to_csv(index=False)
+
+
+def test_fast_forward_follows_the_declared_scheduler_capabilities():
+    """The engine reads what a scheduler declares (SchedulerCapabilities), never its class:
+    vLLM V1 declares plain decodes; a policy with its own chunking (sarathi) does not; a
+    scheduler that declares nothing gets the plain step loop."""
+    from sim.core.engine import Engine
+    from sim.core.simulation import Simulation
+    from sim.scheduler.base import NO_CAPABILITIES
+
+    v1 = Simulation(parse_run_config({"workload": {"num_requests": 4}}))
+    assert v1.scheduler.capabilities.plain_decodes and v1.engine.fast_forward
+    sarathi = Simulation(parse_run_config({"workload": {"num_requests": 4}, "scheduler": {"policy": "sarathi"}}))
+    assert not sarathi.scheduler.capabilities.plain_decodes and not sarathi.engine.fast_forward
+
+    class Undeclared:  # the base contract only
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            if name == "capabilities":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    bare = Simulation(parse_run_config({"workload": {"num_requests": 4}}))
+    engine = Engine(bare.env, Undeclared(bare.scheduler), bare.cost_model, bare.sink,
+                    max_model_len=4096, kv_capacity_tokens=1 << 20)
+    assert not engine.fast_forward and not engine.deferred
+    assert NO_CAPABILITIES.plain_decodes is False and NO_CAPABILITIES.deferred_decodes is False

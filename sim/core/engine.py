@@ -29,7 +29,7 @@ from sim.cost.base import CostModel, decode_step_fn
 from sim.entities import Request, RequestStatus
 from sim.errors import SimulationError
 from sim.records.metrics import MetricsSink
-from sim.scheduler.vllm_v1 import VllmV1Scheduler
+from sim.scheduler.base import NO_CAPABILITIES
 
 
 class SimEnvironment(simpy.Environment):
@@ -57,7 +57,7 @@ class Engine:
     def __init__(
         self,
         env: simpy.Environment,
-        scheduler: VllmV1Scheduler,
+        scheduler,
         cost_model: CostModel,
         sink: MetricsSink,
         *,
@@ -80,16 +80,12 @@ class Engine:
         # with the start time of the step they arrived in (they may join the step after next)
         self._staged: list[tuple[float, Request]] = []
         self._step_start_s: float | None = None  # start of the running step (None when idle)
-        # Fast-forward applies to policies that schedule every running decode-ready request
-        # for one token when nothing waits (vLLM V1 and policies that only reorder the queue).
-        self.fast_forward = (
-            fast_forward
-            and getattr(type(scheduler), "schedule", None) is VllmV1Scheduler.schedule
-            and getattr(scheduler, "_plain_decodes", False)
-        )
-        # Deferred decodes (sim.scheduler.vllm_v1) skip per-request work in all-decode steps;
-        # tied to fast_forward so that fast_forward=False runs the plain step loop.
-        self.deferred = fast_forward and getattr(scheduler, "defer_decodes", lambda: False)()
+        # What the scheduler promises beyond the base contract (sim.scheduler.base): fast-forward
+        # needs plain decodes; deferred decodes skip per-request work in all-decode steps, tied
+        # to fast_forward so that fast_forward=False runs the plain step loop.
+        caps = getattr(scheduler, "capabilities", NO_CAPABILITIES)
+        self.fast_forward = fast_forward and caps.plain_decodes
+        self.deferred = fast_forward and caps.deferred_decodes and scheduler.defer_decodes()
         self.num_submitted = 0
         self.num_steps = 0
         self.process = env.process(self._loop())

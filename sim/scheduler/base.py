@@ -14,6 +14,10 @@ and plans one step at a time:
 
 Work conservation: if the wait queue or running list is non-empty and something fits,
 ``schedule`` returns a non-empty batch.
+
+A scheduler also states what the engine may rely on beyond that, as a
+:class:`SchedulerCapabilities` value (``capabilities`` attribute; none when absent), so the
+engine never inspects a scheduler's class: a new policy opts in by saying so.
 """
 
 from __future__ import annotations
@@ -63,6 +67,31 @@ class SchedulerLimits:
             raise ValueError("max_num_seqs, max_num_batched_tokens and max_model_len must be > 0")
         if self.long_prefill_token_threshold < 0:
             raise ValueError("long_prefill_token_threshold must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerCapabilities:
+    """What a scheduler promises the engine beyond the base contract (all off by default).
+
+    ``plain_decodes``: when nothing waits, no preemption is pending and every running request
+    is an ordinary decode that produced a token at the current instant, ``schedule`` plans every
+    running request for exactly one token, in running order, and nothing else; its KV needs are
+    one slot per request; ``running``, ``waiting``, ``kv`` and ``limits`` are the scheduler's
+    live state. The engine may then apply a stretch of such steps at once (fast-forward),
+    updating ``running`` and the KV manager itself exactly as the steps would.
+
+    ``deferred_decodes``: the scheduler implements ``defer_decodes() -> bool`` (turn deferred
+    decode bookkeeping on if it applies; returns whether it is on), ``sync()`` (bring every
+    request object up to date) and ``deferred_finish_within(num_steps) -> bool``; while on,
+    ``update_from_output`` reports deferred decodes through ``SchedulerOutput.num_deferred`` /
+    ``deferred_gap_s`` (see :meth:`sim.scheduler.vllm_v1.VllmV1Scheduler.defer_decodes`).
+    """
+
+    plain_decodes: bool = False
+    deferred_decodes: bool = False
+
+
+NO_CAPABILITIES = SchedulerCapabilities()
 
 
 SCHEDULERS: Registry = Registry("scheduler policy")

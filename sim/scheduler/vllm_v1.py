@@ -34,7 +34,7 @@ from collections import deque
 from itertools import repeat
 
 from sim.entities import Batch, BatchItem, Request, RequestStatus
-from sim.scheduler.base import SCHEDULERS, SchedulerLimits, SchedulerOutput
+from sim.scheduler.base import SCHEDULERS, SchedulerCapabilities, SchedulerLimits, SchedulerOutput
 from sim.scheduler.kv import KVCacheManager
 
 _new_item = tuple.__new__  # builds a BatchItem without NamedTuple's Python-level __new__ (hot path)
@@ -73,6 +73,17 @@ class VllmV1Scheduler:
         self._lz_finish: dict[int, list[Request]] = {}  # tick of the last token -> requests, running order
         self._gaps_s = array("d")  # gap of every tick since _gap_base (the step durations)
         self._gap_base = 0
+
+    @property
+    def capabilities(self) -> SchedulerCapabilities:
+        """Plain decodes hold while this class plans with :meth:`VllmV1Scheduler.schedule` and
+        the default ``running_chunk`` (hooks that only reorder the queue or pick victims keep
+        them); deferred decodes are implemented here for every subclass (``defer_decodes``
+        declines where they do not apply)."""
+        return SchedulerCapabilities(
+            plain_decodes=type(self).schedule is VllmV1Scheduler.schedule and self._plain_decodes,
+            deferred_decodes=True,
+        )
 
     # ------------------------------------------------------------------ state
     def add_request(self, req: Request) -> None:
