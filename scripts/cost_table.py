@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sim.cost.combine import FORMULAS  # noqa: E402
-from sim.cost.roofline import build_roofline  # noqa: E402
+from sim.cost.roofline_build import build_roofline
 from sim.entities import Batch, BatchItem  # noqa: E402
 
 

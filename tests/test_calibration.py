@@ -76,7 +76,7 @@ def test_knobs_change_prices_in_the_right_direction():
 
 @pytest.mark.parametrize("formula", ["weighted-average", "additive"])
 def test_fast_path_matches_reference_with_knobs(formula):
-    from sim.cost.roofline import price_reference
+    from sim.cost.roofline_build import price_reference
 
     rng = np.random.default_rng(3)
     m = build_cost_model(_cfg(formula=formula, per_step_overhead_us=700.0, prefill_compute_scale=1.3,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sim.config import parse_run_config
 from sim.cost import build_cost_model
 from sim.cost.base import decode_step_fn
-from sim.cost.roofline import price_reference
+from sim.cost.roofline_build import price_reference
 from sim.entities import Batch, BatchItem
 
 MODELS = {

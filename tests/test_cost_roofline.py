@@ -16,7 +16,8 @@ from sim.config import parse_run_config
 from sim.cost import build_cost_model
 from sim.cost.combine import FORMULAS, PhaseTerms, combine
 from sim.cost.mfu import BuiltinMfu, TableMfu
-from sim.cost.roofline import RooflineCostModel, build_roofline, prefill_bucket
+from sim.cost.roofline import RooflineCostModel, prefill_bucket
+from sim.cost.roofline_build import build_roofline
 from sim.entities import Batch, BatchItem
 from sim.errors import ConfigError
 
@@ -428,7 +429,7 @@ def test_decode_attention_at_mean_context():
 
 
 def test_decode_attention_context_rejects_unknown():
-    from sim.cost.roofline import build_roofline
+    from sim.cost.roofline_build import build_roofline
     from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="decode_attention_context"):

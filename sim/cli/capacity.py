@@ -35,7 +35,6 @@ def parse_slo(text: str) -> dict[str, float]:
     return out
 
 
-
 @click.command()
 @common_options
 @executor_options

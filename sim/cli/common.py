@@ -20,9 +20,7 @@ from sim.errors import ConfigError, ServesimError
 out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
-
 err_console = Console(stderr=True, highlight=False)
-
 
 
 def common_options(func):
@@ -69,7 +67,6 @@ def common_options(func):
     return func
 
 
-
 def executor_options(func):
     func = click.option("--ray-address", help="Ray cluster address (with --executor ray); default: start a local Ray.")(func)
     func = click.option("--workers", type=int, help="Worker processes (default: one per CPU).")(func)
@@ -78,7 +75,6 @@ def executor_options(func):
         help="Where the independent simulations run.",
     )(func)
     return func
-
 
 
 def handle_errors(func):
@@ -102,7 +98,6 @@ def handle_errors(func):
             sys.exit(2)
 
     return wrapper
-
 
 
 class ProgressBars:
@@ -149,14 +144,11 @@ class ProgressBars:
         return update
 
 
-
 def out_dir(kwargs: dict[str, Any], command: str) -> Path:
     return Path(kwargs.get("output_dir") or Path("results") / command)
 
 
-
 STREAM_THRESHOLD_REQUESTS = 100_000
-
 
 
 def intervals_option(func):
@@ -164,7 +156,6 @@ def intervals_option(func):
         "--intervals", is_flag=True,
         help="Add 90 % prediction intervals (needs --calibration: bootstrap replicates + cross-validated residuals).",
     )(func)
-
 
 
 def compute_intervals(cfgs: list, results: list, opts: dict, prog) -> list:
@@ -182,10 +173,8 @@ def compute_intervals(cfgs: list, results: list, opts: dict, prog) -> list:
     return intervals_for_configs(cfgs, [r.summary for r in results], summaries)
 
 
-
 def parse_csv(text: str | None) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()] if text else []
-
 
 
 def parse_float(text: str, field: str) -> float:

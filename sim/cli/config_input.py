@@ -21,7 +21,6 @@ def default_config_dict() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-
 class StrictLoader(yaml.SafeLoader):
     """YAML safe loader that rejects duplicate keys (a silent last-one-wins hides typos)."""
 
@@ -44,7 +43,6 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-
 def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
     """(format, servesim mapping) from a YAML/JSON file: servesim, guidellm or inference-perf."""
     p = Path(path)
@@ -65,13 +63,11 @@ def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
     return convert(data)
 
 
-
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
@@ -84,7 +80,6 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
             cur[k] = nxt
         cur = nxt
     cur[keys[-1]] = value
-
 
 
 # option name -> dotted config path
@@ -118,7 +113,6 @@ FLAG_PATHS = {
 }
 
 
-
 def build_config(config_path: str | None, flags: dict[str, Any], sets: tuple[str, ...]) -> tuple[RunConfig, str]:
     """Effective config: embedded default ← CONFIG file ← --set ← named flags."""
     base = default_config_dict()
@@ -141,7 +135,6 @@ def build_config(config_path: str | None, flags: dict[str, Any], sets: tuple[str
     if strategy in ("synchronous", "throughput", "replay") and flags.get("rate") is None:
         base.setdefault("arrival", {})["rate_rps"] = None
     return parse_run_config(base, source=config_path), fmt
-
 
 
 def split_flags(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -36,7 +36,6 @@ def list_cmd() -> None:
         pass
 
 
-
 @click.command(name="config")
 @common_options
 @handle_errors

@@ -17,7 +17,6 @@ def fmt_cell(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
-
 def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str) -> Table:
     """rows: (label, offered rate, summary, stable)."""
     t = Table(title=title, title_justify="left", header_style="bold")
@@ -38,7 +37,6 @@ def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str) ->
         )
     t.caption = "latencies in ms; req/s and tok/s over first arrival → last finish"
     return t
-
 
 
 def interval_table(rows: list[tuple[str, dict, dict]], title: str) -> Table:

@@ -61,7 +61,6 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
             write_figure(out / "plots" / f"latency_vs_rate_{exp}.png", plot_latency_vs_rate(v.long, exp))
 
 
-
 @click.command()
 @click.option("--ground-truth", "ground_truth", required=True, help="Measured data directory (points.csv, requests/, requests_server/).")
 @click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to validate (repeatable; default: the calibration's, else weighted-average).")

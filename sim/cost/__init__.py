@@ -6,7 +6,7 @@ tables and the built-in MFU curves) and ``combine`` (mixed-batch formulas); ``ca
 the fitted knobs and the resolution of a run's cost settings.
 """
 
-from sim.cost import roofline as _roofline  # noqa: F401  (registers "roofline")
+from sim.cost import roofline_build as _roofline  # noqa: F401  (registers "roofline")
 from sim.cost import simple as _simple  # noqa: F401  (registers "fixed", "linear")
 from sim.cost.base import COST_MODELS, CostModel
 from sim.cost.calibration import CostSettings, resolve_cost_settings

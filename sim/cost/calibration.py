@@ -55,7 +55,6 @@ class Knob:
         return (v - self.lo) / (self.hi - self.lo)
 
 
-
 KNOBS: dict[str, Knob] = {
     k.name: k
     for k in (
@@ -80,9 +79,7 @@ KNOBS: dict[str, Knob] = {
 }
 
 
-
 KNOB_NAMES = tuple(KNOBS)
-
 
 
 def seed_knobs(gpu: str = "H100") -> dict[str, float]:
@@ -96,16 +93,13 @@ def seed_knobs(gpu: str = "H100") -> dict[str, float]:
     }  # allreduce_bw_gbps: absent = no communication term (the seed has none)
 
 
-
 def calibrations_dir() -> Path:
     return Path(str(resources.files("sim").joinpath("data/calibrations")))
-
 
 
 def available_calibrations() -> list[str]:
     d = calibrations_dir()
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
-
 
 
 def calibration_path(name_or_path: str) -> Path:
@@ -123,7 +117,6 @@ def calibration_path(name_or_path: str) -> Path:
     raise ConfigError(
         f"cost.calibration: unknown calibration {text!r}; shipped: {', '.join(names) or '(none)'}, or give a path to a YAML file"
     )
-
 
 
 @functools.lru_cache(maxsize=32)
@@ -149,19 +142,16 @@ def _load_calibration_cached(path: str, mtime: float) -> dict[str, Any]:
     return data
 
 
-
 def load_calibration(name_or_path: str) -> dict[str, Any]:
     """The calibration mapping (``knobs``, ``gpu``, provenance, intervals data)."""
     p = calibration_path(name_or_path)
     return _load_calibration_cached(str(p.resolve()), p.stat().st_mtime)
 
 
-
 def calibration_formulas(cal: Mapping[str, Any]) -> list[str]:
     """The mixed-batch formulas a calibration mapping was fitted for (its primary first)."""
     out = [str(cal["formula"])] if cal.get("formula") else []
     return out + [f for f in (cal.get("formulas") or {}) if f not in out]
-
 
 
 def calibration_for(cfg) -> dict[str, Any]:
@@ -174,7 +164,6 @@ def calibration_for(cfg) -> dict[str, Any]:
     formula = effective_formula(cfg)
     FORMULAS.get(formula, "cost.formula")  # an unknown formula is reported as such first
     return calibration_section(load_calibration(name), formula, name)
-
 
 
 def calibration_section(cal: Mapping[str, Any], formula: str, name: str) -> dict[str, Any]:
@@ -191,7 +180,6 @@ def calibration_section(cal: Mapping[str, Any], formula: str, name: str) -> dict
             f"cost.formula {formula!r}; use one of those or run `servesim calibrate --formula {formula}`"
         )
     return {**cal, **section, "formula": formula}
-
 
 
 def effective_knobs(cfg) -> dict[str, float | None]:
@@ -212,7 +200,6 @@ def effective_knobs(cfg) -> dict[str, float | None]:
     return out
 
 
-
 def _effective_setting(cfg, key: str, is_valid: Callable[[Any], bool], expected: str, default: Any) -> Any:
     """A cost setting that a calibration records beside its knobs: ``cfg``'s own ``cost.<key>``
     if set, else its calibration's (``<key>`` in the YAML; ConfigError naming ``expected`` if
@@ -231,11 +218,9 @@ def _effective_setting(cfg, key: str, is_valid: Callable[[Any], bool], expected:
     return default
 
 
-
 # Cost settings a calibration records beside its knobs (read back by the effective_* functions
 # below; a config's own value wins, unset = the calibration's, else the seed's).
 CALIBRATION_SETTINGS = ("mfu_lookup", "decode_attention_context", "decode_kv_read_fraction", "lm_head_reads")
-
 
 
 def effective_formula(cfg) -> str:
@@ -245,12 +230,10 @@ def effective_formula(cfg) -> str:
     return _effective_setting(cfg, "formula", lambda v: isinstance(v, str) and v in FORMULAS, f"one of {', '.join(FORMULAS)}", DEFAULT_FORMULA)
 
 
-
 def effective_mfu_lookup(cfg) -> str:
     """The MFU lookup for ``cfg``: its own ``cost.mfu_lookup`` if set, else its calibration's
     (``mfu_lookup`` in the YAML), else ``nearest`` (the seed's)."""
     return _effective_setting(cfg, "mfu_lookup", lambda v: v in ("nearest", "interpolate"), "nearest or interpolate", "nearest")
-
 
 
 def effective_decode_attention_context(cfg) -> str:
@@ -258,7 +241,6 @@ def effective_decode_attention_context(cfg) -> str:
     set, else its calibration's, else ``max`` (the seed's)."""
     choices = DECODE_ATTENTION_CONTEXTS
     return _effective_setting(cfg, "decode_attention_context", lambda v: v in choices, " or ".join(choices), choices[0])
-
 
 
 def effective_decode_kv_read_fraction(cfg) -> float | None:
@@ -269,7 +251,6 @@ def effective_decode_kv_read_fraction(cfg) -> float | None:
         lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1, "a number in (0, 1]", None,
     )
     return None if value is None else float(value)
-
 
 
 def effective_lm_head_reads(cfg) -> bool:

@@ -29,7 +29,6 @@ def plot_sim_vs_meas(long: pd.DataFrame, title: str):
     return fig
 
 
-
 def plot_latency_vs_rate(long: pd.DataFrame, experiment: str):
     import matplotlib.pyplot as plt
 

@@ -12,6 +12,8 @@ throw-away venv, torch stubbed out in-process because only guidellm's data loade
 accepts our output; see ``scripts/check_guidellm_compat.py`` and the optional test in
 ``tests/test_guidellm_report.py``. guidellm is *not* a dependency of servesim.
 
+Statistics (guidellm's ``DistributionSummary`` and friends) are :mod:`sim.records.guidellm_stats`.
+
 :func:`build_report` is pure (no I/O) and returns a JSON-serialisable dict; writing it with
 ``json.dumps(report)`` gives a file guidellm loads. Same run ⇒ byte-identical output.
 
@@ -56,234 +58,21 @@ Metric definitions (guidellm's, reproduced here; they are *not* always servesim'
   — the same sentinel guidellm writes when it has no measurement.
 """
 
+
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from sim.records.guidellm_stats import distribution_summary, status_summary
 from sim.version import __version__ as SERVESIM_VERSION
 
 __all__ = ["GUIDELLM_SCHEMA_VERSION", "GUIDELLM_VERSION", "build_report", "distribution_summary"]
-
 GUIDELLM_VERSION = "0.8.1"
 GUIDELLM_SCHEMA_VERSION = 2
-
-PERCENTILE_PROBABILITIES: dict[str, float] = {
-    "p001": 0.001,
-    "p01": 0.01,
-    "p05": 0.05,
-    "p10": 0.1,
-    "p25": 0.25,
-    "p50": 0.5,
-    "p75": 0.75,
-    "p90": 0.9,
-    "p95": 0.95,
-    "p99": 0.99,
-    "p999": 0.999,
-}
-_EPS = 1e-6
-_MERGE_THRESHOLD_S = 1e-4  # guidellm merges events closer than 0.1 ms
-
-# --------------------------------------------------------------------------------------------
-# Distribution summaries: a port of guidellm 0.8.1 schemas/base/statistics.py (Apache-2.0),
-# same arithmetic in the same order so the numbers agree bit for bit.
-# --------------------------------------------------------------------------------------------
-
-
-def _summary_from_pdf(pdf: np.ndarray, count: int | None) -> dict[str, Any]:
-    if pdf.shape[0] == 0:
-        return {
-            "mean": 0.0, "median": 0.0, "mode": 0.0, "variance": 0.0, "std_dev": 0.0,
-            "min": 0.0, "max": 0.0, "count": 0 if count is None else int(count), "total_sum": 0.0,
-            "percentiles": dict.fromkeys(PERCENTILE_PROBABILITIES, 0.0),
-            "pdf": None, "mean_ci": None, "percentile_cis": None,
-        }  # fmt: skip
-    values = pdf[:, 0]
-    probabilities = pdf[:, 1]
-    cdf = np.cumsum(probabilities)
-    percentiles = {k: pdf[np.searchsorted(cdf, q, side="left"), 0].item() for k, q in PERCENTILE_PROBABILITIES.items()}
-    mean = np.sum(values * probabilities).item()
-    variance = np.sum((values - mean) ** 2 * probabilities).item()
-    if count is None:
-        count = len(pdf)
-    return {
-        "mean": mean,
-        "median": percentiles["p50"],
-        "mode": values[np.argmax(probabilities)].item(),
-        "variance": variance,
-        "std_dev": math.sqrt(variance),
-        "min": values[0].item(),
-        "max": values[-1].item(),
-        "count": int(count),
-        "total_sum": mean * count,
-        "percentiles": percentiles,
-        "pdf": None,
-        "mean_ci": None,
-        "percentile_cis": None,
-    }
-
-
-def _weighted(values: Sequence | np.ndarray, n: int) -> np.ndarray:
-    """guidellm's ``_to_weighted_ndarray``: (N, n) with weight 1.0 filled in."""
-    if isinstance(values, np.ndarray):
-        arr = values.astype(float)
-        if arr.ndim == 1:
-            arr = arr.reshape(-1, 1)
-        if arr.shape[0] == 0:
-            return np.empty((0, n))
-        if arr.shape[1] == n - 1:
-            arr = np.hstack((arr, np.ones((arr.shape[0], 1))))
-        return arr
-    try:  # homogeneous lists (all scalars, or all tuples of one length) convert in one call
-        arr = np.asarray(values, dtype=float)
-    except (ValueError, TypeError):
-        arr = None
-    if arr is not None and arr.size:
-        if arr.ndim == 1:
-            ones = np.ones((arr.shape[0], 1))
-            return np.column_stack((arr, ones)) if n == 2 else np.column_stack((arr, arr, ones))
-        if arr.ndim == 2 and arr.shape[1] == n:
-            return arr
-        if arr.ndim == 2 and arr.shape[1] == n - 1:
-            return np.hstack((arr, np.ones((arr.shape[0], 1))))
-    out = np.empty((len(values), n), dtype=float)
-    for i, v in enumerate(values):
-        if isinstance(v, tuple):
-            out[i, :] = v if len(v) == n else (*v, 1.0)
-        else:
-            out[i, :] = (v, 1.0) if n == 2 else (v, v, 1.0)
-    return out
-
-
-def distribution_summary(values: Sequence | np.ndarray, count: int | None = None) -> dict[str, Any]:
-    """``DistributionSummary.from_values``: values or (value, weight) pairs → summary dict."""
-    arr = _weighted(values, 2)
-    if arr.shape[0] == 0:
-        return _summary_from_pdf(np.empty((0, 2)), 0)
-    if count is None:
-        count = round(np.sum(arr[:, 1]).item())
-    order = np.argsort(arr[:, 0])
-    sorted_values = arr[order, 0]
-    sorted_weights = arr[order, 1]
-    uniq, inverse = np.unique(sorted_values, return_inverse=True)
-    weights = np.zeros_like(uniq, dtype=float)
-    np.add.at(weights, inverse, sorted_weights)
-    mask = weights > 0
-    final_values = uniq[mask]
-    final_weights = weights[mask]
-    total = np.sum(final_weights)
-    if total <= _EPS:
-        final_weights = np.ones_like(final_values)
-        total = np.sum(final_weights)
-    return _summary_from_pdf(np.column_stack((final_values, final_weights / total)), count)
-
-
-def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
-    """guidellm's ``_merge_sorted_times_with_weights``."""
-    uniq, inverse = np.unique(wt[:, 0], return_inverse=True)
-    w = np.zeros_like(uniq, dtype=float)
-    np.add.at(w, inverse, wt[:, 1])
-    wt = np.column_stack((uniq, w))
-    if threshold is None or threshold <= 0.0 or wt.shape[0] <= 1:
-        return wt
-    times = wt[:, 0]
-    within = np.diff(times) <= threshold
-    if not np.any(within):
-        return wt
-    run_starts = np.flatnonzero(np.concatenate(([True], ~within)))
-    run_lengths = np.diff(run_starts, append=len(times))
-    long_runs = run_lengths > 1
-    in_long_run = np.repeat(long_runs, run_lengths)
-    long_inds = np.flatnonzero(in_long_run)
-    long_times = times[long_inds]
-    group_ends = np.searchsorted(long_times, long_times + threshold, side="right")
-    group_starts = []
-    run_start = 0
-    for run_end in np.cumsum(run_lengths[long_runs]).tolist():
-        ind = run_start
-        while ind < run_end:
-            group_starts.append(ind)
-            ind = int(group_ends[ind])
-        run_start = run_end
-    is_start = ~in_long_run
-    is_start[long_inds[group_starts]] = True
-    starts = np.flatnonzero(is_start)
-    return np.column_stack((times[starts], np.add.reduceat(wt[:, 1], starts)))
-
-
-def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
-    """``DistributionSummary.rate_distribution_from_timings`` (time-weighted local rates)."""
-    wt = _weighted(events, 2)
-    wt = np.insert(wt[wt[:, 0] >= start], 0, [start, 0.0], axis=0)
-    wt = np.append(wt[wt[:, 0] <= end], [[end, 0.0]], axis=0)
-    wt = wt[np.argsort(wt[:, 0])]
-    wt = _merge_times(wt, _MERGE_THRESHOLD_S)
-    if len(wt) <= 1:
-        return distribution_summary([], count=len(wt))
-    times = wt[:, 0]
-    occurrences = wt[:, 1]
-    mid = (times[1:] + times[:-1]) / 2
-    durations = np.empty_like(times)
-    durations[0] = mid[0] - times[0]
-    durations[1:-1] = mid[1:] - mid[:-1]
-    durations[-1] = np.clip(times[-1] - mid[-1], _EPS, None)
-    rates = occurrences / durations
-    return distribution_summary(np.column_stack((rates, durations)), count=round(np.sum(occurrences).item()))
-
-
-def _concurrency_summary(intervals: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
-    """``DistributionSummary.concurrency_distribution_from_timings`` (time-weighted levels)."""
-    wi = _weighted(intervals, 3)
-    wi = wi[wi[:, 1] >= start]
-    wi = wi[wi[:, 0] <= end]
-    count = len(wi)
-    if count:
-        adds = np.stack((wi[:, 0], wi[:, 2]), axis=1)
-        removes = np.stack((wi[:, 1], -1 * wi[:, 2]), axis=1)
-    else:
-        adds = removes = np.empty((0, 2))
-    wt = np.vstack((adds, removes))
-    wt = wt[np.argsort(wt[:, 0])]
-    wt = _merge_times(wt, _MERGE_THRESHOLD_S)
-    if len(wt) > 0:
-        i = np.searchsorted(wt[:, 0], start, side="left")
-        prior = np.sum(wt[:i, 1]) if i > 0 else 0.0
-        wt = np.insert(wt[i:], 0, [start, prior], axis=0)
-        j = np.searchsorted(wt[:, 0], end, side="right")
-        wt = np.append(wt[:j], [[end, 0.0]], axis=0)
-    conc = np.clip(np.cumsum(wt[:, 1]), 0, None)
-    if len(conc) <= 1:
-        return distribution_summary([] if count == 0 else [conc[0].item()])
-    durations = np.clip(np.diff(wt[:, 0]), 0, None)
-    if not np.any(durations > 0):
-        return distribution_summary([], count=count)
-    return distribution_summary(np.column_stack((conc[:-1], durations)), count=count)
-
-
-def _status_summary(kind: str, groups: dict[str, list], start: float = 0.0, end: float = 0.0) -> dict[str, Any]:
-    """A ``StatusDistributionSummary``: successful / incomplete / errored / total."""
-    n = 3 if kind == "concurrency" else 2
-    arrs = {k: _weighted(groups[k], n) for k in ("successful", "incomplete", "errored")}
-    arrs["total"] = np.concatenate((arrs["successful"], arrs["incomplete"], arrs["errored"]), axis=0)
-    out = {}
-    for k in ("successful", "incomplete", "errored", "total"):
-        if kind == "values":
-            out[k] = distribution_summary(arrs[k])
-        elif kind == "rate":
-            out[k] = _rate_summary(arrs[k], start, end)
-        else:
-            out[k] = _concurrency_summary(arrs[k], start, end)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Per-request records (GenerativeRequestStats)
-# --------------------------------------------------------------------------------------------
-
 _STATUS_GROUP = {"finished": "successful", "in_flight": "incomplete", "rejected": "errored"}
 _GUIDELLM_STATUS = {"finished": "completed", "in_flight": "cancelled", "rejected": "errored"}
 
@@ -399,11 +188,6 @@ class _Req:
         }
 
 
-# --------------------------------------------------------------------------------------------
-# Strategy / profile mapping
-# --------------------------------------------------------------------------------------------
-
-
 def _strategy(arrival: Any) -> dict[str, Any]:
     """guidellm ``SchedulingStrategy`` dict for a servesim arrival config."""
     s = arrival.strategy
@@ -441,10 +225,6 @@ def _profile(results: list) -> dict[str, Any]:
     return prof
 
 
-# --------------------------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------------------------
-
 _NONE_SUMMARY_FIELDS = {
     "text": ("tokens", "words", "characters"),
     "image": ("tokens", "images", "pixels", "bytes"),
@@ -462,12 +242,12 @@ def _token_summary(groups: dict[str, list[_Req]], start: float, end: float) -> d
     out: dict[str, Any] = {}
     for name, idx in (("input", 2), ("output", 3)):
         vals = {k: [timed(r)[idx] for r in v] for k, v in groups.items()}
-        out[name] = _status_summary("values", vals)
-        out[f"{name}_per_second"] = _status_summary("rate", {k: [(r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
-        out[f"{name}_concurrency"] = _status_summary("concurrency", {k: [(r.start, r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
-    out["total"] = _status_summary("values", {k: [float(r.prompt + r.output) for r in v] for k, v in groups.items()})
-    out["total_per_second"] = _status_summary("rate", {k: [(r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
-    out["total_concurrency"] = _status_summary("concurrency", {k: [(r.start, r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
+        out[name] = status_summary("values", vals)
+        out[f"{name}_per_second"] = status_summary("rate", {k: [(r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
+        out[f"{name}_concurrency"] = status_summary("concurrency", {k: [(r.start, r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
+    out["total"] = status_summary("values", {k: [float(r.prompt + r.output) for r in v] for k, v in groups.items()})
+    out["total_per_second"] = status_summary("rate", {k: [(r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
+    out["total_concurrency"] = status_summary("concurrency", {k: [(r.start, r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
     return out
 
 
@@ -482,7 +262,7 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
                     continue
                 acc.extend(v) if isinstance(v, list) else acc.append(v)
             vals[k] = acc
-        return _status_summary("values", vals)
+        return status_summary("values", vals)
 
     def rates(fn) -> dict[str, Any]:
         vals = {}
@@ -492,7 +272,7 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
                 v = fn(r)
                 acc.extend(v) if isinstance(v, list) else acc.append(v)
             vals[k] = acc
-        return _status_summary("rate", vals, start, end)
+        return status_summary("rate", vals, start, end)
 
     n = {k: len(v) for k, v in groups.items()}
     zero = values(lambda r: 0.0)  # metrics guidellm defaults to 0.0 when unmeasured
@@ -500,7 +280,7 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
     return {
         "request_totals": {**n, "total": sum(n.values())},
         "requests_per_second": rates(lambda r: r.end),
-        "request_concurrency": _status_summary("concurrency", {k: [(r.start, r.end) for r in v] for k, v in groups.items()}, start, end),
+        "request_concurrency": status_summary("concurrency", {k: [(r.start, r.end) for r in v] for k, v in groups.items()}, start, end),
         "request_latency": values(lambda r: r.latency or 0.0),
         "request_dispatch_delay": None,
         "request_scheduled_latency": None,

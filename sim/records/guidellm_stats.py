@@ -4,13 +4,12 @@ over a time window, and their ``StatusDistributionSummary`` per request status. 
 :mod:`sim.records.guidellm`; pure functions of arrays."""
 
 from __future__ import annotations
+
 import math
-import platform
 from collections.abc import Sequence
 from typing import Any
-import numpy as np
-from sim.version import __version__ as SERVESIM_VERSION
 
+import numpy as np
 
 PERCENTILE_PROBABILITIES: dict[str, float] = {
     "p001": 0.001,
@@ -27,13 +26,8 @@ PERCENTILE_PROBABILITIES: dict[str, float] = {
 }
 
 
-
 _EPS = 1e-6
-
-
-
 _MERGE_THRESHOLD_S = 1e-4  # guidellm merges events closer than 0.1 ms
-
 
 
 def _summary_from_pdf(pdf: np.ndarray, count: int | None) -> dict[str, Any]:
@@ -69,7 +63,6 @@ def _summary_from_pdf(pdf: np.ndarray, count: int | None) -> dict[str, Any]:
     }
 
 
-
 def _weighted(values: Sequence | np.ndarray, n: int) -> np.ndarray:
     """guidellm's ``_to_weighted_ndarray``: (N, n) with weight 1.0 filled in."""
     if isinstance(values, np.ndarray):
@@ -102,7 +95,6 @@ def _weighted(values: Sequence | np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-
 def distribution_summary(values: Sequence | np.ndarray, count: int | None = None) -> dict[str, Any]:
     """``DistributionSummary.from_values``: values or (value, weight) pairs → summary dict."""
     arr = _weighted(values, 2)
@@ -124,7 +116,6 @@ def distribution_summary(values: Sequence | np.ndarray, count: int | None = None
         final_weights = np.ones_like(final_values)
         total = np.sum(final_weights)
     return _summary_from_pdf(np.column_stack((final_values, final_weights / total)), count)
-
 
 
 def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
@@ -160,7 +151,6 @@ def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
     return np.column_stack((times[starts], np.add.reduceat(wt[:, 1], starts)))
 
 
-
 def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
     """``DistributionSummary.rate_distribution_from_timings`` (time-weighted local rates)."""
     wt = _weighted(events, 2)
@@ -179,7 +169,6 @@ def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> di
     durations[-1] = np.clip(times[-1] - mid[-1], _EPS, None)
     rates = occurrences / durations
     return distribution_summary(np.column_stack((rates, durations)), count=round(np.sum(occurrences).item()))
-
 
 
 def _concurrency_summary(intervals: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
@@ -209,7 +198,6 @@ def _concurrency_summary(intervals: Sequence | np.ndarray, start: float, end: fl
     if not np.any(durations > 0):
         return distribution_summary([], count=count)
     return distribution_summary(np.column_stack((conc[:-1], durations)), count=count)
-
 
 
 def status_summary(kind: str, groups: dict[str, list], start: float = 0.0, end: float = 0.0) -> dict[str, Any]:

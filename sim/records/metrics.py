@@ -110,8 +110,6 @@ class LogHistogram:
         return out
 
 
-
-
 class StreamingSummary:
     """The run summary accumulated chunk by chunk (streaming mode): status counts, sums and
     extremes exactly, latency percentiles from :class:`LogHistogram` s. Memory is constant."""

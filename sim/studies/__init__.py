@@ -1,1 +1,1 @@
-"""studies"""
+"""Studies over many runs: sweeps and capacity, paired comparisons, validation against measured data, calibration, prediction intervals; executors. Pure logic: runs go through an injected executor, nothing is written."""

@@ -37,33 +37,16 @@ from sim.studies.intervals import interval_from_samples
 from sim.studies.scoring import ape, overload_flags
 
 DEFAULT_FIT_MAX_REQUESTS = 200
-
-
-
 DEFAULT_EVAL_MAX_REQUESTS = 1000
-
-
-
 DEFAULT_BOOTSTRAP = 8
-
-
-
 DEFAULT_MAXFEV = 50
-
 
 
 # the formula that cross-validated best on the shipped H100 data (docs/calibration.md:
 # smooth-wa 11.5 / 6.5 / 8.3 % CV E2E / TPOT / TTFT, weighted-average 32.1 / 14.8 / 43.6 %)
 DEFAULT_CALIBRATE_FORMULA = "smooth-wa"
-
-
-
 TARGETS = {"e2e_mean": 0.08, "tpot_mean": 0.08, "ttft_mean": 0.15}
-
-
-
 SummariesFn = Callable[[list[RunConfig]], list[dict]]
-
 
 
 def build_problems(gt_dir, base: RunConfig, *, formula: str, gemm_m: str, bench_data_dir, fit_cap: int | None,
@@ -98,7 +81,6 @@ def build_problems(gt_dir, base: RunConfig, *, formula: str, gemm_m: str, bench_
     return out[0], out[1]
 
 
-
 @dataclass
 class FormulaResult:
     formula: str
@@ -110,7 +92,6 @@ class FormulaResult:
     residuals_log: dict[str, list[float]]
     timings: dict[str, float] = field(default_factory=dict)
     nfev: int = 0
-
 
 
 def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn, *, names=DEFAULT_FIT_KNOBS,
@@ -219,7 +200,6 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
     return FormulaResult(formula, fit.knobs, fit.objective, folds, boot, table, resid_out, t, fit.nfev)
 
 
-
 def mape_summary(table: pd.DataFrame, by: str | None = None, subset: str = "not_overloaded") -> pd.DataFrame:
     """MAPE of seed / in-sample fit / CV per metric (and group), plus 90 % interval coverage."""
     d = table if subset == "all" else table[~table["overloaded"]]
@@ -229,7 +209,6 @@ def mape_summary(table: pd.DataFrame, by: str | None = None, subset: str = "not_
     g = d.groupby(keys, sort=True)
     return g.agg(n=("meas", "size"), seed=("ape_seed", "mean"), fit=("ape_fit", "mean"), cv=("ape_cv", "mean"),
                  coverage=("inside", "mean")).reset_index()
-
 
 
 def _formula_section(r: FormulaResult, settings: dict) -> dict[str, Any]:
@@ -244,7 +223,6 @@ def _formula_section(r: FormulaResult, settings: dict) -> dict[str, Any]:
         "residuals_log": {k: [round(x, 5) for x in v] for k, v in r.residuals_log.items()},
         "bootstrap": [{k: round(float(v), 6) for k, v in b.items()} for b in r.boot_knobs],
     }
-
 
 
 def calibration_document(results: Sequence[FormulaResult], settings: dict, name: str) -> dict[str, Any]:

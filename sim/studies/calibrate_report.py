@@ -15,7 +15,6 @@ def pct_or_dash(x) -> str:
     return "-" if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.1f}%"
 
 
-
 def render_report(results: list[FormulaResult], settings: dict) -> str:
     lines = ["# Calibration report", "", f"Command: `{settings['command']}`", "",
              f"Data: `{settings['ground_truth']}` ({settings['n_points']} points, {settings['n_experiments']} experiments, "

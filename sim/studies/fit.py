@@ -47,7 +47,6 @@ DEFAULT_FIT_KNOBS = (
 )
 
 
-
 # (metric, simulated summary key, measured column)
 FIT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("ttft_mean", "ttft_mean_ms", "ttft_mean_ms"),
@@ -56,13 +55,8 @@ FIT_METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-
 REPORT_METRICS = FIT_METRICS + (("tpot_incl_ttft_mean", "time_per_output_token_mean_ms", "tpot_incl_ttft_mean_ms"),)
-
-
-
 APE_CAP = 1.0  # a point's APE counts at most 100 %: queueing blow-ups must not drive the fit
-
 
 
 def unit_to_knobs(u: Sequence[float], names: Sequence[str], fixed: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -72,10 +66,8 @@ def unit_to_knobs(u: Sequence[float], names: Sequence[str], fixed: Mapping[str, 
     return out
 
 
-
 def knobs_to_unit(knobs: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
     return np.array([KNOBS[n].to_unit(knobs[n]) for n in names], dtype=float)
-
 
 
 def with_knobs(cfg, knobs: Mapping[str, float], seed: int | None = None):
@@ -88,7 +80,6 @@ def with_knobs(cfg, knobs: Mapping[str, float], seed: int | None = None):
     if seed is not None:
         upd["seed"] = int(seed)
     return cfg.model_copy(update=upd)
-
 
 
 @dataclass
@@ -119,9 +110,7 @@ class Problem:
         return np.array([[finite_or_nan(m.get(col)) for _, _, col in metrics] for m in self.measured], dtype=float)
 
 
-
 SimulateFn = Callable[[list], list]  # configs -> summaries (dicts)
-
 
 
 def finite_or_nan(x: Any) -> float:
@@ -132,10 +121,8 @@ def finite_or_nan(x: Any) -> float:
     return v if math.isfinite(v) else math.nan
 
 
-
 def sim_matrix(summaries: Sequence[Mapping], metrics=FIT_METRICS) -> np.ndarray:
     return np.array([[finite_or_nan(s.get(key)) for _, key, _ in metrics] for s in summaries], dtype=float)
-
 
 
 def ape_matrix(sim: np.ndarray, meas: np.ndarray) -> np.ndarray:
@@ -143,7 +130,6 @@ def ape_matrix(sim: np.ndarray, meas: np.ndarray) -> np.ndarray:
         a = np.abs(sim - meas) / meas
     a[~(np.isfinite(a) & (meas > 0))] = np.nan
     return a
-
 
 
 def objective(sim: np.ndarray, meas: np.ndarray, weights: np.ndarray | None = None, cap: float = APE_CAP) -> float:
@@ -158,7 +144,6 @@ def objective(sim: np.ndarray, meas: np.ndarray, weights: np.ndarray | None = No
         elif np.any(w > 0) and np.isfinite(meas[w > 0, j]).any():
             vals.append(cap)  # measured but not simulated (e.g. nothing finished)
     return float(np.mean(vals)) if vals else math.nan
-
 
 
 class Evaluator:
@@ -183,7 +168,6 @@ class Evaluator:
         return [self.cache[(key_k, i, seed)] for i in idx]
 
 
-
 @dataclass
 class FitResult:
     knobs: dict[str, float]
@@ -192,7 +176,6 @@ class FitResult:
     nfev: int
     train_point_ids: list[str]
     names: tuple[str, ...]
-
 
 
 def _nelder_mead(fun, x0: np.ndarray, maxfev: int, step: float = 0.15):
@@ -206,7 +189,6 @@ def _nelder_mead(fun, x0: np.ndarray, maxfev: int, step: float = 0.15):
         simplex.append(np.clip(x0 + e, 0, 1))
     return minimize(fun, np.clip(x0, 0, 1), method="Nelder-Mead", bounds=[(0.0, 1.0)] * p,
                     options={"maxfev": maxfev, "initial_simplex": np.array(simplex), "xatol": 1e-3, "fatol": 1e-4})
-
 
 
 def fit_direct(
@@ -243,7 +225,6 @@ def fit_direct(
                      [pr.points.at[i, "point_id"] for i in train_idx], names)
 
 
-
 @dataclass
 class Linearisation:
     """log(sim) ≈ y0 + J·(u − u0) per point and fit metric, around the fitted knobs."""
@@ -256,7 +237,6 @@ class Linearisation:
 
     def predict(self, u: np.ndarray) -> np.ndarray:
         return np.exp(self.y0 + self.jac @ (np.asarray(u, float) - self.u0))
-
 
 
 def linearise(ev: Evaluator, knobs: Mapping[str, float], names: Sequence[str], idx: Sequence[int], h: float = 0.05) -> Linearisation:
@@ -275,7 +255,6 @@ def linearise(ev: Evaluator, knobs: Mapping[str, float], names: Sequence[str], i
             jac[:, :, j] = (y - y0) / d
     jac[~np.isfinite(jac)] = 0.0
     return Linearisation(names, u0, fixed, y0, jac)
-
 
 
 def fit_surrogate(
@@ -304,14 +283,12 @@ def fit_surrogate(
     return best_u
 
 
-
 @dataclass
 class Fold:
     experiment: str
     knobs: dict[str, float]
     train_point_ids: list[str]
     test_point_ids: list[str]
-
 
 
 def loeo_folds(
@@ -329,7 +306,6 @@ def loeo_folds(
         k = dict(refit(train))
         folds.append(Fold(e, k, [problem.points.at[i, "point_id"] for i in train], [problem.points.at[i, "point_id"] for i in test]))
     return folds
-
 
 
 def bootstrap_weights(experiments: Sequence[str], mask: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

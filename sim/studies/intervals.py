@@ -31,7 +31,6 @@ def interval_from_samples(center: float, log_spread: Sequence[float], log_resid:
     return float(c * math.exp(q[0])), float(c * math.exp(q[1]))
 
 
-
 def coverage(meas: Sequence[float], lo: Sequence[float], hi: Sequence[float]) -> tuple[float, int]:
     """(share of finite measured values inside [lo, hi], number of such values)."""
     m, a, b = (np.asarray(x, float) for x in (meas, lo, hi))
@@ -39,7 +38,6 @@ def coverage(meas: Sequence[float], lo: Sequence[float], hi: Sequence[float]) ->
     if not ok.any():
         return (math.nan, 0)
     return float(np.mean((m[ok] >= a[ok]) & (m[ok] <= b[ok]))), int(ok.sum())
-
 
 
 # summary keys an interval is given for, and the calibration residual metric that widens them
@@ -50,7 +48,6 @@ INTERVAL_KEYS: dict[str, str | None] = {
     "e2e_mean_ms": "e2e_mean", "e2e_p50_ms": "e2e_mean", "e2e_p90_ms": None, "e2e_p99_ms": None,
     "output_tokens_per_s": None, "requests_per_s": None,
 }
-
 
 
 def interval_configs(cfg, calibration: Mapping[str, Any], n: int | None = None) -> list:
@@ -65,7 +62,6 @@ def interval_configs(cfg, calibration: Mapping[str, Any], n: int | None = None) 
         # the calibration fills the rest; replace only the knobs the user left unset
         out.append(with_knobs(cfg, free, seed=cfg.seed + b + 1))
     return out
-
 
 
 def summary_intervals(center: Mapping, replicates: Sequence[Mapping], calibration: Mapping[str, Any] | None,

@@ -14,14 +14,12 @@ def pct_cell(x: Any) -> str:
     return "–" if not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
-
 def num_cell(x: Any, digits: int = 1) -> str:
     try:
         v = float(x)
     except (TypeError, ValueError):
         return "–"
     return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
-
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -36,9 +36,7 @@ class ValidationResult:
     sim_summaries: dict = field(default_factory=dict)  # (formula, gemm_m, point_id) -> summary
 
 
-
 RunMany = Callable[[list[RunConfig]], list]
-
 
 
 def run_validation(

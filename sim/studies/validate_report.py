@@ -16,7 +16,6 @@ def mape_lookup(mt: pd.DataFrame) -> dict:
     return {(r.formula, r.gemm_m, r.subset, r.group_by, r.group, r.metric): (r.mape, r.n) for r in mt.itertuples()}
 
 
-
 def render_report(v: ValidationResult) -> str:
     s = v.settings
     lk = mape_lookup(v.mape)
