@@ -28,8 +28,8 @@ from sim.cli.output import atomic_write_bytes
 from sim.cli.validate import run_validation, write_outputs
 from sim.errors import ConfigError
 from sim.studies.executor import run_many
-from sim.studies.groundtruth import DEFAULT_MAX_REQUESTS_PER_POINT
 from sim.studies.markdown import md_table
+from sim.studies.point_configs import DEFAULT_MAX_REQUESTS_PER_POINT
 from sim.studies.scoring import mape
 
 ARMS = (("weighted-average", "BL"), ("smooth-wa", "SWA"), ("additive", "ADD"), ("max", "MAX"))

@@ -15,16 +15,8 @@ from click.testing import CliRunner
 from sim.cli.validate import run_validation, validate
 from sim.errors import ConfigError
 from sim.studies.executor import run_many
-from sim.studies.groundtruth import (
-    STUDY_MAX_NUM_BATCHED_TOKENS,
-    STUDY_NUM_GPU_BLOCKS,
-    load_points,
-    load_server_spans,
-    measured_for_point,
-    point_to_config,
-    points_to_configs,
-    study_rate,
-)
+from sim.studies.groundtruth import load_points, load_server_spans
+from sim.studies.point_configs import STUDY_MAX_NUM_BATCHED_TOKENS, STUDY_NUM_GPU_BLOCKS, measured_for_point, point_to_config, points_to_configs, study_rate
 from sim.studies.scoring import ape, compare_points, mape, mape_table, overload_flags, step_check
 
 FIXTURE = Path(__file__).parent / "fixtures" / "groundtruth_small"

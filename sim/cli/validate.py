@@ -28,11 +28,8 @@ from sim.cli.common import ProgressBars, err_console, handle_errors, out_console
 from sim.config import parse_run_config
 from sim.errors import ConfigError
 from sim.plots.validation import plot_latency_vs_rate, plot_sim_vs_meas
-from sim.studies.groundtruth import (
-    DEFAULT_MAX_REQUESTS_PER_POINT,
-    MODES,
-)
 from sim.studies.markdown import pct_cell
+from sim.studies.point_configs import DEFAULT_MAX_REQUESTS_PER_POINT, MODES
 from sim.studies.scoring import HEADLINE_METRICS
 from sim.studies.validate import ValidationResult, run_validation
 from sim.studies.validate_report import mape_lookup, render_report

@@ -32,8 +32,9 @@ from sim.studies.fit import (
     unit_to_knobs,
     with_knobs,
 )
-from sim.studies.groundtruth import load_points, measured_for_point, point_to_config
+from sim.studies.groundtruth import load_points
 from sim.studies.intervals import interval_from_samples
+from sim.studies.point_configs import measured_for_point, point_to_config
 from sim.studies.scoring import ape, overload_flags
 
 DEFAULT_FIT_MAX_REQUESTS = 200
@@ -60,9 +61,9 @@ def build_problems(gt_dir, base: RunConfig, *, formula: str, gemm_m: str, bench_
             raise ConfigError(f"--experiment: unknown experiment(s) {', '.join(unknown)}")
         points = points[points["experiment"].isin(experiments)].reset_index(drop=True)
     points = pd.concat([points, overload_flags(points)], axis=1)
-    from sim.studies.groundtruth import _gpu_name
+    from sim.studies.point_configs import gpu_name_of
 
-    gpus = points.apply(_gpu_name, axis=1)
+    gpus = points.apply(gpu_name_of, axis=1)
     if gpu is not None:
         from sim.catalogue.hardware import resolve_gpu
 

@@ -16,13 +16,8 @@ import pandas as pd
 from sim.config import RunConfig, parse_run_config
 from sim.cost.combine import DEFAULT_FORMULA
 from sim.errors import ConfigError
-from sim.studies.groundtruth import (
-    DEFAULT_MAX_REQUESTS_PER_POINT,
-    load_points,
-    load_server_spans,
-    measured_for_point,
-    point_to_config,
-)
+from sim.studies.groundtruth import load_points, load_server_spans
+from sim.studies.point_configs import DEFAULT_MAX_REQUESTS_PER_POINT, measured_for_point, point_to_config
 from sim.studies.scoring import compare_points, mape_table, overload_flags, step_check
 
 
