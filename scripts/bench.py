@@ -66,17 +66,25 @@ def _child(case: dict) -> dict:
         wall = time.perf_counter() - t0
         s = res.summary
         return {
-            "wall_s": wall, "requests": s["num_requests"], "steps": s["num_steps"],
-            "requests_per_wall_s": s["num_requests"] / wall, "steps_per_wall_s": s["num_steps"] / wall,
-            "mean_batch_tokens": s["mean_batch_tokens"], "finished": s["num_finished"],
+            "wall_s": wall,
+            "requests": s["num_requests"],
+            "steps": s["num_steps"],
+            "requests_per_wall_s": s["num_requests"] / wall,
+            "steps_per_wall_s": s["num_steps"] / wall,
+            "mean_batch_tokens": s["mean_batch_tokens"],
+            "finished": s["num_finished"],
         }
     from sim.studies.executor import run_many
     from sim.studies.sweep import run_sweep
 
     res = run_sweep(cfg, lambda cfgs: run_many(cfgs, "process"))
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "points": len(res.points), "requests": sum(p.result.summary["num_requests"] for p in res.points),
-            "steps": sum(p.result.summary["num_steps"] for p in res.points)}
+    return {
+        "wall_s": wall,
+        "points": len(res.points),
+        "requests": sum(p.result.summary["num_requests"] for p in res.points),
+        "steps": sum(p.result.summary["num_steps"] for p in res.points),
+    }
 
 
 def run_case(case: dict) -> dict:
@@ -106,8 +114,7 @@ def main() -> None:
         print(json.dumps(out))
         return
 
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-          f"{__import__('os').cpu_count()} CPUs")
+    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, {__import__('os').cpu_count()} CPUs")
     cases = [("P1", {"kind": "run"})]
     if args.p2:
         cases.append(("P2", {"kind": "run", "stream": True, "override": {"workload": {"num_requests": 100000}}}))
@@ -129,9 +136,12 @@ def main() -> None:
         r = runs[0]
         median = runs[len(runs) // 2]["wall_s"]
         results[name] = r
-        print(f"| {name} | {r['wall_s']:.2f} | {median:.2f} | {r['process_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['requests']} | {r['steps']} | "
-              f"{r.get('requests_per_wall_s', r['requests'] / r['wall_s']):.0f} | "
-              f"{r.get('steps_per_wall_s', r['steps'] / r['wall_s']):.0f} | {r.get('mean_batch_tokens', float('nan')):.1f} |", flush=True)
+        print(
+            f"| {name} | {r['wall_s']:.2f} | {median:.2f} | {r['process_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['requests']} | {r['steps']} | "
+            f"{r.get('requests_per_wall_s', r['requests'] / r['wall_s']):.0f} | "
+            f"{r.get('steps_per_wall_s', r['steps'] / r['wall_s']):.0f} | {r.get('mean_batch_tokens', float('nan')):.1f} |",
+            flush=True,
+        )
     if "P2" in results:
         print(f"\nP2/P1 wall ratio: {results['P2']['wall_s'] / results['P1']['wall_s']:.2f} (target <= 12)")
 

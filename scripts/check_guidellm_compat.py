@@ -52,9 +52,7 @@ def _stub_torch() -> None:
     dl.DataLoader = data.DataLoader = DataLoader
     ds.IterableDataset = data.IterableDataset = IterableDataset
     data.dataloader, data.dataset, utils.data, torch.utils = dl, ds, data, utils
-    sys.modules.update(
-        {"torch": torch, "torch.utils": utils, "torch.utils.data": data, "torch.utils.data.dataloader": dl, "torch.utils.data.dataset": ds}
-    )
+    sys.modules.update({"torch": torch, "torch.utils": utils, "torch.utils.data": data, "torch.utils.data.dataloader": dl, "torch.utils.data.dataset": ds})
 
 
 def import_loader(stub_torch: bool = True):
@@ -119,19 +117,11 @@ def recompute_with_guidellm(bench) -> dict[str, tuple[float, float]]:
     start, end = bench.scheduler_metrics.measure_start_time, bench.scheduler_metrics.measure_end_time
     fresh = {
         "time_to_first_token_ms": SDS.from_values_function(lambda r: r.time_to_first_token_ms or 0.0, **groups),
-        "inter_token_latency_ms": SDS.from_values_function(
-            lambda r: (r.inter_token_latency_ms or 0.0, (r.output_tokens or 1.0) - 1.0), **groups
-        ),
-        "time_per_output_token_ms": SDS.from_values_function(
-            lambda r: (r.time_per_output_token_ms or 0.0, r.output_tokens or 0.0), **groups
-        ),
+        "inter_token_latency_ms": SDS.from_values_function(lambda r: (r.inter_token_latency_ms or 0.0, (r.output_tokens or 1.0) - 1.0), **groups),
+        "time_per_output_token_ms": SDS.from_values_function(lambda r: (r.time_per_output_token_ms or 0.0, r.output_tokens or 0.0), **groups),
         "request_latency": SDS.from_values_function(lambda r: r.request_latency or 0.0, **groups),
-        "requests_per_second": SDS.rate_distribution_from_timings_function(
-            lambda r: r.request_end_time, **groups, start_time=start, end_time=end
-        ),
-        "output_tokens_per_second": SDS.rate_distribution_from_timings_function(
-            lambda r: r.output_tokens_timings, **groups, start_time=start, end_time=end
-        ),
+        "requests_per_second": SDS.rate_distribution_from_timings_function(lambda r: r.request_end_time, **groups, start_time=start, end_time=end),
+        "output_tokens_per_second": SDS.rate_distribution_from_timings_function(lambda r: r.output_tokens_timings, **groups, start_time=start, end_time=end),
         "request_concurrency": SDS.concurrency_distribution_from_timings_function(
             lambda r: (r.request_start_time, r.request_end_time), **groups, start_time=start, end_time=end
         ),

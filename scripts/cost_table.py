@@ -38,9 +38,7 @@ def main() -> None:
     ap.add_argument("--gemm-m", default="tokens", choices=["tokens", "requests"])
     a = ap.parse_args()
     formulas = FORMULAS.names()
-    models = {
-        f: build_roofline(a.model, a.gpu, a.tp, f, a.gemm_m, a.lookup, a.bench_data) for f in formulas
-    }
+    models = {f: build_roofline(a.model, a.gpu, a.tp, f, a.gemm_m, a.lookup, a.bench_data) for f in formulas}
     mfu = f"tables {a.bench_data} ({a.lookup})" if a.bench_data else "built-in MFU model"
     print(f"{a.model} TP{a.tp} {a.gpu}, {mfu}, gemm_m={a.gemm_m}; milliseconds\n")
     head = ["batch", "compute bound", "memory bound", "Tp", "Td", "overhead"] + [f"total `{f}`" for f in formulas]

@@ -66,7 +66,8 @@ def main(root: Path) -> None:
     # q <= 1 keeps decode attention time ∝ x/mfu increasing in x
     dc, dq, dx0 = least_squares(
         lambda t: np.log(t[0] * g * hill(x, t[1], np.exp(t[2]))) - np.log(yd),
-        [0.003, 0.9, np.log(4096)], bounds=([1e-6, 0.1, 0.0], [1.0, 1.0, 20.0]),
+        [0.003, 0.9, np.log(4096)],
+        bounds=([1e-6, 0.1, 0.0], [1.0, 1.0, 20.0]),
     ).x
     dx0 = float(np.exp(dx0))
 

@@ -66,33 +66,65 @@ def tables_for(long: pd.DataFrame, summaries: dict, sizing: str) -> tuple[str, d
         wl = pts[pts["experiment"] == exp]["workload"].iloc[0]
         vals = {lab: _mape(long, arm, sizing, experiment=exp) for arm, lab in ARMS}
         bl = vals["BL"][0]
-        rows.append([exp, wl, vals["BL"][1], *[_pct(vals[lab][0]) for _, lab in ARMS],
-                     *[_pp(bl - vals[lab][0]) for lab in ("SWA", "ADD", "MAX")]])
-    out += [f"#### Per-experiment E2E MAPE (gemm_m = {sizing})", "",
-            md_table(["Experiment", "Type", "N", "BL E2E", "SWA E2E", "ADD E2E", "MAX E2E", "BL→SWA", "BL→ADD", "BL→MAX"], rows), ""]
+        rows.append([exp, wl, vals["BL"][1], *[_pct(vals[lab][0]) for _, lab in ARMS], *[_pp(bl - vals[lab][0]) for lab in ("SWA", "ADD", "MAX")]])
+    out += [
+        f"#### Per-experiment E2E MAPE (gemm_m = {sizing})",
+        "",
+        md_table(["Experiment", "Type", "N", "BL E2E", "SWA E2E", "ADD E2E", "MAX E2E", "BL→SWA", "BL→ADD", "BL→MAX"], rows),
+        "",
+    ]
     # by workload type (+ TPOT = E2E/output, the study's ground-truth TPOT)
     rows = []
     for wl in sorted(pts["workload"].unique()):
         e = {lab: _mape(long, arm, sizing, workload=wl) for arm, lab in ARMS}
         t = {lab: _mape(long, arm, sizing, "tpot_incl_ttft_mean", workload=wl)[0] for arm, lab in ARMS}
-        rows.append([wl, e["BL"][1], *[_pct(e[lab][0]) for _, lab in ARMS], _pp(e["BL"][0] - e["SWA"][0]), _pp(e["BL"][0] - e["ADD"][0]),
-                     _pp(e["BL"][0] - e["MAX"][0]), _pct(t["BL"]), _pct(t["ADD"]), _pp(t["BL"] - t["ADD"])])
+        rows.append(
+            [
+                wl,
+                e["BL"][1],
+                *[_pct(e[lab][0]) for _, lab in ARMS],
+                _pp(e["BL"][0] - e["SWA"][0]),
+                _pp(e["BL"][0] - e["ADD"][0]),
+                _pp(e["BL"][0] - e["MAX"][0]),
+                _pct(t["BL"]),
+                _pct(t["ADD"]),
+                _pp(t["BL"] - t["ADD"]),
+            ]
+        )
     e = {lab: _mape(long, arm, sizing) for arm, lab in ARMS}
     t = {lab: _mape(long, arm, sizing, "tpot_incl_ttft_mean")[0] for arm, lab in ARMS}
-    rows.append(["**OVERALL**", f"**{e['BL'][1]}**", *[f"**{_pct(e[lab][0])}**" for _, lab in ARMS], _pp(e["BL"][0] - e["SWA"][0]),
-                 _pp(e["BL"][0] - e["ADD"][0]), _pp(e["BL"][0] - e["MAX"][0]), _pct(t["BL"]), _pct(t["ADD"]), _pp(t["BL"] - t["ADD"])])
-    out += [f"#### Aggregate by workload type (gemm_m = {sizing})", "",
-            md_table(["Workload", "N", "BL E2E", "SWA E2E", "ADD E2E", "MAX E2E", "BL→SWA", "BL→ADD", "BL→MAX", "BL TPOT", "ADD TPOT", "Δ TPOT"], rows), ""]
+    rows.append(
+        [
+            "**OVERALL**",
+            f"**{e['BL'][1]}**",
+            *[f"**{_pct(e[lab][0])}**" for _, lab in ARMS],
+            _pp(e["BL"][0] - e["SWA"][0]),
+            _pp(e["BL"][0] - e["ADD"][0]),
+            _pp(e["BL"][0] - e["MAX"][0]),
+            _pct(t["BL"]),
+            _pct(t["ADD"]),
+            _pp(t["BL"] - t["ADD"]),
+        ]
+    )
+    out += [
+        f"#### Aggregate by workload type (gemm_m = {sizing})",
+        "",
+        md_table(["Workload", "N", "BL E2E", "SWA E2E", "ADD E2E", "MAX E2E", "BL→SWA", "BL→ADD", "BL→MAX", "BL TPOT", "ADD TPOT", "Δ TPOT"], rows),
+        "",
+    ]
     # by concurrency level
     rows = []
     lv = {}
     for level in ("synchronous", "rate", "throughput"):
         v = {lab: _mape(long, arm, sizing, load_level=level) for arm, lab in ARMS}
         lv[level] = v
-        rows.append([LEVEL_NAMES[level], v["BL"][1], *[_pct(v[lab][0]) for _, lab in ARMS],
-                     *[_pp(v["BL"][0] - v[lab][0]) for lab in ("SWA", "ADD", "MAX")]])
-    out += [f"#### By concurrency level (gemm_m = {sizing})", "",
-            md_table(["Strategy", "N", "BL E2E", "SWA E2E", "ADD E2E", "MAX E2E", "BL→SWA", "BL→ADD", "BL→MAX"], rows), ""]
+        rows.append([LEVEL_NAMES[level], v["BL"][1], *[_pct(v[lab][0]) for _, lab in ARMS], *[_pp(v["BL"][0] - v[lab][0]) for lab in ("SWA", "ADD", "MAX")]])
+    out += [
+        f"#### By concurrency level (gemm_m = {sizing})",
+        "",
+        md_table(["Strategy", "N", "BL E2E", "SWA E2E", "ADD E2E", "MAX E2E", "BL→SWA", "BL→ADD", "BL→MAX"], rows),
+        "",
+    ]
     # accept criteria
     overall = e["BL"][0] - e["ADD"][0]
     sync = lv["synchronous"]["BL"][0] - lv["synchronous"]["ADD"][0]
@@ -102,9 +134,16 @@ def tables_for(long: pd.DataFrame, summaries: dict, sizing: str) -> tuple[str, d
     c3 = abs(sync) < 0.01
     crit = {"overall": overall, "sync": sync, "high": high, "c1": c1, "c2": c2, "c3": c3}
     rows = [
-        ["E2E MAPE improvement ≥ 2pp (additive vs baseline)", f"{_pp(overall)} ({'improved' if overall > 0 else 'worsened'})", "**PASS**" if c1 else "**FAIL**"],
-        ["Improvement concentrated at higher load (constant/Poisson + throughput vs synchronous)",
-         f"{_pp(sync)} sync vs {_pp(high)} high-load", "**PASS**" if c2 else "**FAIL**"],
+        [
+            "E2E MAPE improvement ≥ 2pp (additive vs baseline)",
+            f"{_pp(overall)} ({'improved' if overall > 0 else 'worsened'})",
+            "**PASS**" if c1 else "**FAIL**",
+        ],
+        [
+            "Improvement concentrated at higher load (constant/Poisson + throughput vs synchronous)",
+            f"{_pp(sync)} sync vs {_pp(high)} high-load",
+            "**PASS**" if c2 else "**FAIL**",
+        ],
         ["Vanishing effect at synchronous load (< 1pp)", f"{abs(100 * sync):.2f}pp difference", "**PASS**" if c3 else "**FAIL**"],
     ]
     out += [f"#### Accept criteria (gemm_m = {sizing})", "", md_table(["Criterion", "Result", "Status"], rows), ""]
@@ -156,9 +195,20 @@ def render(v, wall_s: float, argv: str) -> str:
         r, _ = _mape(long, arm, "requests")
         t, _ = _mape(long, arm, "tokens")
         rows.append([lab, _pct(r), _pct(t), _pp(r - t), _pct(crits["requests"]["mixed_share"][lab]), _pct(crits["tokens"]["mixed_share"][lab])])
-    lines += [md_table(["Arm", "E2E MAPE (requests)", "E2E MAPE (tokens)", "requests→tokens (+ = tokens better)", "mixed steps (requests)", "mixed steps (tokens)"], rows), ""]
-    rows = [[c, *["**PASS**" if crits[s][k] else "**FAIL**" for s in SIZINGS]] for c, k in
-            (("≥ 2pp E2E improvement of ADD over BL", "c1"), ("improvement concentrated at high load", "c2"), ("< 1pp difference at synchronous load", "c3"))]
+    lines += [
+        md_table(
+            ["Arm", "E2E MAPE (requests)", "E2E MAPE (tokens)", "requests→tokens (+ = tokens better)", "mixed steps (requests)", "mixed steps (tokens)"], rows
+        ),
+        "",
+    ]
+    rows = [
+        [c, *["**PASS**" if crits[s][k] else "**FAIL**" for s in SIZINGS]]
+        for c, k in (
+            ("≥ 2pp E2E improvement of ADD over BL", "c1"),
+            ("improvement concentrated at high load", "c2"),
+            ("< 1pp difference at synchronous load", "c3"),
+        )
+    ]
     lines += ["### Accept criteria in both sizing modes", "", md_table(["Criterion", "requests", "tokens"], rows), ""]
     return "\n".join(lines)
 
@@ -183,10 +233,12 @@ def main(ground_truth, out_md, results_dir, bench_data, mode, max_requests_per_p
             def prog(done, total):
                 if done % 20 == 0 or done == total:
                     print(f"  {done}/{total} simulations", file=sys.stderr, flush=True)
+
             return run_many(cfgs, executor, workers, prog)
 
-        v = run_validation(gt, many, formulas=[a for a, _ in ARMS], gemm_ms=SIZINGS, mode=mode,
-                           bench_data_dir=bench, max_requests_per_point=max_requests_per_point)
+        v = run_validation(
+            gt, many, formulas=[a for a, _ in ARMS], gemm_ms=SIZINGS, mode=mode, bench_data_dir=bench, max_requests_per_point=max_requests_per_point
+        )
         wall = time.perf_counter() - t0
         v.settings["mode"] = mode
         write_outputs(Path(results_dir), v, plots=False)

@@ -51,9 +51,7 @@ class ServerConfig(_Strict):
     max_num_batched_tokens: int | None = Field(
         None, gt=0, description="--max-num-batched-tokens: token budget per step; None = vLLM's pick (8192 on >=70 GiB GPUs, else 2048)"
     )
-    long_prefill_token_threshold: int = Field(
-        0, ge=0, description="--long-prefill-token-threshold: cap on one request's prefill chunk per step; 0 = no cap"
-    )
+    long_prefill_token_threshold: int = Field(0, ge=0, description="--long-prefill-token-threshold: cap on one request's prefill chunk per step; 0 = no cap")
     enable_chunked_prefill: bool = Field(True, description="--enable-chunked-prefill (vLLM V1 default on)")
     enable_prefix_caching: bool = Field(False, description="--enable-prefix-caching: reuse KV blocks of identical prefixes")
     block_size: int = Field(VLLM_DEFAULT_BLOCK_SIZE, gt=0, description="--block-size: tokens per KV block")
@@ -78,47 +76,68 @@ class CostConfig(_Strict):
     """Step-cost model selection and calibration knobs."""
 
     model: str = Field("roofline", description="cost model name: roofline | fixed | linear")
-    formula: str | None = Field(
-        None, description="mixed-batch formula (roofline only); None = the calibration's (cost.calibration), else weighted-average"
-    )
-    gemm_m: Literal["tokens", "requests"] = Field(
-        "tokens", description="GEMM M dimension: token count (physical) or request count (reproduces the seed study)"
-    )
+    formula: str | None = Field(None, description="mixed-batch formula (roofline only); None = the calibration's (cost.calibration), else weighted-average")
+    gemm_m: Literal["tokens", "requests"] = Field("tokens", description="GEMM M dimension: token count (physical) or request count (reproduces the seed study)")
     mfu_lookup: Literal["nearest", "interpolate"] | None = Field(
-        None, description="MFU table lookup: nearest (the seed's floor row) or interpolate (linear in M / seq / bilinear); None = the calibration's, else nearest"
+        None,
+        description="MFU table lookup: nearest (the seed's floor row) or interpolate (linear in M / seq / bilinear); None = the calibration's, else nearest",
     )
     bench_data_dir: str | None = Field(None, description="microbenchmark directory (bench_data/); None = built-in MFU model")
     bw_efficiency: float | None = Field(None, gt=0, le=1, description="HBM bandwidth efficiency; None = GPU default")
     per_layer_overhead_us: float | None = Field(None, ge=0, description="CPU overhead per layer, µs (divided by TP); None = GPU default")
     # calibration knobs (docs/calibration.md); None = the calibration's value, else the seed's
-    per_step_overhead_us: float | None = Field(None, ge=0, le=1e5, description="CPU time per step, µs, not divided by TP (scheduler, sampling, launch); None = 0")
-    prefill_compute_scale: float | None = Field(None, gt=0, le=10, description="multiplier on prefill compute time (GEMM + attention; 1/MFU correction); None = 1")
-    decode_compute_scale: float | None = Field(None, gt=0, le=10, description="multiplier on decode compute time (GEMM + attention; 1/MFU correction); None = 1")
+    per_step_overhead_us: float | None = Field(
+        None, ge=0, le=1e5, description="CPU time per step, µs, not divided by TP (scheduler, sampling, launch); None = 0"
+    )
+    prefill_compute_scale: float | None = Field(
+        None, gt=0, le=10, description="multiplier on prefill compute time (GEMM + attention; 1/MFU correction); None = 1"
+    )
+    decode_compute_scale: float | None = Field(
+        None, gt=0, le=10, description="multiplier on decode compute time (GEMM + attention; 1/MFU correction); None = 1"
+    )
     attention_scale: float | None = Field(None, gt=0, le=10, description="extra multiplier on the attention cores of both phases; None = 1")
     mixed_penalty: float | None = Field(None, ge=0, le=5, description="a mixed step's combined GPU time is multiplied by 1 + penalty; None = 0")
     frontend_latency_ms: float | None = Field(
-        None, ge=0, le=10_000, description="API-server latency before the engine sees a request (HTTP, tokenization, hand-off), ms; counts in TTFT and E2E, not TPOT; None = 0"
+        None,
+        ge=0,
+        le=10_000,
+        description="API-server latency before the engine sees a request (HTTP, tokenization, hand-off), ms; counts in TTFT and E2E, not TPOT; None = 0",
     )
     frontend_us_per_prompt_token: float | None = Field(
-        None, ge=0, le=1000, description="API-server time per prompt token before the engine sees a request (tokenization, input processing), µs, not divided by TP; adds to frontend_latency_ms; None = 0"
+        None,
+        ge=0,
+        le=1000,
+        description="API-server time per prompt token before the engine sees a request (tokenization, input processing), µs, not divided by TP; adds to frontend_latency_ms; None = 0",
     )
     allreduce_bw_gbps: float | None = Field(
-        None, gt=0, le=10_000, description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)"
+        None,
+        gt=0,
+        le=10_000,
+        description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)",
     )
     allreduce_latency_us: float | None = Field(
-        None, ge=0, le=1000, description="fixed latency of each all-reduce, µs: TP>1 steps pay 2 per layer (launch, cross-GPU synchronisation), not divided by TP; None = 0"
+        None,
+        ge=0,
+        le=1000,
+        description="fixed latency of each all-reduce, µs: TP>1 steps pay 2 per layer (launch, cross-GPU synchronisation), not divided by TP; None = 0",
     )
     decode_kv_read_fraction: float | None = Field(
-        None, gt=0, le=1, description="share of each decoding request's KV cache a decode step reads from HBM (κ): 1 = all of it (physical: attention streams the whole KV); None = the calibration's, else the seed's 0.8"
+        None,
+        gt=0,
+        le=1,
+        description="share of each decoding request's KV cache a decode step reads from HBM (κ): 1 = all of it (physical: attention streams the whole KV); None = the calibration's, else the seed's 0.8",
     )
     lm_head_reads: bool | None = Field(
-        None, description="every step reads the LM head's weights (vocab x hidden, split by TP) besides the layers' (physical: the logits GEMM streams them whatever the rows); None = the calibration's, else the seed's false (layers only)"
+        None,
+        description="every step reads the LM head's weights (vocab x hidden, split by TP) besides the layers' (physical: the logits GEMM streams them whatever the rows); None = the calibration's, else the seed's false (layers only)",
     )
     decode_attention_context: Literal["max", "mean"] | None = Field(
-        None, description="context at which a decode step's attention is priced: max (the seed's: every request at the batch's longest context) or mean (Σ contexts / N: the kernel reads each request's own KV); None = the calibration's, else max"
+        None,
+        description="context at which a decode step's attention is priced: max (the seed's: every request at the batch's longest context) or mean (Σ contexts / N: the kernel reads each request's own KV); None = the calibration's, else max",
     )
     calibration: str | None = Field(
-        None, description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs (and the formula and settings) left unset with those it fitted for cost.formula"
+        None,
+        description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs (and the formula and settings) left unset with those it fitted for cost.formula",
     )
     # fixed / linear test models
     fixed_step_s: float = Field(0.01, gt=0, description="fixed model: seconds per step")
@@ -167,7 +186,9 @@ class WorkloadConfig(_Strict):
     prompt_tokens: LengthDist = LengthDist(dist="normal", mean=512, stdev=256, min=2, max=7000)
     output_tokens: LengthDist = LengthDist(dist="normal", mean=215, stdev=100, min=2, max=7000)
     prefix_tokens: int = Field(0, ge=0, description="shared prefix prepended to every prompt (counted in prompt_tokens)")
-    prefix_groups: int = Field(1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly (with prompt_pool: each pool prompt keeps one group)")
+    prefix_groups: int = Field(
+        1, gt=0, description="number of distinct shared prefixes; requests pick one uniformly (with prompt_pool: each pool prompt keeps one group)"
+    )
     priority_levels: int = Field(1, gt=0, description="each request draws a priority uniformly in 0..levels-1 (0 = most urgent); for the 'priority' policy")
     prompt_pool: int | None = Field(
         None,
@@ -175,7 +196,8 @@ class WorkloadConfig(_Strict):
         description="distinct prompts the requests cycle through: request i sends pool prompt i mod prompt_pool, token for token (inference-perf's shared_prefix data: num_groups x num_prompts_per_group prompts, reused in order), so the prefix cache can hit whole prompts; None = every prompt unique",
     )
     prompt_pool_warm: bool = Field(
-        False, description="the pool's prompts are in the prefix cache when the run starts (a stage that follows an earlier one on the same server); needs prompt_pool"
+        False,
+        description="the pool's prompts are in the prefix cache when the run starts (a stage that follows an earlier one on the same server); needs prompt_pool",
     )
     trace: TraceConfig | None = None
 
@@ -186,9 +208,7 @@ class WorkloadConfig(_Strict):
         return self
 
 
-ArrivalStrategy = Literal[
-    "synchronous", "constant", "poisson", "throughput", "concurrent", "replay", "open-loop-at-measured-rate"
-]
+ArrivalStrategy = Literal["synchronous", "constant", "poisson", "throughput", "concurrent", "replay", "open-loop-at-measured-rate"]
 
 
 class ArrivalConfig(_Strict):
@@ -218,7 +238,9 @@ class SweepConfig(_Strict):
     rate_strategy: Literal["constant", "poisson"] = Field("constant", description="arrival process of the rate points")
     duration_s: float | None = Field(None, gt=0, description="each rate point sends rate·duration requests (else workload.num_requests)")
     overload_factor: float | None = Field(
-        1.25, gt=1, description="guidellm rule only: one more rate at this multiple of the throughput point's rate, to see past saturation; None = guidellm's points only"
+        1.25,
+        gt=1,
+        description="guidellm rule only: one more rate at this multiple of the throughput point's rate, to see past saturation; None = guidellm's points only",
     )
 
     @field_validator("rates_rps")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class RequestStatus(str, Enum):
@@ -61,7 +61,7 @@ class Request:
     reject_reason: str = ""
     max_itl_s: float = 0.0
     itls_s: list[float] | None = None
-    done_event: object | None = None  # simpy Event triggered when the request leaves
+    done_event: Any = None  # simpy Event (or None) triggered when the request leaves
 
     @property
     def num_tokens(self) -> int:

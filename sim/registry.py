@@ -46,9 +46,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             where = f"{field}: " if field else ""
-            raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+            raise ConfigError(f"{where}unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

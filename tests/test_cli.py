@@ -16,8 +16,14 @@ from sim.cli.main import main
 from sim.errors import ConfigError
 
 FAST = [
-    "--cost-model", "linear", "--num-requests", "40", "--quiet", "--no-plots",
-    "--set", "workload.output_tokens={dist: normal, mean: 30, stdev: 10, min: 2, max: 80}",
+    "--cost-model",
+    "linear",
+    "--num-requests",
+    "40",
+    "--quiet",
+    "--no-plots",
+    "--set",
+    "workload.output_tokens={dist: normal, mean: 30, stdev: 10, min: 2, max: 80}",
 ]
 
 
@@ -128,11 +134,18 @@ def test_guidellm_profile_as_config(tmp_path):
 
 def test_inference_perf_config_as_sweep(tmp_path):
     conf = tmp_path / "ip.yaml"
-    conf.write_text(yaml.safe_dump({
-        "load": {"type": "poisson", "stages": [{"rate": 2, "duration": 10}, {"rate": 4, "duration": 10}]},
-        "data": {"type": "shared_prefix", "shared_prefix": {"num_unique_system_prompts": 2, "system_prompt_len": 100, "question_len": 50, "output_len": 20}},
-        "server": {"model_name": "meta-llama/Llama-2-7b-hf"},
-    }))
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "load": {"type": "poisson", "stages": [{"rate": 2, "duration": 10}, {"rate": 4, "duration": 10}]},
+                "data": {
+                    "type": "shared_prefix",
+                    "shared_prefix": {"num_unique_system_prompts": 2, "system_prompt_len": 100, "question_len": 50, "output_len": 20},
+                },
+                "server": {"model_name": "meta-llama/Llama-2-7b-hf"},
+            }
+        )
+    )
     out = tmp_path / "o"
     res = invoke("sweep", str(conf), "--cost-model", "linear", "--quiet", "--no-plots", "--executor", "serial", "-o", str(out))
     assert res.exit_code == 0, res.output
@@ -195,7 +208,9 @@ def test_python_m_sim_exit_code_and_stderr(tmp_path):
     """The real entry point prints no traceback and exits 2 for bad input."""
     proc = subprocess.run(
         [sys.executable, "-m", "sim", "run", "--rate", "0", "--strategy", "constant", "-o", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "arrival.rate_rps" in proc.stderr and "Traceback" not in proc.stderr

@@ -72,10 +72,25 @@ def test_bad_compare_input():
 
 def test_compare_cli_writes_table_and_plot(tmp_path):
     out = tmp_path / "c"
-    res = CliRunner().invoke(main, [
-        "compare", "--cost-model", "linear", "--num-requests", "30", "--policies", "vllm-v1,sarathi",
-        "--seeds", "2", "--executor", "serial", "--quiet", "-o", str(out),
-    ])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--cost-model",
+            "linear",
+            "--num-requests",
+            "30",
+            "--policies",
+            "vllm-v1,sarathi",
+            "--seeds",
+            "2",
+            "--executor",
+            "serial",
+            "--quiet",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (out / "compare.csv").exists() and (out / "plots" / "compare.png").exists()
     assert "sarathi" in res.output and "Δ" in res.output

@@ -80,9 +80,7 @@ def test_two_simultaneous_requests_share_steps():
 
 def test_budget_limits_second_prefill_to_leftover_then_mixes():
     """vLLM V1: running requests first; a new prompt gets the leftover budget (mixed batch)."""
-    cfg = _fixed(
-        100, 10, n=2, arrival={"strategy": "constant", "rate_rps": 1 / (2.5 * STEP_S)}, server={"max_num_batched_tokens": 64}
-    )
+    cfg = _fixed(100, 10, n=2, arrival={"strategy": "constant", "rate_rps": 1 / (2.5 * STEP_S)}, server={"max_num_batched_tokens": 64})
     _, _, chk = run_checked(cfg)
     mixed = [b for b in chk.batches if b.is_mixed]
     assert mixed, "the second request's prefill should share steps with the first one's decodes"
@@ -93,9 +91,7 @@ def test_budget_limits_second_prefill_to_leftover_then_mixes():
 def test_preemption_by_recompute_when_kv_is_scarce():
     """GIVEN KV for about two requests and eight at once THEN requests are preempted (the most
     recently admitted first), recompute, and all finish with the right token counts."""
-    cfg = _fixed(
-        120, 60, n=8, arrival={"strategy": "throughput"}, server={"num_gpu_blocks": 24, "max_num_batched_tokens": 512}
-    )
+    cfg = _fixed(120, 60, n=8, arrival={"strategy": "throughput"}, server={"num_gpu_blocks": 24, "max_num_batched_tokens": 512})
     res, sim, chk = run_checked(cfg)
     assert res.summary["num_preemptions"] > 0
     assert res.summary["num_finished"] == 8
@@ -129,9 +125,10 @@ def test_per_prompt_token_frontend_time_shifts_ttft_by_prompt_length(strategy):
     TTFT, E2E and queue delay longer by exactly F + u·P (prompts of different lengths, spaced
     so they never meet in the server), and TPOT unchanged."""
     lat_ms, per_us = 3.0, 20.0
-    over = dict(arrival={"strategy": strategy, "rate_rps": 0.5 if strategy == "constant" else None},
-                workload={"num_requests": 12, "prompt_tokens": {"dist": "uniform", "min": 50, "max": 900},
-                          "output_tokens": {"dist": "fixed", "value": 12}})
+    over = dict(
+        arrival={"strategy": strategy, "rate_rps": 0.5 if strategy == "constant" else None},
+        workload={"num_requests": 12, "prompt_tokens": {"dist": "uniform", "min": 50, "max": 900}, "output_tokens": {"dist": "fixed", "value": 12}},
+    )
     cost = {"model": "fixed", "fixed_step_s": STEP_S}
     base = simulate(make_config(cost=cost, **over)).requests
     late = simulate(make_config(cost={**cost, "frontend_latency_ms": lat_ms, "frontend_us_per_prompt_token": per_us}, **over)).requests

@@ -17,9 +17,7 @@ from sim.cost.mfu import (
 )
 from sim.errors import ConfigError
 
-GROUND_TRUTH = Path(
-    os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth")
-)
+GROUND_TRUTH = Path(os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth"))
 
 GEMM_CSV = """m,k,n,latency_us,mfu
 8,64,128,1.0,0.10

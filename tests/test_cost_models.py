@@ -12,12 +12,9 @@ from sim.catalogue.hardware import GPU_CATALOGUE, resolve_gpu
 from sim.catalogue.models import MODEL_CATALOGUE, ModelSpec, dtype_bytes, model_spec_from_hf, resolve_model
 from sim.errors import ConfigError
 
-GROUND_TRUTH = Path(
-    os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth")
-)
+GROUND_TRUTH = Path(os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth"))
 
-REQUIRED = ["llama-2-7b", "llama-2-13b", "llama-2-70b", "codellama-34b", "llama-3.1-8b", "llama-3.1-70b",
-            "qwen2.5-7b", "qwen3-14b", "mixtral-8x7b"]
+REQUIRED = ["llama-2-7b", "llama-2-13b", "llama-2-70b", "codellama-34b", "llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-14b", "mixtral-8x7b"]
 
 
 def test_catalogue_has_required_models_with_sources():
@@ -67,8 +64,7 @@ def test_hf_fallbacks():
 
 
 @pytest.mark.parametrize(
-    "dtype,b", [("float32", 4), ("float16", 2), ("bfloat16", 2), ("int8", 1), ("uint8", 1),
-                ("float8_e4m3fn", 1), ("fp8", 1), ("int4", 1), ("nf4", 1)]
+    "dtype,b", [("float32", 4), ("float16", 2), ("bfloat16", 2), ("int8", 1), ("uint8", 1), ("float8_e4m3fn", 1), ("fp8", 1), ("int4", 1), ("nf4", 1)]
 )
 def test_dtype_bytes(dtype, b):
     assert dtype_bytes(dtype) == b
@@ -86,9 +82,18 @@ def test_unknown_dtype_and_missing_fields_are_errors():
 
 def test_text_config_merged_over_top_level():
     """A multimodal config's text_config wins over top-level keys."""
-    cfg = {"torch_dtype": "bfloat16", "hidden_size": 1, "text_config": {
-        "num_hidden_layers": 6, "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 2,
-        "intermediate_size": 1000, "head_dim": 64}}
+    cfg = {
+        "torch_dtype": "bfloat16",
+        "hidden_size": 1,
+        "text_config": {
+            "num_hidden_layers": 6,
+            "hidden_size": 512,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "intermediate_size": 1000,
+            "head_dim": 64,
+        },
+    }
     m = model_spec_from_hf(cfg, "mm")
     assert (m.num_layers, m.hidden_size, m.num_kv_heads, m.head_dim, m.intermediate_size) == (6, 512, 2, 64, 1000)
 
@@ -136,9 +141,14 @@ def test_resolve_path_errors(tmp_path):
 
 
 _GT_DIRS = {
-    "llama-2-7b": "llama-2-7b-hf", "llama-2-70b": "llama-2-70b-hf", "codellama-34b": "codellama-34b-instruct-hf",
-    "llama-3.1-8b": "llama-3.1-8b-instruct", "llama-3.1-70b": "llama-3.1-70b-instruct",
-    "qwen2.5-7b": "qwen2.5-7b-instruct", "qwen3-14b": "qwen3-14b", "mixtral-8x7b": "mixtral-8x7b-v0.1",
+    "llama-2-7b": "llama-2-7b-hf",
+    "llama-2-70b": "llama-2-70b-hf",
+    "codellama-34b": "codellama-34b-instruct-hf",
+    "llama-3.1-8b": "llama-3.1-8b-instruct",
+    "llama-3.1-70b": "llama-3.1-70b-instruct",
+    "qwen2.5-7b": "qwen2.5-7b-instruct",
+    "qwen3-14b": "qwen3-14b",
+    "mixtral-8x7b": "mixtral-8x7b-v0.1",
 }
 
 
@@ -150,15 +160,25 @@ def test_catalogue_matches_ground_truth_configs(name):
         pytest.skip(f"ground truth not found at {GROUND_TRUTH} (set SERVESIM_GROUND_TRUTH)")
     parsed = resolve_model(str(path))
     cat = resolve_model(name)
-    fields = ["num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-              "vocab_size", "bytes_per_param", "max_position_embeddings", "num_experts", "num_experts_per_tok"]
+    fields = [
+        "num_layers",
+        "hidden_size",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "bytes_per_param",
+        "max_position_embeddings",
+        "num_experts",
+        "num_experts_per_tok",
+    ]
     assert {f: getattr(parsed, f) for f in fields} == {f: getattr(cat, f) for f in fields}
 
 
 def test_gpu_catalogue_values_and_aliases():
     h = resolve_gpu("H100")
-    assert (h.peak_bf16_tflops, h.hbm_bw_tbs, h.bw_efficiency, h.per_layer_overhead_us, h.memory_gib) == (
-        989.5, 3.35, 0.82, 100.0, 80.0)
+    assert (h.peak_bf16_tflops, h.hbm_bw_tbs, h.bw_efficiency, h.per_layer_overhead_us, h.memory_gib) == (989.5, 3.35, 0.82, 100.0, 80.0)
     a = resolve_gpu("a100-80")
     assert (a.peak_bf16_tflops, a.hbm_bw_tbs, a.bw_efficiency) == (312.0, 2.039, 0.80)
     assert resolve_gpu("h100-sxm") is h and resolve_gpu("H200").hbm_bw_tbs == 4.8

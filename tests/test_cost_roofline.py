@@ -21,16 +21,12 @@ from sim.cost.roofline_build import build_roofline
 from sim.entities import Batch, BatchItem
 from sim.errors import ConfigError
 
-GROUND_TRUTH = Path(
-    os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth")
-)
+GROUND_TRUTH = Path(os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resolve().parents[1].parent / "shared" / "ground_truth"))
 
 # Tiny model: L=2, d=64, H=4, Hk=2, dh=16, dff=128, 2 bytes/param
-TINY = ModelSpec("tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-                 intermediate_size=128, vocab_size=0, bytes_per_param=2.0)
+TINY = ModelSpec("tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128, vocab_size=0, bytes_per_param=2.0)
 # Toy GPU: P = 1e12 FLOP/s, BW = 0.5e12 B/s · η 0.5 = 2.5e11 B/s, 10 µs per layer
-TOY = GpuSpec("toy", peak_bf16_tflops=1.0, hbm_bw_tbs=0.5, memory_gib=1.0, bw_efficiency=0.5,
-              per_layer_overhead_us=10.0)
+TOY = GpuSpec("toy", peak_bf16_tflops=1.0, hbm_bw_tbs=0.5, memory_gib=1.0, bw_efficiency=0.5, per_layer_overhead_us=10.0)
 P, BW, OVERHEAD_S = 1e12, 0.5e12 * 0.5, 10e-6 * 2
 
 
@@ -135,8 +131,7 @@ def test_prefill_terms_requests():
 
 
 def test_prefill_bucket_edges():
-    assert [prefill_bucket(s) for s in (1, 512, 513, 1024, 1025, 65536, 10**6)] == [
-        512, 512, 1024, 1024, 2048, 65536, 65536]
+    assert [prefill_bucket(s) for s in (1, 512, 513, 1024, 1025, 65536, 10**6)] == [512, 512, 1024, 1024, 2048, 65536, 65536]
 
 
 def test_single_token_prefill_uses_decode_discounts():
@@ -280,8 +275,7 @@ def make_batch(prefills, decodes):
 
 
 @settings(max_examples=150, deadline=None)
-@given(prefill_items, decode_items, st.sampled_from(sorted(FORMULAS.names())),
-       st.sampled_from(["tokens", "requests"]), st.sampled_from([1, 2, 4]))
+@given(prefill_items, decode_items, st.sampled_from(sorted(FORMULAS.names())), st.sampled_from(["tokens", "requests"]), st.sampled_from([1, 2, 4]))
 def test_total_positive_for_any_nonempty_batch(prefills, decodes, formula, gemm_m, tp):
     if not prefills and not decodes:
         decodes = [0]
@@ -332,8 +326,9 @@ def test_higher_tp_never_more_compute_per_gpu(prefills, decodes, formula):
 
 # --- factory ---------------------------------------------------------------------------------
 def test_factory_builds_from_run_config():
-    cfg = parse_run_config({"model": "llama-2-7b", "gpu": "H100", "tensor_parallel_size": 2,
-                            "cost": {"model": "roofline", "formula": "additive", "gemm_m": "requests"}})
+    cfg = parse_run_config(
+        {"model": "llama-2-7b", "gpu": "H100", "tensor_parallel_size": 2, "cost": {"model": "roofline", "formula": "additive", "gemm_m": "requests"}}
+    )
     m = build_cost_model(cfg)
     assert isinstance(m, RooflineCostModel) and isinstance(m.mfu, BuiltinMfu)
     assert (m.tp, m.formula, m.gemm_m, m.bw_efficiency, m.per_layer_overhead_us) == (2, "additive", "requests", 0.82, 100.0)
@@ -386,8 +381,7 @@ def test_allreduce_latency_is_two_per_layer_and_step_only_with_tp():
         zero = build_cost_model(parse_run_config({**base, "cost": {"allreduce_latency_us": 0.0}}))
         on = build_cost_model(parse_run_config({**base, "cost": {"allreduce_latency_us": 7.5}}))
         expect_s = 2 * on.model.num_layers * 7.5e-6 if tp > 1 else 0.0
-        for price in (lambda m: m.price(mixed).total_s, lambda m: m.price_decode(16, 9000, 800).total_s,
-                      lambda m: m.decode_step_fn(16)(9000, 800)):
+        for price in (lambda m: m.price(mixed).total_s, lambda m: m.price_decode(16, 9000, 800).total_s, lambda m: m.decode_step_fn(16)(9000, 800)):
             assert price(on) - price(off) == pytest.approx(expect_s, rel=1e-9, abs=1e-15)
             assert price(zero) == price(off)
 

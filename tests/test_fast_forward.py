@@ -14,8 +14,11 @@ CASES = [
     {"arrival": {"strategy": "synchronous"}},
     {"arrival": {"strategy": "poisson", "rate_rps": 10.0}},
     {"arrival": {"strategy": "throughput"}, "server": {"num_gpu_blocks": 150}},  # preemption
-    {"arrival": {"strategy": "concurrent", "concurrency": 4}, "workload": {"prefix_tokens": 64, "prefix_groups": 2},
-     "server": {"enable_prefix_caching": True, "num_gpu_blocks": 300}},
+    {
+        "arrival": {"strategy": "concurrent", "concurrency": 4},
+        "workload": {"prefix_tokens": 64, "prefix_groups": 2},
+        "server": {"enable_prefix_caching": True, "num_gpu_blocks": 300},
+    },
     {"arrival": {"strategy": "constant", "rate_rps": 4.0}, "horizon_s": 3.0},
     {"arrival": {"strategy": "poisson", "rate_rps": 30.0}, "scheduler": {"policy": "priority"}, "workload": {"priority_levels": 3}},
 ]
@@ -65,8 +68,7 @@ def test_fast_forward_actually_skips_work():
 def test_long_windows_stored_column_wise_are_exact(arrival):
     """Windows of many steps are kept as column chunks: same table, same dtypes, with the
     records in memory and streamed in small chunks."""
-    cfg = make_config(arrival=arrival, cost={"model": "roofline"},
-                      workload={"num_requests": 6, "output_tokens": {"dist": "fixed", "value": 300}})
+    cfg = make_config(arrival=arrival, cost={"model": "roofline"}, workload={"num_requests": 6, "output_tokens": {"dist": "fixed", "value": 300}})
     on, _ = _run(cfg, True)
     off, _ = _run(cfg, False)
     assert on.steps.to_csv(index=False) == off.steps.to_csv(index=False)
@@ -94,8 +96,11 @@ def test_long_windows_stored_column_wise_are_exact(arrival):
 def test_windows_run_through_finishes(cost):
     """Open-loop requests finish inside windows (the batch shrinks there): still the same
     records as the step loop, and it does happen."""
-    cfg = make_config(arrival={"strategy": "constant", "rate_rps": 3.0}, cost={"model": cost},
-                      workload={"num_requests": 40, "output_tokens": {"dist": "normal", "mean": 120, "stdev": 60, "min": 2, "max": 400}})
+    cfg = make_config(
+        arrival={"strategy": "constant", "rate_rps": 3.0},
+        cost={"model": cost},
+        workload={"num_requests": 40, "output_tokens": {"dist": "normal", "mean": 120, "stdev": 60, "min": 2, "max": 400}},
+    )
     sim = Simulation(cfg)
     engine = sim.engine
     finished_inside: list[int] = []
@@ -123,15 +128,24 @@ def test_preemption_right_after_a_window_frees_the_blocks_it_filled_as_cached():
     fast-forward. Two seats, 15 blocks, a 16-token budget: requests preempt each other."""
     from sim.config import parse_run_config
 
-    cfg = parse_run_config({
-        "seed": 0,
-        "server": {"block_size": 16, "max_num_seqs": 2, "max_num_batched_tokens": 16, "enable_chunked_prefill": True,
-                   "enable_prefix_caching": True, "long_prefill_token_threshold": 0, "num_gpu_blocks": 15},
-        "scheduler": {"policy": "priority", "starvation_age_s": 0.001},
-        "cost": {"model": "linear", "linear_base_s": 0.015625, "linear_per_prefill_token_s": 0.0, "linear_per_decode_token_s": 0.0},
-        "workload": {"num_requests": 5, "prompt_tokens": {"dist": "fixed", "value": 95}, "output_tokens": {"dist": "uniform", "min": 1, "max": 47}},
-        "arrival": {"strategy": "constant", "rate_rps": 5.0},
-    })
+    cfg = parse_run_config(
+        {
+            "seed": 0,
+            "server": {
+                "block_size": 16,
+                "max_num_seqs": 2,
+                "max_num_batched_tokens": 16,
+                "enable_chunked_prefill": True,
+                "enable_prefix_caching": True,
+                "long_prefill_token_threshold": 0,
+                "num_gpu_blocks": 15,
+            },
+            "scheduler": {"policy": "priority", "starvation_age_s": 0.001},
+            "cost": {"model": "linear", "linear_base_s": 0.015625, "linear_per_prefill_token_s": 0.0, "linear_per_decode_token_s": 0.0},
+            "workload": {"num_requests": 5, "prompt_tokens": {"dist": "fixed", "value": 95}, "output_tokens": {"dist": "uniform", "min": 1, "max": 47}},
+            "arrival": {"strategy": "constant", "rate_rps": 5.0},
+        }
+    )
     on, sim_on = _run(cfg, True)
     off, _ = _run(cfg, False)
     assert on.steps["num_preempted"].sum() > 0  # the case needs a preemption
@@ -162,7 +176,6 @@ def test_fast_forward_follows_the_declared_scheduler_capabilities():
             return getattr(self._inner, name)
 
     bare = Simulation(parse_run_config({"workload": {"num_requests": 4}}))
-    engine = Engine(bare.env, Undeclared(bare.scheduler), bare.cost_model, bare.sink,
-                    max_model_len=4096, kv_capacity_tokens=1 << 20)
+    engine = Engine(bare.env, Undeclared(bare.scheduler), bare.cost_model, bare.sink, max_model_len=4096, kv_capacity_tokens=1 << 20)
     assert not engine.fast_forward and not engine.deferred
     assert NO_CAPABILITIES.plain_decodes is False and NO_CAPABILITIES.deferred_decodes is False

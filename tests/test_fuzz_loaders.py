@@ -49,6 +49,7 @@ NAMED = re.compile(r"^[^\s:][^:\n]*: \S")
 
 # ---------------------------------------------------------------------------- values
 
+
 # Every key name the config schema knows, at any level: fuzzed mappings use them often so
 # that the validators (not only the unknown-key check) see garbage.
 def _schema_keys(model: type) -> set[str]:

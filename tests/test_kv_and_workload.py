@@ -95,10 +95,7 @@ def test_rng_streams_are_named_and_independent():
 
 def test_trace_replay_sends_at_offsets(tmp_path):
     p = tmp_path / "t.csv"
-    p.write_text(
-        "benchmark_index,start_offset_s,prompt_tokens,output_tokens,ok\n"
-        "0,10.5,100,3,1\n0,10.0,50,2,1\n0,11.0,70,2,0\n1,0.0,10,2,1\n"
-    )
+    p.write_text("benchmark_index,start_offset_s,prompt_tokens,output_tokens,ok\n0,10.5,100,3,1\n0,10.0,50,2,1\n0,11.0,70,2,0\n1,0.0,10,2,1\n")
     df = load_trace(p, benchmark_index=0)
     assert df["prompt_tokens"].tolist() == [50, 100]
     cfg = make_config(workload={"trace": {"path": str(p), "benchmark_index": 0}}, arrival={"strategy": "replay"})

@@ -384,6 +384,7 @@ def check_all_laws(res, sim) -> None:
 
 # ---------------------------------------------------------------------------- properties
 
+
 def _with_policy(data: dict, policy: str) -> dict:
     return dict(data, scheduler=dict(data["scheduler"], policy=policy))
 
@@ -469,9 +470,7 @@ def test_same_config_gives_byte_identical_tables_with_and_without_fast_forward(p
     check_all_laws(res, sim)
 
 
-TRACE_ROWS = st.lists(
-    st.tuples(st.floats(0.0, 5.0, allow_nan=False), st.integers(1, 600), st.integers(1, 40)), min_size=1, max_size=30
-)
+TRACE_ROWS = st.lists(st.tuples(st.floats(0.0, 5.0, allow_nan=False), st.integers(1, 600), st.integers(1, 40)), min_size=1, max_size=30)
 
 
 @pytest.fixture(scope="module")
@@ -520,7 +519,12 @@ def test_result_files_are_replaced_atomically(atomic_dir, old, new, fail, name):
     def boom(*_a, **_k):
         raise exc("injected")
 
-    where = {"write": "sim.cli.output.os.fdopen", "fsync": "sim.cli.output.os.fsync", "replace": "sim.cli.output.os.replace", "interrupt": "sim.cli.output.os.fsync"}
+    where = {
+        "write": "sim.cli.output.os.fdopen",
+        "fsync": "sim.cli.output.os.fsync",
+        "replace": "sim.cli.output.os.replace",
+        "interrupt": "sim.cli.output.os.fsync",
+    }
     if fail == "none":
         cli_output.atomic_write_bytes(target, new)
         assert target.read_bytes() == new
@@ -592,8 +596,12 @@ def test_self_preemption_through_the_engine(policy):
             "cost": {"model": "fixed"},
             "scheduler": {"policy": policy},
             "server": {"block_size": 1, "num_gpu_blocks": 6, "max_num_batched_tokens": 8, "long_prefill_token_threshold": 1},
-            "workload": {"num_requests": 4, "prompt_tokens": {"dist": "uniform", "min": 1, "max": 3},
-                         "output_tokens": {"dist": "fixed", "value": 3}, "priority_levels": 2},
+            "workload": {
+                "num_requests": 4,
+                "prompt_tokens": {"dist": "uniform", "min": 1, "max": 3},
+                "output_tokens": {"dist": "fixed", "value": 3},
+                "priority_levels": 2,
+            },
             "arrival": {"strategy": "throughput"},
         }
     )
@@ -612,8 +620,7 @@ def test_unchunked_budget_below_max_model_len_is_refused():
     cfg = parse_run_config(
         {
             "cost": {"model": "fixed"},
-            "server": {"block_size": 1, "num_gpu_blocks": 4, "max_num_batched_tokens": 4, "max_model_len": 4,
-                       "enable_chunked_prefill": False},
+            "server": {"block_size": 1, "num_gpu_blocks": 4, "max_num_batched_tokens": 4, "max_model_len": 4, "enable_chunked_prefill": False},
             "workload": {"num_requests": 2, "prompt_tokens": {"dist": "fixed", "value": 1}, "output_tokens": {"dist": "fixed", "value": 3}},
             "arrival": {"strategy": "throughput"},
         }

@@ -21,8 +21,7 @@ def _cfg(strategy: str, rate: float | None = None, n: int = 400, **over):
     return make_config(
         cost={"model": "fixed", "fixed_step_s": STEP_S},
         server={"max_num_seqs": SEATS},
-        workload={"num_requests": n, "prompt_tokens": {"dist": "fixed", "value": 32},
-                  "output_tokens": {"dist": "fixed", "value": OUTPUT}},
+        workload={"num_requests": n, "prompt_tokens": {"dist": "fixed", "value": 32}, "output_tokens": {"dist": "fixed", "value": OUTPUT}},
         arrival={"strategy": strategy, "rate_rps": rate},
         **over,
     )

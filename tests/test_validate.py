@@ -88,20 +88,31 @@ def test_ape_and_mape_known_answers():
 
 
 def _two_points() -> pd.DataFrame:
-    return pd.DataFrame({
-        "point_id": ["e1#0", "e2#0", "e2#1"], "experiment": ["e1", "e2", "e2"], "dataset": ["d", "d", "d"],
-        "workload": ["chat", "code", "code"], "strategy": ["synchronous", "synchronous", "throughput"],
-        "load_level": ["synchronous", "synchronous", "throughput"], "benchmark_index": [0, 0, 1], "rate": [1, 1, 512],
-        "e2e_mean_ms": [100.0, 200.0, 400.0], "ttft_mean_ms": [10.0, 20.0, 80.0], "tpot_mean_ms": [np.nan, 5.0, 8.0],
-        "achieved_rps": [np.nan] * 3,
-    })
+    return pd.DataFrame(
+        {
+            "point_id": ["e1#0", "e2#0", "e2#1"],
+            "experiment": ["e1", "e2", "e2"],
+            "dataset": ["d", "d", "d"],
+            "workload": ["chat", "code", "code"],
+            "strategy": ["synchronous", "synchronous", "throughput"],
+            "load_level": ["synchronous", "synchronous", "throughput"],
+            "benchmark_index": [0, 0, 1],
+            "rate": [1, 1, 512],
+            "e2e_mean_ms": [100.0, 200.0, 400.0],
+            "ttft_mean_ms": [10.0, 20.0, 80.0],
+            "tpot_mean_ms": [np.nan, 5.0, 8.0],
+            "achieved_rps": [np.nan] * 3,
+        }
+    )
 
 
 def test_compare_points_and_mape_table_known_answers():
     p = _two_points()
-    sims = [{"e2e_mean_ms": 110.0, "ttft_mean_ms": 12.0, "tpot_mean_ms": 4.0},
-            {"e2e_mean_ms": 150.0, "ttft_mean_ms": 20.0, "tpot_mean_ms": 6.0},
-            {"e2e_mean_ms": 600.0, "ttft_mean_ms": 40.0, "tpot_mean_ms": 8.0}]
+    sims = [
+        {"e2e_mean_ms": 110.0, "ttft_mean_ms": 12.0, "tpot_mean_ms": 4.0},
+        {"e2e_mean_ms": 150.0, "ttft_mean_ms": 20.0, "tpot_mean_ms": 6.0},
+        {"e2e_mean_ms": 600.0, "ttft_mean_ms": 40.0, "tpot_mean_ms": 8.0},
+    ]
     long = compare_points(p, sims, extra={"formula": ["f"] * 3, "gemm_m": ["tokens"] * 3})
     e2e = long[long["metric"] == "e2e_mean"].set_index("point_id")["ape"]
     assert e2e.to_dict() == pytest.approx({"e1#0": 0.10, "e2#0": 0.25, "e2#1": 0.50})
@@ -118,10 +129,15 @@ def test_compare_points_and_mape_table_known_answers():
 
 
 def test_overload_flags():
-    p = pd.DataFrame({
-        "experiment": ["x"] * 4, "strategy": ["synchronous", "constant", "constant", "throughput"],
-        "rate": [1, 2.0, 4.0, 512], "achieved_rps": [0.5, 1.95, 3.0, 5.0], "ttft_mean_ms": [100.0, 150.0, 200.0, 9000.0],
-    })
+    p = pd.DataFrame(
+        {
+            "experiment": ["x"] * 4,
+            "strategy": ["synchronous", "constant", "constant", "throughput"],
+            "rate": [1, 2.0, 4.0, 512],
+            "achieved_rps": [0.5, 1.95, 3.0, 5.0],
+            "ttft_mean_ms": [100.0, 150.0, 200.0, 9000.0],
+        }
+    )
     f = overload_flags(p)
     assert list(f["overloaded"]) == [False, False, True, True]
     assert "achieved" in f["overload_reason"].iloc[2]
@@ -130,12 +146,21 @@ def test_overload_flags():
 
 
 def test_step_check_known_answer():
-    sim = pd.DataFrame({"request_id": [0, 1, 2], "status": ["finished"] * 3, "prompt_tokens": [10, 20, 30],
-                        "output_tokens": [5, 5, 5], "first_scheduled_s": [0.0, 1.0, 2.0], "first_token_s": [0.1, 1.2, 2.1],
-                        "finish_s": [1.1, 2.2, 2.6]})
+    sim = pd.DataFrame(
+        {
+            "request_id": [0, 1, 2],
+            "status": ["finished"] * 3,
+            "prompt_tokens": [10, 20, 30],
+            "output_tokens": [5, 5, 5],
+            "first_scheduled_s": [0.0, 1.0, 2.0],
+            "first_token_s": [0.1, 1.2, 2.1],
+            "finish_s": [1.1, 2.2, 2.6],
+        }
+    )
     # server rows in another order, one request missing: matched by (prompt, output) lengths
-    spans = pd.DataFrame({"start_offset_s": [5.0, 4.0], "prompt_tokens": [20, 10], "output_tokens": [5, 5],
-                          "prefill_ms": [100.0, 100.0], "decode_ms": [1000.0, 500.0]})
+    spans = pd.DataFrame(
+        {"start_offset_s": [5.0, 4.0], "prompt_tokens": [20, 10], "output_tokens": [5, 5], "prefill_ms": [100.0, 100.0], "decode_ms": [1000.0, 500.0]}
+    )
     r = step_check(sim, spans)
     assert r["n_matched"] == 2
     assert r["sim_prefill_mean_ms"] == pytest.approx(150.0)
@@ -217,8 +242,7 @@ def test_measured_for_capped_point_uses_same_requests(pts):
 
 
 def test_run_validation_fixture_and_step_check():
-    v = run_validation(FIXTURE, lambda cfgs: run_many(cfgs, "serial"), formulas=("weighted-average", "additive"),
-                       experiments=("tiny-b",))
+    v = run_validation(FIXTURE, lambda cfgs: run_many(cfgs, "serial"), formulas=("weighted-average", "additive"), experiments=("tiny-b",))
     assert set(v.long["formula"]) == {"weighted-average", "additive"}
     assert len(v.long) == 2 * 3 * 15
     e2e = v.long[v.long["metric"] == "e2e_mean"]
@@ -233,11 +257,26 @@ def test_run_validation_fixture_and_step_check():
 
 def test_cli_on_fixture(tmp_path):
     out = tmp_path / "val"
-    r = CliRunner().invoke(validate, ["--ground-truth", str(FIXTURE), "--formula", "weighted-average", "--formula", "smooth-wa",
-                                      "--executor", "serial", "--max-requests-per-point", "5", "-q", "-o", str(out)])
+    r = CliRunner().invoke(
+        validate,
+        [
+            "--ground-truth",
+            str(FIXTURE),
+            "--formula",
+            "weighted-average",
+            "--formula",
+            "smooth-wa",
+            "--executor",
+            "serial",
+            "--max-requests-per-point",
+            "5",
+            "-q",
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    for f in ("report.md", "points.csv", "mape.csv", "step_check.csv", "plots/latency_vs_rate_tiny-b.png",
-              "plots/sim_vs_meas_weighted-average_tokens.png"):
+    for f in ("report.md", "points.csv", "mape.csv", "step_check.csv", "plots/latency_vs_rate_tiny-b.png", "plots/sim_vs_meas_weighted-average_tokens.png"):
         assert (out / f).is_file(), f
     long = pd.read_csv(out / "points.csv")
     assert {"point_id", "metric", "sim", "meas", "ape", "overloaded", "formula"} <= set(long.columns)
@@ -280,8 +319,18 @@ def test_study_script_tables_and_criteria():
         for i, level in enumerate(["synchronous", "synchronous", "rate", "rate"]):
             a = 0.20 if (arm != "additive" or level == "synchronous") else 0.15
             for metric in ("e2e_mean", "tpot_incl_ttft_mean"):
-                rows.append({"formula": arm, "gemm_m": "requests", "point_id": f"e#{i}", "experiment": "e", "workload": "chat",
-                             "load_level": level, "metric": metric, "ape": a})
+                rows.append(
+                    {
+                        "formula": arm,
+                        "gemm_m": "requests",
+                        "point_id": f"e#{i}",
+                        "experiment": "e",
+                        "workload": "chat",
+                        "load_level": level,
+                        "metric": metric,
+                        "ape": a,
+                    }
+                )
     long = pd.DataFrame(rows)
     md, crit = mod.tables_for(long, {}, "requests")
     assert crit["overall"] == pytest.approx(0.025) and crit["c1"]
@@ -319,13 +368,12 @@ def test_set_c_traces_cycle_through_their_prompt_pool(ground_truth):
         rows = pd.read_csv(cfg.workload.trace.path).sort_values("request_index")
         lengths = rows["prompt_tokens"].to_numpy()
         same = (lengths[pool:] == lengths[:-pool]).mean()
-        shifted = (lengths[pool + 1:] == lengths[:-pool - 1]).mean()  # not the period: chance level
+        shifted = (lengths[pool + 1 :] == lengths[: -pool - 1]).mean()  # not the period: chance level
         assert same > 0.95 and shifted < 0.5, (exp, same, shifted)
 
 
 def test_validation_on_real_data(ground_truth):
-    v = run_validation(ground_truth, lambda cfgs: run_many(cfgs, "serial"),
-                       experiments=("jan20-prefill-llama7b-tp1-1", "jan30-llama2-7b-tp1-codesweep"))
+    v = run_validation(ground_truth, lambda cfgs: run_many(cfgs, "serial"), experiments=("jan20-prefill-llama7b-tp1-1", "jan30-llama2-7b-tp1-codesweep"))
     assert v.settings["num_points"] == 6
     e2e = v.long[v.long["metric"] == "e2e_mean"].set_index("point_id")["ape"]
     assert np.isfinite(e2e).all()
@@ -344,8 +392,9 @@ def test_full_validation_on_the_shared_data(ground_truth, tmp_path):
     from sim.cli import main
 
     out = tmp_path / "val"
-    res = CliRunner().invoke(main, ["validate", "--ground-truth", str(ground_truth), "--max-requests-per-point", "500",
-                                    "--no-plots", "--quiet", "-o", str(out)])
+    res = CliRunner().invoke(
+        main, ["validate", "--ground-truth", str(ground_truth), "--max-requests-per-point", "500", "--no-plots", "--quiet", "-o", str(out)]
+    )
     assert res.exit_code == 0, res.output
     for name in ("report.md", "points.csv", "mape.csv"):
         assert (out / name).exists()

@@ -122,7 +122,4 @@ def resolve_gpu(name: str) -> GpuSpec:
     key = name.strip().lower().replace("_", "-").replace(" ", "-")
     if key in _GPU_ALIASES:
         return GPU_CATALOGUE[_GPU_ALIASES[key]]
-    raise ConfigError(
-        f"unknown GPU {name!r}; choose one of: {', '.join(gpu_names())} "
-        f"(aliases: {', '.join(sorted(_GPU_ALIASES))})"
-    )
+    raise ConfigError(f"unknown GPU {name!r}; choose one of: {', '.join(gpu_names())} (aliases: {', '.join(sorted(_GPU_ALIASES))})")

@@ -43,9 +43,7 @@ def dtype_bytes(dtype: str) -> float:
         return _DTYPE_BYTES[key]
     if key.startswith("fp8") or key.startswith("float8"):
         return 1.0
-    raise ConfigError(
-        f"unknown dtype {dtype!r}; expected one of float32, float16, bfloat16, int8, uint8, fp8*, int4, nf4"
-    )
+    raise ConfigError(f"unknown dtype {dtype!r}; expected one of float32, float16, bfloat16, int8, uint8, fp8*, int4, nf4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +77,11 @@ class ModelSpec:
         if not self.bytes_per_param > 0:
             raise ConfigError(f"model {self.name!r}: bytes_per_param must be > 0, got {self.bytes_per_param}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"model {self.name!r}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
-            )
+            raise ConfigError(f"model {self.name!r}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.num_experts < 0 or self.num_experts_per_tok < 0:
             raise ConfigError(f"model {self.name!r}: expert counts must be >= 0")
         if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
-            raise ConfigError(
-                f"model {self.name!r}: num_experts_per_tok must be in 1..num_experts ({self.num_experts}), "
-                f"got {self.num_experts_per_tok}"
-            )
+            raise ConfigError(f"model {self.name!r}: num_experts_per_tok must be in 1..num_experts ({self.num_experts}), got {self.num_experts_per_tok}")
 
     # --- derived sizes ---------------------------------------------------------------------
     @property
@@ -319,7 +312,4 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     looks_like_path = p.exists() or name_or_path.endswith(".json") or name_or_path.startswith((".", "/", "~"))
     if looks_like_path:
         return load_model_config(p)
-    raise ConfigError(
-        f"unknown model {name_or_path!r}; use a path to a Hugging Face config.json (or its folder) "
-        f"or one of: {', '.join(catalogue_names())}"
-    )
+    raise ConfigError(f"unknown model {name_or_path!r}; use a path to a Hugging Face config.json (or its folder) or one of: {', '.join(catalogue_names())}")

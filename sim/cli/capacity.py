@@ -55,6 +55,7 @@ def capacity(config: str | None, **kwargs: Any) -> None:
     cfg, fmt = build_config(config, flags, tuple(sets))
     out = out_dir(opts, "capacity")
     with ProgressBars(opts["quiet"], "capacity") as prog:
+
         def many(cfgs):
             return run_many(cfgs, opts["executor"], opts["workers"], prog.phase("search", len(cfgs)), opts["ray_address"])
 
@@ -77,10 +78,10 @@ def capacity(config: str | None, **kwargs: Any) -> None:
     t.add_column("rate req/s", justify="right")
     t.add_column("meets SLOs", justify="center")
     t.add_column("violations")
-    for r, ok, v in cap.tried:
-        t.add_row(f"{r:.3f}", "yes" if ok else "no", "; ".join(v))
+    for r, ok, violations in cap.tried:
+        t.add_row(f"{r:.3f}", "yes" if ok else "no", "; ".join(violations))
     out_console.print(t)
-    if cap.capacity_rps is None:
+    if cap.capacity_rps is None or cap.result is None:  # a capacity always comes with its run
         out_console.print("capacity: no rate met the SLOs")
     else:
         s = cap.result.summary

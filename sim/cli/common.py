@@ -35,14 +35,21 @@ def common_options(func):
         click.option("--long-prefill-token-threshold", type=int, help="Cap on one prompt's chunk per step, tokens; 0 = none."),
         click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None, help="Reuse KV blocks of shared prefixes."),
         click.option("--enable-chunked-prefill/--no-enable-chunked-prefill", default=None, help="Split long prompts across steps (vLLM V1 default on)."),
-        click.option("--async-scheduling/--no-async-scheduling", default=None, help="Plan step k+1 while step k runs: a new request joins step k+2 at the earliest (default off)."),
+        click.option(
+            "--async-scheduling/--no-async-scheduling",
+            default=None,
+            help="Plan step k+1 while step k runs: a new request joins step k+2 at the earliest (default off).",
+        ),
         click.option("--block-size", type=int, help="Tokens per KV block (vLLM default 16)."),
         click.option("--gpu-memory-utilization", type=float, help="Share of GPU memory for weights+KV, in (0, 1] (vLLM default 0.9)."),
         click.option("--num-gpu-blocks-override", type=int, help="KV blocks per GPU instead of deriving them from memory."),
         click.option("--max-model-len", type=int, help="Longest prompt+output, tokens (default: the model's)."),
         click.option("--policy", help="Scheduler policy (default vllm-v1; see `servesim list`)."),
         click.option("--cost-model", help="Step-cost model: roofline | linear | fixed."),
-        click.option("--formula", help="Mixed-batch formula of the roofline: weighted-average | smooth-wa | additive | max (default: the calibration's, else weighted-average)."),
+        click.option(
+            "--formula",
+            help="Mixed-batch formula of the roofline: weighted-average | smooth-wa | additive | max (default: the calibration's, else weighted-average).",
+        ),
         click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), help="GEMM M sizing: tokens (physical) or requests (seed study)."),
         click.option("--mfu-lookup", type=click.Choice(["nearest", "interpolate"]), help="MFU table lookup mode."),
         click.option("--bench-data", type=click.Path(file_okay=False), help="Microbenchmark directory (bench_data/) for MFU tables."),
@@ -57,7 +64,9 @@ def common_options(func):
         click.option("--rate", type=float, help="Request rate, requests per second (constant/poisson)."),
         click.option("--concurrency", type=int, help="Closed-loop users (concurrent) or in-flight cap (throughput)."),
         click.option("--horizon", type=float, help="Stop the simulated clock at this many seconds."),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field, e.g. --set workload.prefix_tokens=512 (repeatable)."),
+        click.option(
+            "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field, e.g. --set workload.prefix_tokens=512 (repeatable)."
+        ),
         click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Results directory (default results/<command>)."),
         click.option("--no-plots", is_flag=True, help="Skip PNG plots."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
@@ -71,7 +80,10 @@ def executor_options(func):
     func = click.option("--ray-address", help="Ray cluster address (with --executor ray); default: start a local Ray.")(func)
     func = click.option("--workers", type=int, help="Worker processes (default: one per CPU).")(func)
     func = click.option(
-        "--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True,
+        "--executor",
+        type=click.Choice(["process", "serial", "ray"]),
+        default="process",
+        show_default=True,
         help="Where the independent simulations run.",
     )(func)
     return func
@@ -106,14 +118,18 @@ class ProgressBars:
     def __init__(self, quiet: bool, label: str) -> None:
         self.quiet = quiet
         self.label = label
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: Any = None
 
     def __enter__(self):
         if not self.quiet and err_console.is_terminal:
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=err_console, transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=False,
             )
             self.bar.__enter__()
         return self
@@ -136,10 +152,13 @@ class ProgressBars:
                     err_console.print(f"{description}: {done}/{total} ({100 * done // max(total, 1)} %) after {time.perf_counter() - start:.1f} s")
 
             return log_line
-        self.task = self.bar.add_task(description, total=total)
+        bar = self.bar
+        if bar is None:  # a terminal but the bar not entered: no progress to show
+            return None
+        self.task = task = bar.add_task(description, total=total)
 
         def update(done: int, _total: int) -> None:
-            self.bar.update(self.task, completed=done)
+            bar.update(task, completed=done)
 
         return update
 
@@ -153,7 +172,8 @@ STREAM_THRESHOLD_REQUESTS = 100_000
 
 def intervals_option(func):
     return click.option(
-        "--intervals", is_flag=True,
+        "--intervals",
+        is_flag=True,
         help="Add 90 % prediction intervals (needs --calibration: bootstrap replicates + cross-validated residuals).",
     )(func)
 
@@ -166,8 +186,7 @@ def compute_intervals(cfgs: list, results: list, opts: dict, prog) -> list:
     from sim.studies.intervals import intervals_for_configs
 
     def summaries(reps):
-        done = run_many(reps, opts.get("executor", "process"), opts.get("workers"),
-                        prog.phase("interval replicates", len(reps)), opts.get("ray_address"))
+        done = run_many(reps, opts.get("executor", "process"), opts.get("workers"), prog.phase("interval replicates", len(reps)), opts.get("ray_address"))
         return [r.summary for r in done]
 
     return intervals_for_configs(cfgs, [r.summary for r in results], summaries)

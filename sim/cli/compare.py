@@ -35,6 +35,7 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
     rates = [parse_float(r, "--rates") for r in parse_csv(rates_text)] if rates_text else None
     out = out_dir(opts, "compare")
     with ProgressBars(opts["quiet"], "compare") as prog:
+
         def many(cfgs):
             return run_many(cfgs, opts["executor"], opts["workers"], prog.phase("runs", len(cfgs)), opts["ray_address"])
 
@@ -44,17 +45,23 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
     from sim.cli.output import atomic_write_bytes
 
     atomic_write_bytes(out / "compare.csv", table.to_csv(index=False).encode())
-    write_json(out / "summary.json", {**header(cfg), "policies": policies, "formulas": formulas, "seeds": num_seeds,
-                                      "rates_rps": rates, "statistics": table.to_dict(orient="records")})
+    write_json(
+        out / "summary.json",
+        {**header(cfg), "policies": policies, "formulas": formulas, "seeds": num_seeds, "rates_rps": rates, "statistics": table.to_dict(orient="records")},
+    )
     if not opts["no_plots"]:
         from sim.plots.runs import comparison
 
         write_figure(out / "plots" / "compare.png", comparison(table))
     show = ["ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "output_tokens_per_s"]
-    for rate in (rates or [None]):
+    shown_rates: list[float | None] = list(rates) if rates else [None]
+    for rate in shown_rates:
         sub = table[table["rate_rps"].isna()] if rate is None else table[table["rate_rps"] == rate]
-        t = Table(title=f"compare over {num_seeds} seeds" + (f" at {rate:g} req/s" if rate else "") + " — mean [95% CI]; Δ = paired difference to the first arm",
-                  title_justify="left", header_style="bold")
+        t = Table(
+            title=f"compare over {num_seeds} seeds" + (f" at {rate:g} req/s" if rate else "") + " — mean [95% CI]; Δ = paired difference to the first arm",
+            title_justify="left",
+            header_style="bold",
+        )
         t.add_column("arm")
         for m in show:
             t.add_column(m, justify="right")

@@ -33,9 +33,7 @@ class StrictLoader(yaml.SafeLoader):
             except TypeError:  # unhashable key; let the base class report it
                 dup = False
             if dup:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             try:
                 seen.add(key)
             except TypeError:

@@ -20,6 +20,7 @@ def list_cmd() -> None:
     from sim.cost import COST_MODELS
     from sim.load.arrival import ARRIVALS
     from sim.scheduler import SCHEDULERS
+
     out_console.print("models:     " + ", ".join(catalogue_names()))
     out_console.print("gpus:       " + ", ".join(gpu_names()))
     for title, reg in (("policies", SCHEDULERS), ("cost models", COST_MODELS), ("arrivals", ARRIVALS)):

@@ -28,7 +28,8 @@ from sim.cost.calibration import effective_formula
 @common_options
 @intervals_option
 @click.option(
-    "--stream/--no-stream", default=None,
+    "--stream/--no-stream",
+    default=None,
     help=f"Stream records to disk in chunks (bounded memory); default: on above {STREAM_THRESHOLD_REQUESTS:,} requests.",
 )
 @handle_errors
@@ -76,7 +77,12 @@ def run(config: str | None, **kwargs: Any) -> None:
         write_figure(out / "plots" / "batch_composition.png", batch_composition(res))
     s = res.summary
     label = cfg.arrival.strategy + (f"@{cfg.arrival.rate_rps:g}" if cfg.arrival.rate_rps else "")
-    out_console.print(summary_table([(label, cfg.arrival.rate_rps, s, None)], f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}"))
+    out_console.print(
+        summary_table(
+            [(label, cfg.arrival.rate_rps, s, None)],
+            f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}",
+        )
+    )
     if ivs:
         out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
     out_console.print(

@@ -33,9 +33,20 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     from sim.studies.executor import run_many
     from sim.studies.sweep import run_sweep
 
-    kwargs = {**{k: None for k in FLAG_PATHS}, "sets": (), "output_dir": None, "no_plots": False, "quiet": False,
-              "executor": "process", "workers": None, "ray_address": None, "num_points": None, "rates": None,
-              "intervals": False, **kwargs}
+    kwargs = {
+        **{k: None for k in FLAG_PATHS},
+        "sets": (),
+        "output_dir": None,
+        "no_plots": False,
+        "quiet": False,
+        "executor": "process",
+        "workers": None,
+        "ray_address": None,
+        "num_points": None,
+        "rates": None,
+        "intervals": False,
+        **kwargs,
+    }
     flags, opts = split_flags(kwargs)
     sets = list(opts["sets"])
     if opts["num_points"] is not None:
@@ -71,10 +82,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
             "max_throughput_rps": result.max_throughput_rps,
             "full_batch_capacity_rps": result.full_batch_capacity_rps,
             "notes": result.notes,
-            "runs": [
-                {**run_entry(p.label, p.result, p.rate_rps, p.stable), **({"intervals_90": ivs[i]} if ivs else {})}
-                for i, p in enumerate(result.points)
-            ],
+            "runs": [{**run_entry(p.label, p.result, p.rate_rps, p.stable), **({"intervals_90": ivs[i]} if ivs else {})} for i, p in enumerate(result.points)],
         },
     )
     write_guidellm(out, [p.result for p in result.points], cfg)
@@ -89,8 +97,9 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
     out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}"))
     if ivs:
-        out_console.print(interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)],
-                                         f"prediction intervals (calibration {cfg.cost.calibration})"))
+        out_console.print(
+            interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals (calibration {cfg.cost.calibration})")
+        )
     sat = "-" if result.saturation_rps is None else f"{result.saturation_rps:.3g} req/s"
     out_console.print(f"saturation point: {sat}; max throughput: {result.max_throughput_rps:.3g} req/s")
     for note in result.notes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import JustifyMethod
 from rich.table import Table
 
 
@@ -20,19 +21,38 @@ def fmt_cell(x: Any, digits: int = 1) -> str:
 def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str) -> Table:
     """rows: (label, offered rate, summary, stable)."""
     t = Table(title=title, title_justify="left", header_style="bold")
-    cols = [
-        ("point", "left"), ("offered r/s", "right"), ("req/s", "right"), ("out tok/s", "right"),
-        ("TTFT mean", "right"), ("TTFT p99", "right"), ("TPOT mean", "right"), ("TPOT p99", "right"),
-        ("E2E mean", "right"), ("E2E p99", "right"), ("mixed %", "right"), ("preempt", "right"), ("stable", "center"),
+    cols: list[tuple[str, JustifyMethod]] = [
+        ("point", "left"),
+        ("offered r/s", "right"),
+        ("req/s", "right"),
+        ("out tok/s", "right"),
+        ("TTFT mean", "right"),
+        ("TTFT p99", "right"),
+        ("TPOT mean", "right"),
+        ("TPOT p99", "right"),
+        ("E2E mean", "right"),
+        ("E2E p99", "right"),
+        ("mixed %", "right"),
+        ("preempt", "right"),
+        ("stable", "center"),
     ]
     for name, just in cols:
         t.add_column(name, justify=just)
     for label, offered, s, stable in rows:
         mixed = 100.0 * s["num_mixed_steps"] / s["num_steps"] if s["num_steps"] else float("nan")
         t.add_row(
-            label, fmt_cell(offered, 2), fmt_cell(s["requests_per_s"], 2), fmt_cell(s["output_tokens_per_s"], 0),
-            fmt_cell(s["ttft_mean_ms"]), fmt_cell(s["ttft_p99_ms"]), fmt_cell(s["tpot_mean_ms"], 2), fmt_cell(s["tpot_p99_ms"], 2),
-            fmt_cell(s["e2e_mean_ms"], 0), fmt_cell(s["e2e_p99_ms"], 0), fmt_cell(mixed), str(s["num_preemptions"]),
+            label,
+            fmt_cell(offered, 2),
+            fmt_cell(s["requests_per_s"], 2),
+            fmt_cell(s["output_tokens_per_s"], 0),
+            fmt_cell(s["ttft_mean_ms"]),
+            fmt_cell(s["ttft_p99_ms"]),
+            fmt_cell(s["tpot_mean_ms"], 2),
+            fmt_cell(s["tpot_p99_ms"], 2),
+            fmt_cell(s["e2e_mean_ms"], 0),
+            fmt_cell(s["e2e_p99_ms"], 0),
+            fmt_cell(mixed),
+            str(s["num_preemptions"]),
             "-" if stable is None else ("yes" if stable else "NO"),
         )
     t.caption = "latencies in ms; req/s and tok/s over first arrival → last finish"

@@ -13,7 +13,6 @@ Outputs in OUTDIR (atomic writes, deterministic content)::
 :func:`sim.studies.validate.run_validation` is the library form.
 """
 
-
 from __future__ import annotations
 
 import io
@@ -52,7 +51,9 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
     if plots:
         for f, g in dict.fromkeys(zip(v.long["formula"], v.long["gemm_m"])):
             sub = v.long[(v.long["formula"] == f) & (v.long["gemm_m"] == g)]
-            write_figure(out / "plots" / f"sim_vs_meas_{f}_{g}.png", plot_sim_vs_meas(sub, f"simulated vs measured — {f}, gemm_m={g}, mode={v.settings['mode']}"))
+            write_figure(
+                out / "plots" / f"sim_vs_meas_{f}_{g}.png", plot_sim_vs_meas(sub, f"simulated vs measured — {f}, gemm_m={g}, mode={v.settings['mode']}")
+            )
         counts = v.points.groupby("experiment").size()
         for exp in counts[counts > 1].index:
             write_figure(out / "plots" / f"latency_vs_rate_{exp}.png", plot_latency_vs_rate(v.long, exp))
@@ -60,26 +61,57 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
 
 @click.command()
 @click.option("--ground-truth", "ground_truth", required=True, help="Measured data directory (points.csv, requests/, requests_server/).")
-@click.option("--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to validate (repeatable; default: the calibration's, else weighted-average).")
+@click.option(
+    "--formula", "formulas", multiple=True, help="Mixed-batch formula(s) to validate (repeatable; default: the calibration's, else weighted-average)."
+)
 @click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), default="tokens", show_default=True, help="GEMM M sizing.")
-@click.option("--mode", type=click.Choice(list(MODES)), default="guidellm", show_default=True,
-              help="guidellm: our arrival semantics and each run's vLLM limits; study: the mixed-batch study's harness.")
+@click.option(
+    "--mode",
+    type=click.Choice(list(MODES)),
+    default="guidellm",
+    show_default=True,
+    help="guidellm: our arrival semantics and each run's vLLM limits; study: the mixed-batch study's harness.",
+)
 @click.option("--bench-data", type=click.Path(file_okay=False), help="bench_data/ directory for MFU tables (default: built-in MFU curves).")
-@click.option("--max-requests-per-point", type=int, default=DEFAULT_MAX_REQUESTS_PER_POINT, show_default=True,
-              help="Cap on simulated requests per point (set C stages hold up to 12,000).")
+@click.option(
+    "--max-requests-per-point",
+    type=int,
+    default=DEFAULT_MAX_REQUESTS_PER_POINT,
+    show_default=True,
+    help="Cap on simulated requests per point (set C stages hold up to 12,000).",
+)
 @click.option("--experiment", "experiments", multiple=True, help="Only these experiments (repeatable).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Run seed.")
-@click.option("--calibration", help="Price with a calibration (shipped name or YAML path). In-sample for the data it was fitted on: "
-              "the cross-validated errors are in `calibrate`'s report.")
-@click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True,
-              help="Where the independent simulations run.")
+@click.option(
+    "--calibration",
+    help="Price with a calibration (shipped name or YAML path). In-sample for the data it was fitted on: "
+    "the cross-validated errors are in `calibrate`'s report.",
+)
+@click.option(
+    "--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True, help="Where the independent simulations run."
+)
 @click.option("--workers", type=int, help="Worker processes (default: one per CPU).")
 @click.option("--ray-address", help="Ray cluster address (with --executor ray).")
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False), default="results/validate", show_default=True, help="Results directory.")
 @click.option("--no-plots", is_flag=True, help="Skip PNG plots.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def validate(ground_truth, formulas, gemm_m, mode, bench_data, max_requests_per_point, experiments, seed, calibration,
-             executor, workers, ray_address, output_dir, no_plots, quiet) -> None:
+def validate(
+    ground_truth,
+    formulas,
+    gemm_m,
+    mode,
+    bench_data,
+    max_requests_per_point,
+    experiments,
+    seed,
+    calibration,
+    executor,
+    workers,
+    ray_address,
+    output_dir,
+    no_plots,
+    quiet,
+) -> None:
     """Simulate every measured point of GROUND_TRUTH and report the errors (MAPE)."""
 
     @handle_errors
@@ -97,14 +129,23 @@ def validate(ground_truth, formulas, gemm_m, mode, bench_data, max_requests_per_
         base = parse_run_config({"seed": seed, "cost": cost})
         t0 = time.perf_counter()
         with ProgressBars(quiet, "validate") as prog:
+
             def many(cfgs):
                 return run_many(cfgs, executor, workers, prog.phase("points", len(cfgs)), ray_address)
 
             from sim.cost.calibration import effective_formula
 
-            v = run_validation(ground_truth, many, formulas=formulas or (effective_formula(base),), gemm_ms=(gemm_m,), mode=mode,
-                               bench_data_dir=bench_data, max_requests_per_point=max_requests_per_point,
-                               experiments=experiments, base=base)
+            v = run_validation(
+                ground_truth,
+                many,
+                formulas=formulas or (effective_formula(base),),
+                gemm_ms=(gemm_m,),
+                mode=mode,
+                bench_data_dir=bench_data,
+                max_requests_per_point=max_requests_per_point,
+                experiments=experiments,
+                base=base,
+            )
         out = Path(output_dir)
         write_outputs(out, v, plots=not no_plots)
         lk = mape_lookup(v.mape)

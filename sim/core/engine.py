@@ -20,12 +20,13 @@ requests at once too (the real engine re-plans immediately).
 from __future__ import annotations
 
 from heapq import heappush
+from typing import cast
 
 import numpy as np
 import simpy
 from simpy.core import NORMAL
 
-from sim.cost.base import CostModel, decode_step_fn
+from sim.cost.base import CostModel, DecodePricer, decode_step_fn
 from sim.entities import Request, RequestStatus
 from sim.errors import SimulationError
 from sim.records.metrics import MetricsSink
@@ -99,10 +100,7 @@ class Engine:
         if total > self.kv_capacity_tokens:
             return f"prompt+output {total} tokens > KV cache capacity {self.kv_capacity_tokens} tokens"
         if self.max_prefill_tokens_unchunked is not None and req.prompt_tokens > self.max_prefill_tokens_unchunked:
-            return (
-                f"prompt {req.prompt_tokens} tokens > max_num_batched_tokens {self.max_prefill_tokens_unchunked} "
-                "with chunked prefill disabled"
-            )
+            return f"prompt {req.prompt_tokens} tokens > max_num_batched_tokens {self.max_prefill_tokens_unchunked} with chunked prefill disabled"
         return ""
 
     def submit(self, req: Request, sent_s: float | None = None) -> None:
@@ -134,9 +132,12 @@ class Engine:
         that started before ``launched_s`` (all of them when None). Planning step k+1 at the
         launch of step k, the scheduler saw what arrived before step k started."""
         staged = self._staged
-        k = len(staged) if launched_s is None else 0
-        while k < len(staged) and staged[k][0] < launched_s:
-            k += 1
+        if launched_s is None:
+            k = len(staged)
+        else:
+            k = 0
+            while k < len(staged) and staged[k][0] < launched_s:
+                k += 1
         for _, req in staged[:k]:
             self.scheduler.add_request(req)
         del staged[:k]
@@ -331,7 +332,7 @@ class Engine:
             if dropped:
                 ctx_max = max(ctx[i] for i in order[pos:])
             seg_end = min(k_max, left[order[pos]])  # a finish (or the window's end) closes the segment
-            step_s = decode_step_fn(self.cost_model, alive)
+            step_s = decode_step_fn(cast(DecodePricer, self.cost_model), alive)
             for jj in range(j - 1, seg_end):  # contexts grew by jj tokens before step jj + 1
                 c = step_s(ctx_sum + jj * alive, ctx_max + jj)
                 if not c > 0:
@@ -352,8 +353,7 @@ class Engine:
             return None
         return times, costs, decodes, computed, held, left_arr
 
-    def _fast_forward(self, times: list[float], costs: list[float], decodes: list[int], computed: np.ndarray,
-                      held: np.ndarray, left: np.ndarray):
+    def _fast_forward(self, times: list[float], costs: list[float], decodes: list[int], computed: np.ndarray, held: np.ndarray, left: np.ndarray):
         """Apply a decode window (see :meth:`_decode_window`): the clock advances step by
         step, but request state, KV and records are updated in bulk; the records are exactly
         those the step-by-step loop would have written."""

@@ -115,9 +115,7 @@ def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
                 "disabled; raise it, lower server.max_model_len, or enable chunked prefill"
             )
     if budget < s.block_size:
-        raise ConfigError(
-            f"server.max_num_batched_tokens: {budget} is smaller than one KV block ({s.block_size} tokens); raise it"
-        )
+        raise ConfigError(f"server.max_num_batched_tokens: {budget} is smaller than one KV block ({s.block_size} tokens); raise it")
     return {
         "num_gpu_blocks": int(blocks),
         "max_num_batched_tokens": int(budget),
@@ -179,7 +177,9 @@ class Simulation:
         per_token_us = self.cost_settings.knob("frontend_us_per_prompt_token") or 0.0
         self.num_sent = 0  # requests the client has sent (ids 0..num_sent-1: sends follow id order)
         self._in_frontend: dict[int, Request] = {}  # sent, not yet handed to the engine
-        submit = self._counted(self.engine.submit) if not (frontend_ms or per_token_us) else self._frontend(float(frontend_ms) * 1e-3, float(per_token_us) * 1e-6)
+        submit = (
+            self._counted(self.engine.submit) if not (frontend_ms or per_token_us) else self._frontend(float(frontend_ms) * 1e-3, float(per_token_us) * 1e-6)
+        )
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, submit, self.workload, cfg.arrival, self.streams)
 
     def _frontend(self, latency_s: float, per_prompt_token_s: float = 0.0):
@@ -245,6 +245,7 @@ class Simulation:
             req_df = requests_frame({name: [] for name in REQUEST_COLUMNS})
             step_df = steps_frame([])
             itls = np.empty(0)
+            assert sink.streaming_summary is not None  # streaming mode keeps one
             summary = sink.streaming_summary.summary(sink.step_stats(), sink.itl_histogram if cfg.record_itls else None)
         else:
             req_df = requests_frame(sink.request_columns)

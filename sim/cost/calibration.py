@@ -86,9 +86,15 @@ def seed_knobs(gpu: str = "H100") -> dict[str, float]:
     """The seed model's knob values (the GPU's η and per-layer overhead, neutral corrections)."""
     g = resolve_gpu(gpu)
     return {
-        "bw_efficiency": g.bw_efficiency, "per_layer_overhead_us": g.per_layer_overhead_us,
-        "per_step_overhead_us": 0.0, "prefill_compute_scale": 1.0, "decode_compute_scale": 1.0,
-        "attention_scale": 1.0, "mixed_penalty": 0.0, "frontend_latency_ms": 0.0, "frontend_us_per_prompt_token": 0.0,
+        "bw_efficiency": g.bw_efficiency,
+        "per_layer_overhead_us": g.per_layer_overhead_us,
+        "per_step_overhead_us": 0.0,
+        "prefill_compute_scale": 1.0,
+        "decode_compute_scale": 1.0,
+        "attention_scale": 1.0,
+        "mixed_penalty": 0.0,
+        "frontend_latency_ms": 0.0,
+        "frontend_us_per_prompt_token": 0.0,
         "allreduce_latency_us": 0.0,
     }  # allreduce_bw_gbps: absent = no communication term (the seed has none)
 
@@ -114,9 +120,7 @@ def calibration_path(name_or_path: str) -> Path:
     if shipped.is_file():
         return shipped
     names = available_calibrations()
-    raise ConfigError(
-        f"cost.calibration: unknown calibration {text!r}; shipped: {', '.join(names) or '(none)'}, or give a path to a YAML file"
-    )
+    raise ConfigError(f"cost.calibration: unknown calibration {text!r}; shipped: {', '.join(names) or '(none)'}, or give a path to a YAML file")
 
 
 @functools.lru_cache(maxsize=32)
@@ -247,8 +251,11 @@ def effective_decode_kv_read_fraction(cfg) -> float | None:
     """κ of decode steps for ``cfg``: its own ``cost.decode_kv_read_fraction`` if set, else its
     calibration's, else None (the seed's 0.8)."""
     value = _effective_setting(
-        cfg, "decode_kv_read_fraction",
-        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1, "a number in (0, 1]", None,
+        cfg,
+        "decode_kv_read_fraction",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+        "a number in (0, 1]",
+        None,
     )
     return None if value is None else float(value)
 

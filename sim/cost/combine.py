@@ -62,11 +62,7 @@ class PhaseTerms:
     @property
     def mixed_compute_s(self) -> float:
         """Cmix = fused GEMM + each phase's non-GEMM (attention) compute, clamped at 0."""
-        return (
-            self.fused_gemm_s
-            + max(0.0, self.prefill_compute_s - self.prefill_gemm_s)
-            + max(0.0, self.decode_compute_s - self.decode_gemm_s)
-        )
+        return self.fused_gemm_s + max(0.0, self.prefill_compute_s - self.prefill_gemm_s) + max(0.0, self.decode_compute_s - self.decode_gemm_s)
 
 
 Formula = Callable[[PhaseTerms], float]

@@ -247,7 +247,8 @@ def load_mfu_database(bench_data_dir: str | Path, gpu: str) -> MfuDatabase:
         if not mt:
             raise ConfigError(f"MFU table {path}: file name must be <H>-<Hk>-<dh>.csv")
         df = _read_csv(path, {"seq_len": int, "mfu": float}).sort_values("seq_len", kind="stable")
-        prefill[tuple(map(int, mt.groups()))] = (df["seq_len"].to_numpy(np.int64), df["mfu"].to_numpy(float))
+        h, hk, dh = map(int, mt.groups())
+        prefill[(h, hk, dh)] = (df["seq_len"].to_numpy(np.int64), df["mfu"].to_numpy(float))
     if not prefill:
         raise ConfigError(f"bench_data {root}: no prefill tables in {pre_dir}")
 
@@ -257,7 +258,8 @@ def load_mfu_database(bench_data_dir: str | Path, gpu: str) -> MfuDatabase:
         if not mt:
             raise ConfigError(f"MFU table {path}: file name must be <H>-<Hk>-<dh>-tp<N>.csv")
         df = _read_csv(path, {"batch_size": int, "kv_len": int, "mfu": float})
-        decode[tuple(map(int, mt.groups()))] = DecodeTable.from_frame(df)
+        h, hk, dh, tp = map(int, mt.groups())
+        decode[(h, hk, dh, tp)] = DecodeTable.from_frame(df)
     if not decode:
         raise ConfigError(f"bench_data {root}: no decode tables in {dec_dir}")
     return MfuDatabase(root, g, GemmTable(shapes), prefill, decode)
@@ -312,9 +314,9 @@ class TableMfu:
         self.config = config
         self.decode_tp = decode_tp
         # per-instance memo tables (lru_cache on methods would share state across instances)
-        self.gemm = lru_cache(maxsize=4096)(self._gemm_uncached)  # type: ignore[method-assign]
-        self.attn_decode = lru_cache(maxsize=65536)(self._decode_uncached)  # type: ignore[method-assign]
-        self.attn_prefill = lru_cache(maxsize=1024)(self._prefill_uncached)  # type: ignore[method-assign]
+        self.gemm = lru_cache(maxsize=4096)(self._gemm_uncached)
+        self.attn_decode = lru_cache(maxsize=65536)(self._decode_uncached)
+        self.attn_prefill = lru_cache(maxsize=1024)(self._prefill_uncached)
 
     # GEMM
     def _gemm_uncached(self, m: int, k: int, n: int) -> float:

@@ -60,7 +60,6 @@ Differences from the seed, on purpose: times are float seconds (no rounding to i
 an empty batch costs only the overhead (the engine never prices one).
 """
 
-
 from __future__ import annotations
 
 from collections import defaultdict
@@ -77,33 +76,25 @@ from sim.errors import ConfigError
 KV_REUSE_DECODE = 0.80  # κ for t = 1: fraction of the KV cache re-read per decode step
 
 
-
 KV_REUSE_PREFILL = 0.92  # κ for t > 1
-
 
 
 ACT_DECODE = 0.75  # a for t = 1: activation-traffic discount
 
 
-
 ACT_PREFILL = 0.85  # a for t > 1
-
 
 
 CAUSAL_DISCOUNT = 1.8  # prefill attention FLOPs / 1.8 ≈ the causal mask's saving
 
 
-
 PREFILL_BUCKET_MIN_TOKENS = 512  # smallest prefill bucket
-
 
 
 PREFILL_BUCKET_MAX_TOKENS = 65536  # largest prefill bucket (cap)
 
 
-
 DECODE_MEMO_MAX_ENTRIES = 200_000  # bounds the decode-price memo (~40 MB); cleared when full
-
 
 
 def prefill_bucket(seq_tokens: int) -> int:
@@ -112,7 +103,6 @@ def prefill_bucket(seq_tokens: int) -> int:
     while bucket < seq_tokens and bucket < PREFILL_BUCKET_MAX_TOKENS:
         bucket *= 2
     return bucket
-
 
 
 class RooflineCostModel:
@@ -151,18 +141,11 @@ class RooflineCostModel:
         if tp < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {tp}")
         if model.num_heads % tp:
-            raise ConfigError(
-                f"tensor_parallel_size {tp} must divide {model.name}'s num_heads ({model.num_heads})"
-            )
+            raise ConfigError(f"tensor_parallel_size {tp} must divide {model.name}'s num_heads ({model.num_heads})")
         if model.num_kv_heads % tp and tp % model.num_kv_heads:
-            raise ConfigError(
-                f"tensor_parallel_size {tp} must divide, or be a multiple of, {model.name}'s "
-                f"num_kv_heads ({model.num_kv_heads})"
-            )
+            raise ConfigError(f"tensor_parallel_size {tp} must divide, or be a multiple of, {model.name}'s num_kv_heads ({model.num_kv_heads})")
         if decode_attention_context not in DECODE_ATTENTION_CONTEXTS:
-            raise ConfigError(
-                f"cost.decode_attention_context: expected {' or '.join(DECODE_ATTENTION_CONTEXTS)}, got {decode_attention_context!r}"
-            )
+            raise ConfigError(f"cost.decode_attention_context: expected {' or '.join(DECODE_ATTENTION_CONTEXTS)}, got {decode_attention_context!r}")
         if gemm_m not in ("tokens", "requests"):
             raise ConfigError(f"cost.gemm_m: expected 'tokens' or 'requests', got {gemm_m!r}")
         FORMULAS.get(formula, "cost.formula")  # validate the name now, not at the first mixed step
@@ -272,10 +255,7 @@ class RooflineCostModel:
             kappa, act = self.decode_kv_read_fraction, ACT_DECODE
         else:
             kappa, act = KV_REUSE_PREFILL, ACT_PREFILL
-        return (
-            self._kv_bytes_per_token * (new_tokens + kappa * context_tokens)
-            + self._act_bytes_per_token * new_tokens * act
-        )
+        return self._kv_bytes_per_token * (new_tokens + kappa * context_tokens) + self._act_bytes_per_token * new_tokens * act
 
     def _memory_s(self, dynamic_bytes: float, weight_loads: int = 1) -> float:
         return self._tau * (weight_loads * self._weights_bytes + dynamic_bytes) / self._bw_bytes_s
@@ -312,10 +292,7 @@ class RooflineCostModel:
         """
         gemm = self.gemm_s(n) * self._ds
         attn = self._decode_attention_s(n, context_sum, context_max)
-        dyn = (
-            self._kv_bytes_per_token * (n + self.decode_kv_read_fraction * context_sum)
-            + self._act_bytes_per_token * n * ACT_DECODE
-        )
+        dyn = self._kv_bytes_per_token * (n + self.decode_kv_read_fraction * context_sum) + self._act_bytes_per_token * n * ACT_DECODE
         return gemm + attn, self._memory_s(dyn), gemm
 
     def prefill_terms(self, items: list[tuple[int, int]]) -> tuple[float, float, float]:
@@ -346,18 +323,13 @@ class RooflineCostModel:
     def phase_terms(self, batch: Batch) -> PhaseTerms:
         """Every roofline term of ``batch`` (no overhead), for :func:`combine` and reports."""
         n_dec = batch.num_decode_reqs
-        pre = (
-            [(it.context_tokens, it.new_tokens) for it in batch.items if not it.is_decode and it.new_tokens > 0]
-            if batch.num_prefill_reqs
-            else []
-        )
+        pre = [(it.context_tokens, it.new_tokens) for it in batch.items if not it.is_decode and it.new_tokens > 0] if batch.num_prefill_reqs else []
         cd = md = gd = cp = mp = gp = 0.0
         dyn_dec = 0.0
         if n_dec:
             cd, md, gd = self.decode_terms_aggregate(n_dec, batch.decode_context_sum, batch.decode_context_max)
             dyn_dec = (
-                self._kv_bytes_per_token * (n_dec + self.decode_kv_read_fraction * batch.decode_context_sum)
-                + self._act_bytes_per_token * n_dec * ACT_DECODE
+                self._kv_bytes_per_token * (n_dec + self.decode_kv_read_fraction * batch.decode_context_sum) + self._act_bytes_per_token * n_dec * ACT_DECODE
             )
         if pre:
             cp, mp, gp = self.prefill_terms(pre)

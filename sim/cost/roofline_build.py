@@ -32,8 +32,14 @@ def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
         pre_rows, pre_gemm_sub = np_tokens, gp
     dyn_all = sum(model.dynamic_bytes(p, 1) for p in dec) + sum(model.dynamic_bytes(c, n) for c, n in pre)
     terms = PhaseTerms(
-        prefill_compute_s=cp, prefill_memory_s=mp, decode_compute_s=cd, decode_memory_s=md,
-        num_prefill_tokens=np_tokens, num_decode_reqs=len(dec), prefill_gemm_s=pre_gemm_sub, decode_gemm_s=gd,
+        prefill_compute_s=cp,
+        prefill_memory_s=mp,
+        decode_compute_s=cd,
+        decode_memory_s=md,
+        num_prefill_tokens=np_tokens,
+        num_decode_reqs=len(dec),
+        prefill_gemm_s=pre_gemm_sub,
+        decode_gemm_s=gd,
         fused_gemm_s=model.gemm_s(pre_rows + len(dec)) * (model.prefill_compute_scale if pre_rows else model.decode_compute_scale),
         mixed_memory_s=model._memory_s(dyn_all),
     )
@@ -45,9 +51,9 @@ def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
         tokens = np_tokens + len(dec)
         layer_bytes = tokens * model.model.hidden_size * model.model.bytes_per_param
         gpu_s += 2 * model.model.num_layers * layer_bytes * 2 * (model.tp - 1) / model.tp / (model.allreduce_bw_gbps * 1e9)
-    return StepCost(total_s=gpu_s + oh, compute_s=terms.mixed_compute_s, memory_s=terms.mixed_memory_s,
-                    overhead_s=oh, prefill_s=terms.prefill_s, decode_s=terms.decode_s)
-
+    return StepCost(
+        total_s=gpu_s + oh, compute_s=terms.mixed_compute_s, memory_s=terms.mixed_memory_s, overhead_s=oh, prefill_s=terms.prefill_s, decode_s=terms.decode_s
+    )
 
 
 def build_roofline(
@@ -70,14 +76,28 @@ def build_roofline(
     spec = resolve_model(model) if isinstance(model, str) else model
     hw = resolve_gpu(gpu) if isinstance(gpu, str) else gpu
     mfu = make_mfu_provider(
-        spec.num_heads, spec.num_kv_heads, spec.head_dim, tp, hw.name, bench_data_dir, mfu_lookup  # type: ignore[arg-type]
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        tp,
+        hw.name,
+        bench_data_dir,
+        mfu_lookup,  # type: ignore[arg-type]
     )
     return RooflineCostModel(
-        spec, hw, tp, formula, gemm_m, mfu, bw_efficiency, per_layer_overhead_us,
-        decode_attention_context=decode_attention_context, decode_kv_read_fraction=decode_kv_read_fraction,
-        lm_head_reads=lm_head_reads, **knobs,
+        spec,
+        hw,
+        tp,
+        formula,
+        gemm_m,
+        mfu,
+        bw_efficiency,
+        per_layer_overhead_us,
+        decode_attention_context=decode_attention_context,
+        decode_kv_read_fraction=decode_kv_read_fraction,
+        lm_head_reads=lm_head_reads,
+        **knobs,
     )
-
 
 
 @COST_MODELS.register("roofline", "MFU-table roofline (seed v2-pre structure) with a mixed-batch formula (cost.formula).")

@@ -59,6 +59,19 @@ def _start_closed_loop(env: simpy.Environment, submit: Submit, workload: Workloa
         env.process(_closed_loop_user(env, submit, source))
 
 
+def _rate_rps(cfg: ArrivalConfig) -> float:
+    """The configured rate (ArrivalConfig's validation requires it for the rated strategies)."""
+    if cfg.rate_rps is None:
+        raise ConfigError(f"arrival.rate_rps: strategy {cfg.strategy!r} needs a rate in requests/s")
+    return float(cfg.rate_rps)
+
+
+def _concurrency(cfg: ArrivalConfig) -> int:
+    if cfg.concurrency is None:
+        raise ConfigError(f"arrival.concurrency: strategy {cfg.strategy!r} needs the number of concurrent users")
+    return int(cfg.concurrency)
+
+
 @ARRIVALS.register("synchronous", "Closed loop, one request in flight (guidellm synchronous).")
 def synchronous(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     _start_closed_loop(env, submit, workload, 1)
@@ -66,7 +79,7 @@ def synchronous(env, submit, workload: Workload, cfg: ArrivalConfig, streams: Ra
 
 @ARRIVALS.register("concurrent", "N closed-loop users (guidellm concurrent).")
 def concurrent(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    _start_closed_loop(env, submit, workload, int(cfg.concurrency))
+    _start_closed_loop(env, submit, workload, _concurrency(cfg))
 
 
 @ARRIVALS.register("throughput", "All requests at t=0, optional in-flight cap (guidellm throughput).")
@@ -79,13 +92,13 @@ def throughput(env, submit, workload: Workload, cfg: ArrivalConfig, streams: Ran
 
 @ARRIVALS.register("constant", "Fixed spacing 1/rate from t=0 (guidellm constant).")
 def constant(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    times = np.arange(len(workload), dtype=float) / float(cfg.rate_rps)
+    times = np.arange(len(workload), dtype=float) / _rate_rps(cfg)
     env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
 @ARRIVALS.register("poisson", "Exponential gaps of mean 1/rate (guidellm poisson).")
 def poisson(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    gaps = streams.get("arrival.poisson").exponential(1.0 / float(cfg.rate_rps), size=len(workload))
+    gaps = streams.get("arrival.poisson").exponential(1.0 / _rate_rps(cfg), size=len(workload))
     env.process(_open_loop(env, submit, workload.iter_requests(), np.cumsum(gaps)))
 
 
@@ -98,5 +111,5 @@ def replay(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomS
 
 @ARRIVALS.register("open-loop-at-measured-rate", "Constant 1/rate, first at 1/rate (the seed study's harness).")
 def open_loop_at_measured_rate(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    times = (np.arange(len(workload), dtype=float) + 1.0) / float(cfg.rate_rps)
+    times = (np.arange(len(workload), dtype=float) + 1.0) / _rate_rps(cfg)
     env.process(_open_loop(env, submit, workload.iter_requests(), times))

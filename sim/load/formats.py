@@ -33,14 +33,37 @@ from sim.errors import ConfigError
 GUIDELLM_KEYS = {"rate-type", "rate", "max-requests", "max-seconds", "max-concurrency", "random-seed", "data"}
 # guidellm options that describe the client or output, not the load: accepted and ignored.
 GUIDELLM_IGNORED = {
-    "target", "backend-type", "backend-args", "model", "processor", "processor-args", "data-args",
-    "data-sampler", "output-path", "output-extras", "warmup-percent", "cooldown-percent", "disable-progress",
-    "display-scheduler-stats", "disable-console-outputs", "request-type", "profile", "outputs",
+    "target",
+    "backend-type",
+    "backend-args",
+    "model",
+    "processor",
+    "processor-args",
+    "data-args",
+    "data-sampler",
+    "output-path",
+    "output-extras",
+    "warmup-percent",
+    "cooldown-percent",
+    "disable-progress",
+    "display-scheduler-stats",
+    "disable-console-outputs",
+    "request-type",
+    "profile",
+    "outputs",
 }
 GUIDELLM_DATA_KEYS = {
-    "prompt_tokens", "prompt_tokens_stdev", "prompt_tokens_min", "prompt_tokens_max",
-    "output_tokens", "output_tokens_stdev", "output_tokens_min", "output_tokens_max",
-    "prefix_tokens", "prefix_count", "samples",
+    "prompt_tokens",
+    "prompt_tokens_stdev",
+    "prompt_tokens_min",
+    "prompt_tokens_max",
+    "output_tokens",
+    "output_tokens_stdev",
+    "output_tokens_min",
+    "output_tokens_max",
+    "prefix_tokens",
+    "prefix_count",
+    "samples",
 }
 
 
@@ -109,9 +132,7 @@ def from_guidellm(profile: dict[str, Any]) -> dict[str, Any]:
     """Partial servesim config from a guidellm benchmark profile mapping."""
     unknown = sorted(str(k) for k in set(profile) - GUIDELLM_KEYS - GUIDELLM_IGNORED)
     if unknown:
-        raise ConfigError(
-            f"guidellm profile: unknown option(s) {', '.join(unknown)}; servesim reads {', '.join(sorted(GUIDELLM_KEYS))}"
-        )
+        raise ConfigError(f"guidellm profile: unknown option(s) {', '.join(unknown)}; servesim reads {', '.join(sorted(GUIDELLM_KEYS))}")
     out: dict[str, Any] = {}
     rate_type = profile.get("rate-type", "sweep")
     rate = profile.get("rate")
@@ -152,9 +173,7 @@ def from_guidellm(profile: dict[str, Any]) -> dict[str, Any]:
         arrival = {"strategy": "synchronous"}
         out["sweep"] = {"num_points": int(_num(rate, "rate", integer=True)) if rate is not None else 10}
     else:
-        raise ConfigError(
-            f"guidellm rate-type: {rate_type!r} is not one of synchronous, throughput, concurrent, constant, poisson, sweep"
-        )
+        raise ConfigError(f"guidellm rate-type: {rate_type!r} is not one of synchronous, throughput, concurrent, constant, poisson, sweep")
     out["arrival"] = arrival
     return out
 

@@ -91,9 +91,11 @@ class Workload:
 def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` integer lengths >= 1 drawn from ``dist``."""
     if dist.dist == "fixed":
+        assert dist.value is not None  # LengthDist requires it for 'fixed'
         return np.full(n, int(dist.value), dtype=np.int64)
     if dist.dist == "uniform":
         return rng.integers(dist.min, dist.max + 1, size=n, dtype=np.int64)
+    assert dist.mean is not None  # LengthDist requires it for 'normal'
     x = rng.normal(float(dist.mean), float(dist.stdev), size=n) if dist.stdev > 0 else np.full(n, float(dist.mean))
     return np.maximum(np.rint(np.clip(x, dist.min, dist.max)), 1).astype(np.int64)
 
@@ -120,7 +122,9 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
         raise ConfigError(f"workload.trace.path: cannot read {p} as CSV: {err}") from None
     missing = [c for c in TRACE_REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ConfigError(f"workload.trace.path: {p} lacks column(s) {', '.join(missing)}; it needs {', '.join(TRACE_REQUIRED_COLUMNS)} (and start_offset_s to replay)")
+        raise ConfigError(
+            f"workload.trace.path: {p} lacks column(s) {', '.join(missing)}; it needs {', '.join(TRACE_REQUIRED_COLUMNS)} (and start_offset_s to replay)"
+        )
     if benchmark_index is not None:
         if "benchmark_index" not in df.columns:
             raise ConfigError(f"workload.trace.benchmark_index: {p} has no benchmark_index column")
@@ -137,9 +141,7 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
         bad = vals.isna() | ~np.isfinite(vals) | (vals < 1) | (vals > TRACE_MAX_TOKENS) | (vals != np.floor(vals))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ConfigError(
-                f"workload.trace.path: {p}: column {col} must hold integers >= 1 and <= {TRACE_MAX_TOKENS}; row {row} has {df[col].iloc[row]!r}"
-            )
+            raise ConfigError(f"workload.trace.path: {p}: column {col} must hold integers >= 1 and <= {TRACE_MAX_TOKENS}; row {row} has {df[col].iloc[row]!r}")
         df = df.assign(**{col: vals.astype(np.int64)})
     if "start_offset_s" in df.columns:
         off = pd.to_numeric(df["start_offset_s"], errors="coerce")
@@ -181,7 +183,7 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
         prefix = np.full(n, cfg.prefix_tokens, dtype=np.int64)
         offsets = None
     n = len(prompts)
-    if cfg.prefix_tokens > 0 and prompt_ids is not None:
+    if cfg.prefix_tokens > 0 and prompt_ids is not None and pool is not None:  # pool set iff prompt_ids
         # a pool prompt keeps its group: groups dealt out evenly over the pool, shuffled
         pool_groups = prefix_rng.permutation(np.arange(pool, dtype=np.int64) % cfg.prefix_groups)
         groups = pool_groups[prompt_ids]

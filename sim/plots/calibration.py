@@ -19,8 +19,7 @@ def plot_cv(table: pd.DataFrame, title: str):
             if g.empty:
                 continue
             err = np.vstack([np.maximum(g["cv"] - g["lo"], 0), np.maximum(g["hi"] - g["cv"], 0)])
-            ax.errorbar(g["meas"], g["cv"], yerr=err, fmt=mk, ms=4, alpha=0.8, capsize=2,
-                        label="overloaded" if ov else "CV prediction ± interval")
+            ax.errorbar(g["meas"], g["cv"], yerr=err, fmt=mk, ms=4, alpha=0.8, capsize=2, label="overloaded" if ov else "CV prediction ± interval")
             ax.scatter(g["meas"], g["seed"], s=10, c="grey", alpha=0.6, label=None if ov else "seed model")
         from sim.plots.runs import identity_loglog
 

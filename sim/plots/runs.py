@@ -38,9 +38,10 @@ def latency_vs_rate(sweep: SweepResult, title: str = "", intervals: list[dict] |
 
 def throughput_vs_offered(sweep: SweepResult, title: str = "") -> Figure:
     """Achieved request rate and output tokens/s against the offered rate (rate points)."""
-    pts = sorted((p for p in sweep.points if p.rate_rps is not None), key=lambda p: p.rate_rps)
+    rated = sweep.rate_points()
+    pts = [p for _, p in rated]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    off = [p.rate_rps for p in pts]
+    off = [r for r, _ in rated]
     ax.plot(off, [p.achieved_rps for p in pts], "-o", label="achieved req/s")
     if off:
         ax.plot([0, max(off)], [0, max(off)], "k:", lw=1, label="offered = achieved")
@@ -94,7 +95,8 @@ def comparison(table, metrics=("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "o
             x = a["rate_rps"].to_numpy(dtype=float) if with_rates else [i]
             ax.plot(x, a["mean"], "-o" if with_rates else "o", label=arm, markersize=4)
             ax.fill_between(x, a["ci_low"], a["ci_high"], alpha=0.2) if with_rates else ax.errorbar(
-                x, a["mean"], yerr=[a["mean"] - a["ci_low"], a["ci_high"] - a["mean"]], fmt="none", capsize=4)
+                x, a["mean"], yerr=[a["mean"] - a["ci_low"], a["ci_high"] - a["mean"]], fmt="none", capsize=4
+            )
         ax.set_title(m)
         ax.set_xlabel("request rate (req/s)" if with_rates else "arm")
         if not with_rates:

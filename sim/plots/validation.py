@@ -12,8 +12,9 @@ def plot_sim_vs_meas(long: pd.DataFrame, title: str):
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
     # one colour per dataset in every panel (panels miss datasets that lack a metric)
     colours = {ds: f"C{i}" for i, ds in enumerate(sorted(long["dataset"].dropna().unique()))}
-    for ax, metric, label in zip(axes, ("ttft_mean", "tpot_mean", "tpot_incl_ttft_mean", "e2e_mean"),
-                                 ("TTFT mean (ms)", "TPOT mean (ms)", "E2E/output mean (ms)", "E2E mean (ms)")):
+    for ax, metric, label in zip(
+        axes, ("ttft_mean", "tpot_mean", "tpot_incl_ttft_mean", "e2e_mean"), ("TTFT mean (ms)", "TPOT mean (ms)", "E2E/output mean (ms)", "E2E mean (ms)")
+    ):
         d = long[(long["metric"] == metric) & long["sim"].notna() & long["meas"].notna()]
         for ds, grp in d.groupby("dataset", sort=True):
             ax.scatter(grp["meas"], grp["sim"], s=22, label=str(ds)[:24], alpha=0.8, color=colours[ds])

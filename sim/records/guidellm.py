@@ -58,7 +58,6 @@ Metric definitions (guidellm's, reproduced here; they are *not* always servesim'
   — the same sentinel guidellm writes when it has no measurement.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -92,10 +91,12 @@ class _Req:
         self.start = float(row.arrival_s)
         self.first = _f(row.first_token_s) if row.status == "finished" else None
         finish = _f(row.finish_s)
+        self.last: float | None
+        self.end: float
         if row.status == "finished":
             self.output = int(row.output_tokens)
             self.last = finish
-            self.end = finish
+            self.end = finish if finish is not None else self.start  # a finished request has a finish time
         elif row.status == "rejected":
             self.output = 0
             self.last = None
@@ -121,7 +122,7 @@ class _Req:
 
     @property
     def tpot_ms(self) -> float | None:
-        last = self.last if self.last is not None else self.end
+        last: float = self.last if self.last is not None else self.end
         return None if not self.output else 1000 * (last - self.start) / self.output
 
     @property
@@ -247,7 +248,9 @@ def _token_summary(groups: dict[str, list[_Req]], start: float, end: float) -> d
         out[f"{name}_concurrency"] = status_summary("concurrency", {k: [(r.start, r.end, timed(r)[idx]) for r in v] for k, v in groups.items()}, start, end)
     out["total"] = status_summary("values", {k: [float(r.prompt + r.output) for r in v] for k, v in groups.items()})
     out["total_per_second"] = status_summary("rate", {k: [(r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
-    out["total_concurrency"] = status_summary("concurrency", {k: [(r.start, r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end)
+    out["total_concurrency"] = status_summary(
+        "concurrency", {k: [(r.start, r.end, float(r.prompt + r.output)) for r in v] for k, v in groups.items()}, start, end
+    )
     return out
 
 
@@ -423,7 +426,7 @@ def build_report(results: list, *, model: str, backend_target: str = "servesim:/
     run_id = "servesim"
     benchmarks = [_benchmark(res, i, run_id, model, backend_target) for i, res in enumerate(results)]
     first = results[0].config if results else None
-    data = {"kind": "synthetic_text"}
+    data: dict[str, Any] = {"kind": "synthetic_text"}
     if first is not None and first.workload.trace is None:
         wl = first.workload
         for key, dist in (("prompt_tokens", wl.prompt_tokens), ("output_tokens", wl.output_tokens)):

@@ -65,6 +65,7 @@ def _summary_from_pdf(pdf: np.ndarray, count: int | None) -> dict[str, Any]:
 
 def _weighted(values: Sequence | np.ndarray, n: int) -> np.ndarray:
     """guidellm's ``_to_weighted_ndarray``: (N, n) with weight 1.0 filled in."""
+    arr: np.ndarray | None
     if isinstance(values, np.ndarray):
         arr = values.astype(float)
         if arr.ndim == 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 from dataclasses import fields
 from operator import attrgetter
 
@@ -195,7 +196,7 @@ class MetricsSink:
         self.num_mixed_steps = 0
         self.sum_batch_tokens = 0
         self.num_requests_done = 0
-        self.progress = None  # optional callable(done) for long runs
+        self.progress: Callable[[int], None] | None = None  # optional callable(done) for long runs
 
     def on_token(self, req: Request, t_s: float) -> None:
         """``req`` produced an output token at ``t_s``."""
@@ -235,6 +236,7 @@ class MetricsSink:
                 self._fold_itls()
 
     def _fold_itls(self) -> None:
+        assert self.itl_histogram is not None  # streaming mode: folding is only called then
         self.itl_histogram.add(np.frombuffer(self.itls_s, dtype=float))
         self.itls_s = array("d")
 
@@ -261,8 +263,9 @@ class MetricsSink:
     # column, which only pays for itself over many rows.
     MIN_COLUMN_WINDOW = 64
 
-    def on_decode_window(self, first_step: int, start_s: list[float], duration_s: list[float],
-                         num_decode_reqs: np.ndarray, num_running: np.ndarray, kv_used_blocks: np.ndarray) -> None:
+    def on_decode_window(
+        self, first_step: int, start_s: list[float], duration_s: list[float], num_decode_reqs: np.ndarray, num_running: np.ndarray, kv_used_blocks: np.ndarray
+    ) -> None:
         """``k = len(duration_s)`` pure-decode steps (engine fast-forward), numbered from
         ``first_step``: step j starts at ``start_s[j]``, lasts ``duration_s[j]``, decodes
         ``num_decode_reqs[j]`` requests and leaves ``num_running[j]`` running and
@@ -270,9 +273,12 @@ class MetricsSink:
         :meth:`on_step` for each step; long windows are stored column-wise."""
         k = len(duration_s)
         if k < self.MIN_COLUMN_WINDOW:
-            self.on_decode_steps([(first_step + j, start_s[j], duration_s[j], 0, d, 0, r, 0, False, u, 0)
-                                  for j, (d, r, u) in enumerate(zip(num_decode_reqs.tolist(), num_running.tolist(),
-                                                                    kv_used_blocks.tolist()))])
+            self.on_decode_steps(
+                [
+                    (first_step + j, start_s[j], duration_s[j], 0, d, 0, r, 0, False, u, 0)
+                    for j, (d, r, u) in enumerate(zip(num_decode_reqs.tolist(), num_running.tolist(), kv_used_blocks.tolist()))
+                ]
+            )
             return
         self._flush_step_rows()
         zeros = np.zeros(k, dtype=np.int64)
@@ -329,6 +335,7 @@ class MetricsSink:
         cols = self.request_columns
         if cols["request_id"]:
             frame = pd.DataFrame(cols, columns=REQUEST_COLUMNS)
+            assert self.streaming_summary is not None  # spilling implies streaming mode
             self.streaming_summary.add(frame)
             self.spill("requests", frame)
             self.request_columns = {name: [] for name in REQUEST_COLUMNS}

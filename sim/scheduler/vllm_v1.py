@@ -103,11 +103,7 @@ class VllmV1Scheduler:
         requests come first in the batch), and ``update_from_output`` does not return them in
         ``sampled``.
         """
-        self._deferred = (
-            type(self).schedule is VllmV1Scheduler.schedule
-            and self._plain_decodes
-            and not self.kv.enable_prefix_caching
-        )
+        self._deferred = type(self).schedule is VllmV1Scheduler.schedule and self._plain_decodes and not self.kv.enable_prefix_caching
         return self._deferred
 
     def sync(self) -> None:
@@ -135,7 +131,7 @@ class VllmV1Scheduler:
         tick, end_s = self._tick, self._last_end_s
         gaps, base, bs = self._gaps_s, self._gap_base, self.kv.block_size
         need, fin = self._lz_need, self._lz_finish
-        for req, off, join in zip(self.running[m:len(offs)], offs[m:], self._lz_join[m:]):
+        for req, off, join in zip(self.running[m : len(offs)], offs[m:], self._lz_join[m:]):
             need[off % bs].remove(req)
             fin[req.prompt_tokens + req.output_tokens - 1 - off].remove(req)
             self._settle(req, tick + off, end_s, gaps, join - base, tick - base)
@@ -451,7 +447,7 @@ class VllmV1Scheduler:
         if sampled:
             fin = self._lz_finish
             k, n_sampled = 0, len(sampled)
-            for req in running[len(offs):]:
+            for req in running[len(offs) :]:
                 if k == n_sampled or sampled[k] is not req:
                     break  # deferred requests must stay a prefix of running
                 k += 1

@@ -50,8 +50,18 @@ TARGETS = {"e2e_mean": 0.08, "tpot_mean": 0.08, "ttft_mean": 0.15}
 SummariesFn = Callable[[list[RunConfig]], list[dict]]
 
 
-def build_problems(gt_dir, base: RunConfig, *, formula: str, gemm_m: str, bench_data_dir, fit_cap: int | None,
-                   eval_cap: int | None, gpu: str | None = None, experiments: Sequence[str] = ()) -> tuple[Problem, Problem]:
+def build_problems(
+    gt_dir,
+    base: RunConfig,
+    *,
+    formula: str,
+    gemm_m: str,
+    bench_data_dir,
+    fit_cap: int | None,
+    eval_cap: int | None,
+    gpu: str | None = None,
+    experiments: Sequence[str] = (),
+) -> tuple[Problem, Problem]:
     """(fitting problem, evaluation problem): the same points simulated with the fitting and
     the evaluation request caps; measured values recomputed over the simulated requests."""
     points = load_points(gt_dir)
@@ -75,8 +85,10 @@ def build_problems(gt_dir, base: RunConfig, *, formula: str, gemm_m: str, bench_
         raise ConfigError(f"the data holds several GPUs ({', '.join(sorted(set(gpus)))}); choose one with --gpu (one calibration per GPU)")
     out = []
     for cap in (fit_cap, eval_cap):
-        cfgs = [point_to_config(p, base, gt_dir=gt_dir, formula=formula, gemm_m=gemm_m, bench_data_dir=bench_data_dir,
-                                max_requests_per_point=cap) for _, p in points.iterrows()]
+        cfgs = [
+            point_to_config(p, base, gt_dir=gt_dir, formula=formula, gemm_m=gemm_m, bench_data_dir=bench_data_dir, max_requests_per_point=cap)
+            for _, p in points.iterrows()
+        ]
         meas = [measured_for_point(p, gt_dir, cfgs[i])[0] for i, (_, p) in enumerate(points.iterrows())]
         out.append(Problem(points.copy(), cfgs, meas))
     return out[0], out[1]
@@ -95,10 +107,21 @@ class FormulaResult:
     nfev: int = 0
 
 
-def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn, *, names=DEFAULT_FIT_KNOBS,
-                      fixed: dict[str, float] | None = None, maxfev: int = DEFAULT_MAXFEV, n_boot: int = DEFAULT_BOOTSTRAP, level: float = 0.9,
-                      boot_seed: int = 0, formula: str = "", log: Callable[[str], None] = lambda s: None,
-                      cv_refit_maxfev: int = 0) -> FormulaResult:
+def calibrate_formula(
+    fit_pb: Problem,
+    eval_pb: Problem,
+    summaries: SummariesFn,
+    *,
+    names=DEFAULT_FIT_KNOBS,
+    fixed: dict[str, float] | None = None,
+    maxfev: int = DEFAULT_MAXFEV,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    level: float = 0.9,
+    boot_seed: int = 0,
+    formula: str = "",
+    log: Callable[[str], None] = lambda s: None,
+    cv_refit_maxfev: int = 0,
+) -> FormulaResult:
     """Fit, LOEO cross-validation, bootstrap and intervals for one formula (see module doc).
     ``fixed``: knobs held at given values (not fitted) in every fit, fold and replicate.
     ``cv_refit_maxfev`` > 0: each fold is then refitted by simulation on its training points
@@ -148,9 +171,7 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
     t0 = time.perf_counter()
     # the seed model: seed knobs and the seed's settings (unset, no calibration: the seed's values)
     seed_cfgs = [with_knobs(c, seed) for c in eval_pb.configs]
-    seed_cfgs = [
-        c.model_copy(update={"cost": c.cost.model_copy(update=dict.fromkeys(CALIBRATION_SETTINGS))}) for c in seed_cfgs
-    ]
+    seed_cfgs = [c.model_copy(update={"cost": c.cost.model_copy(update=dict.fromkeys(CALIBRATION_SETTINGS))}) for c in seed_cfgs]
     sims_seed = sim_matrix(summaries(seed_cfgs), REPORT_METRICS)
     sims_fit = sim_matrix(eval_ev.summaries(fit.knobs, all_idx), REPORT_METRICS)
     pid_to_i = {p: i for i, p in enumerate(eval_pb.points["point_id"])}
@@ -189,13 +210,26 @@ def calibrate_formula(fit_pb: Problem, eval_pb: Problem, summaries: SummariesFn,
         for j, (metric, _, _) in enumerate(REPORT_METRICS):
             others = [resid[k, j] for k in range(len(exps)) if exps[k] != exps[i] and mask[k] and math.isfinite(resid[k, j])]
             lo, hi = interval_from_samples(sims_cv[i, j], spread[:, i, j] if len(spread) else [], others, level)
-            rows.append({
-                "formula": formula, "point_id": p["point_id"], "experiment": p["experiment"], "dataset": p.get("dataset"),
-                "strategy": p["strategy"], "overloaded": bool(p["overloaded"]), "metric": metric, "meas": meas[i, j],
-                "seed": sims_seed[i, j], "fit": sims_fit[i, j], "cv": sims_cv[i, j], "lo": lo, "hi": hi,
-                "ape_seed": ape(sims_seed[i, j], meas[i, j]), "ape_fit": ape(sims_fit[i, j], meas[i, j]),
-                "ape_cv": ape(sims_cv[i, j], meas[i, j]),
-            })
+            rows.append(
+                {
+                    "formula": formula,
+                    "point_id": p["point_id"],
+                    "experiment": p["experiment"],
+                    "dataset": p.get("dataset"),
+                    "strategy": p["strategy"],
+                    "overloaded": bool(p["overloaded"]),
+                    "metric": metric,
+                    "meas": meas[i, j],
+                    "seed": sims_seed[i, j],
+                    "fit": sims_fit[i, j],
+                    "cv": sims_cv[i, j],
+                    "lo": lo,
+                    "hi": hi,
+                    "ape_seed": ape(sims_seed[i, j], meas[i, j]),
+                    "ape_fit": ape(sims_fit[i, j], meas[i, j]),
+                    "ape_cv": ape(sims_cv[i, j], meas[i, j]),
+                }
+            )
     table = pd.DataFrame(rows)
     resid_out = {m: [float(x) for x in resid[mask, j] if math.isfinite(x)] for j, (m, _, _) in enumerate(REPORT_METRICS)}
     return FormulaResult(formula, fit.knobs, fit.objective, folds, boot, table, resid_out, t, fit.nfev)
@@ -205,11 +239,10 @@ def mape_summary(table: pd.DataFrame, by: str | None = None, subset: str = "not_
     """MAPE of seed / in-sample fit / CV per metric (and group), plus 90 % interval coverage."""
     d = table if subset == "all" else table[~table["overloaded"]]
     d = d[np.isfinite(d["meas"].astype(float))]
-    keys = (["formula"] + ([by] if by else []) + ["metric"])
+    keys = ["formula"] + ([by] if by else []) + ["metric"]
     d = d.assign(inside=(d["meas"] >= d["lo"]) & (d["meas"] <= d["hi"]))
     g = d.groupby(keys, sort=True)
-    return g.agg(n=("meas", "size"), seed=("ape_seed", "mean"), fit=("ape_fit", "mean"), cv=("ape_cv", "mean"),
-                 coverage=("inside", "mean")).reset_index()
+    return g.agg(n=("meas", "size"), seed=("ape_seed", "mean"), fit=("ape_fit", "mean"), cv=("ape_cv", "mean"), coverage=("inside", "mean")).reset_index()
 
 
 def _formula_section(r: FormulaResult, settings: dict) -> dict[str, Any]:
@@ -239,11 +272,16 @@ def calibration_document(results: Sequence[FormulaResult], settings: dict, name:
         "knobs": first["knobs"],
         "fitted_knobs": first["fitted_knobs"],
         "provenance": {
-            "data": settings["ground_truth"], "date": settings["date"], "command": settings["command"],
-            "n_points": settings["n_points"], "n_experiments": settings["n_experiments"],
-            "fit_max_requests_per_point": settings["fit_max_requests"], "eval_max_requests_per_point": settings["eval_max_requests"],
+            "data": settings["ground_truth"],
+            "date": settings["date"],
+            "command": settings["command"],
+            "n_points": settings["n_points"],
+            "n_experiments": settings["n_experiments"],
+            "fit_max_requests_per_point": settings["fit_max_requests"],
+            "eval_max_requests_per_point": settings["eval_max_requests"],
             "cv_refit_maxfev": settings.get("cv_refit_maxfev", 0),
-            "mfu_tables": settings["bench_data"], "servesim_version": settings["version"],
+            "mfu_tables": settings["bench_data"],
+            "servesim_version": settings["version"],
         },
         "cross_validation": first["cross_validation"],
         "residuals_log": first["residuals_log"],

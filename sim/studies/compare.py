@@ -26,8 +26,15 @@ from sim.core.simulation import SimResult
 from sim.errors import ConfigError
 
 METRICS = (
-    "ttft_mean_ms", "ttft_p99_ms", "tpot_mean_ms", "tpot_p99_ms", "itl_p99_ms",
-    "e2e_mean_ms", "e2e_p99_ms", "output_tokens_per_s", "requests_per_s",
+    "ttft_mean_ms",
+    "ttft_p99_ms",
+    "tpot_mean_ms",
+    "tpot_p99_ms",
+    "itl_p99_ms",
+    "e2e_mean_ms",
+    "e2e_p99_ms",
+    "output_tokens_per_s",
+    "requests_per_s",
 )
 CONFIDENCE = 0.95
 

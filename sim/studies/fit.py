@@ -41,9 +41,16 @@ from sim.cost.calibration import KNOB_NAMES, KNOBS, seed_knobs
 from sim.errors import ConfigError
 
 DEFAULT_FIT_KNOBS = (
-    "bw_efficiency", "per_layer_overhead_us", "per_step_overhead_us",
-    "prefill_compute_scale", "decode_compute_scale", "mixed_penalty", "allreduce_bw_gbps", "frontend_latency_ms",
-    "frontend_us_per_prompt_token", "allreduce_latency_us",
+    "bw_efficiency",
+    "per_layer_overhead_us",
+    "per_step_overhead_us",
+    "prefill_compute_scale",
+    "decode_compute_scale",
+    "mixed_penalty",
+    "allreduce_bw_gbps",
+    "frontend_latency_ms",
+    "frontend_us_per_prompt_token",
+    "allreduce_latency_us",
 )
 
 
@@ -59,7 +66,7 @@ REPORT_METRICS = FIT_METRICS + (("tpot_incl_ttft_mean", "time_per_output_token_m
 APE_CAP = 1.0  # a point's APE counts at most 100 %: queueing blow-ups must not drive the fit
 
 
-def unit_to_knobs(u: Sequence[float], names: Sequence[str], fixed: Mapping[str, float] | None = None) -> dict[str, float]:
+def unit_to_knobs(u: Sequence[float] | np.ndarray, names: Sequence[str], fixed: Mapping[str, float] | None = None) -> dict[str, float]:
     out = dict(fixed or {})
     for x, n in zip(u, names):
         out[n] = KNOBS[n].to_value(x)
@@ -187,8 +194,13 @@ def _nelder_mead(fun, x0: np.ndarray, maxfev: int, step: float = 0.15):
         e = np.zeros(p)
         e[j] = step if x0[j] + step <= 1 else -step
         simplex.append(np.clip(x0 + e, 0, 1))
-    return minimize(fun, np.clip(x0, 0, 1), method="Nelder-Mead", bounds=[(0.0, 1.0)] * p,
-                    options={"maxfev": maxfev, "initial_simplex": np.array(simplex), "xatol": 1e-3, "fatol": 1e-4})
+    return minimize(
+        fun,
+        np.clip(x0, 0, 1),
+        method="Nelder-Mead",
+        bounds=[(0.0, 1.0)] * p,
+        options={"maxfev": maxfev, "initial_simplex": np.array(simplex), "xatol": 1e-3, "fatol": 1e-4},
+    )
 
 
 def fit_direct(
@@ -205,24 +217,24 @@ def fit_direct(
     pr = ev.problem
     train_idx = [int(i) for i in train_idx]
     meas = pr.meas_matrix()[train_idx]
-    start = {**seed_knobs(pr.configs[0].gpu), **{n: KNOBS[n].start for n in names if KNOBS[n].start is not None},
-             **(start or {})}
-    fixed = {**{k: v for k, v in start.items() if k not in names}, **(fixed or {})}
-    x0 = knobs_to_unit(start, names)
-    best = {"f": math.inf, "u": x0}
+    starts: dict[str, float] = dict(seed_knobs(pr.configs[0].gpu))
+    starts.update({n: s for n in names if (s := KNOBS[n].start) is not None})
+    starts.update(start or {})
+    fixed = {**{k: v for k, v in starts.items() if k not in names}, **(fixed or {})}
+    x0 = knobs_to_unit(starts, names)
+    best_f, best_u = math.inf, x0
 
     def fun(u):
         k = unit_to_knobs(u, names, fixed)
         f = objective(sim_matrix(ev.summaries(k, train_idx)), meas)
         f = f if math.isfinite(f) else 1e6
-        if f < best["f"]:
-            best.update(f=f, u=np.clip(np.asarray(u, float), 0, 1))
+        nonlocal best_f, best_u
+        if f < best_f:
+            best_f, best_u = f, np.clip(np.asarray(u, float), 0, 1)
         return f
 
     res = _nelder_mead(fun, x0, maxfev, step)
-    u = best["u"]
-    return FitResult(unit_to_knobs(u, names, fixed), u, float(best["f"]), int(res.nfev),
-                     [pr.points.at[i, "point_id"] for i in train_idx], names)
+    return FitResult(unit_to_knobs(best_u, names, fixed), best_u, float(best_f), int(res.nfev), [pr.points.at[i, "point_id"] for i in train_idx], names)
 
 
 @dataclass

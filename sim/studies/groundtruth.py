@@ -12,7 +12,6 @@ This module only reads files; :mod:`sim.studies.point_configs` turns a measured 
 simulation config and recomputes the measured metrics it is scored against.
 """
 
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,51 +23,99 @@ from sim.errors import ConfigError
 from sim.load.workload import load_trace
 
 REQUIRED_POINT_COLUMNS = (
-    "experiment", "dataset", "model", "model_config_dir", "tp", "workload",
-    "benchmark_index", "strategy", "rate",
+    "experiment",
+    "dataset",
+    "model",
+    "model_config_dir",
+    "tp",
+    "workload",
+    "benchmark_index",
+    "strategy",
+    "rate",
 )
-
 
 
 # Columns that may be absent from a points file (then treated as unknown / not measured).
 OPTIONAL_POINT_COLUMNS = (
-    "harness", "gpu", "vllm_version", "max_num_seqs", "max_num_batched_tokens", "block_size",
-    "gpu_memory_utilization", "enable_chunked_prefill", "enable_prefix_caching", "max_model_len",
-    "kv_cache_gpu_tokens", "prompt_tokens_mean", "prompt_tokens_stdev", "prompt_tokens_min",
-    "prompt_tokens_max", "output_tokens_mean", "output_tokens_stdev", "output_tokens_min",
-    "output_tokens_max", "prefix_tokens", "num_requests_cfg", "workload_extra", "rate_unit",
-    "achieved_rps", "interarrival_cv", "duration_s", "n_successful", "n_errored", "n_incomplete",
-    "ttft_mean_ms", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_mean_ms", "tpot_p50_ms",
-    "tpot_p90_ms", "tpot_p99_ms", "tpot_incl_ttft_mean_ms", "e2e_mean_ms", "e2e_p50_ms",
-    "e2e_p90_ms", "e2e_p99_ms", "output_tok_per_s", "requests_per_s", "per_request_file", "notes",
+    "harness",
+    "gpu",
+    "vllm_version",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "block_size",
+    "gpu_memory_utilization",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "max_model_len",
+    "kv_cache_gpu_tokens",
+    "prompt_tokens_mean",
+    "prompt_tokens_stdev",
+    "prompt_tokens_min",
+    "prompt_tokens_max",
+    "output_tokens_mean",
+    "output_tokens_stdev",
+    "output_tokens_min",
+    "output_tokens_max",
+    "prefix_tokens",
+    "num_requests_cfg",
+    "workload_extra",
+    "rate_unit",
+    "achieved_rps",
+    "interarrival_cv",
+    "duration_s",
+    "n_successful",
+    "n_errored",
+    "n_incomplete",
+    "ttft_mean_ms",
+    "ttft_p50_ms",
+    "ttft_p90_ms",
+    "ttft_p99_ms",
+    "tpot_mean_ms",
+    "tpot_p50_ms",
+    "tpot_p90_ms",
+    "tpot_p99_ms",
+    "tpot_incl_ttft_mean_ms",
+    "e2e_mean_ms",
+    "e2e_p50_ms",
+    "e2e_p90_ms",
+    "e2e_p99_ms",
+    "output_tok_per_s",
+    "requests_per_s",
+    "per_request_file",
+    "notes",
 )
-
 
 
 MEASURED_COLUMNS = (
-    "ttft_mean_ms", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms",
-    "tpot_mean_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "tpot_incl_ttft_mean_ms",
-    "e2e_mean_ms", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "output_tok_per_s", "requests_per_s",
+    "ttft_mean_ms",
+    "ttft_p50_ms",
+    "ttft_p90_ms",
+    "ttft_p99_ms",
+    "tpot_mean_ms",
+    "tpot_p50_ms",
+    "tpot_p90_ms",
+    "tpot_p99_ms",
+    "tpot_incl_ttft_mean_ms",
+    "e2e_mean_ms",
+    "e2e_p50_ms",
+    "e2e_p90_ms",
+    "e2e_p99_ms",
+    "output_tok_per_s",
+    "requests_per_s",
 )
-
 
 
 STRATEGIES = ("synchronous", "throughput", "constant", "poisson")
 
 
-
 SERVER_SPAN_COLUMNS = ("request_index", "benchmark_index", "prefill_ms", "decode_ms")
-
 
 
 def _gt_dir(gt_dir: str | Path) -> Path:
     p = Path(gt_dir).expanduser()
     if not p.is_dir():
-        raise ConfigError(
-            f"--ground-truth: directory not found: {p} (expected the measured data, e.g. ../shared/ground_truth)"
-        )
+        raise ConfigError(f"--ground-truth: directory not found: {p} (expected the measured data, e.g. ../shared/ground_truth)")
     return p
-
 
 
 def load_points(gt_dir: str | Path) -> pd.DataFrame:
@@ -108,11 +155,8 @@ def load_points(gt_dir: str | Path) -> pd.DataFrame:
     dup = df["point_id"][df["point_id"].duplicated()]
     if len(dup):
         raise ConfigError(f"{path}: duplicate point (experiment, benchmark_index): {dup.iloc[0]}")
-    df["load_level"] = df["strategy"].map(
-        {"synchronous": "synchronous", "throughput": "throughput", "constant": "rate", "poisson": "rate"}
-    )
+    df["load_level"] = df["strategy"].map({"synchronous": "synchronous", "throughput": "throughput", "constant": "rate", "poisson": "rate"})
     return df.reset_index(drop=True)
-
 
 
 def requests_path(gt_dir: str | Path, point: pd.Series | dict) -> Path | None:
@@ -129,14 +173,12 @@ def requests_path(gt_dir: str | Path, point: pd.Series | dict) -> Path | None:
     return None
 
 
-
 def load_requests(gt_dir: str | Path, experiment: str) -> pd.DataFrame | None:
     """Client-side per-request rows of ``experiment`` (all benchmarks), or None if absent."""
     p = Path(gt_dir) / "requests" / f"{experiment}.csv"
     if not p.is_file():
         return None
     return pd.read_csv(p)
-
 
 
 def load_server_spans(gt_dir: str | Path, experiment: str) -> pd.DataFrame | None:
@@ -152,7 +194,6 @@ def load_server_spans(gt_dir: str | Path, experiment: str) -> pd.DataFrame | Non
     if missing:
         raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}")
     return df
-
 
 
 def trace_rows(gt_dir: str | Path, point: pd.Series | dict, limit: int | None = None) -> pd.DataFrame | None:

@@ -16,7 +16,9 @@ from sim.errors import ConfigError
 from sim.studies.fit import finite_or_nan, with_knobs
 
 
-def interval_from_samples(center: float, log_spread: Sequence[float], log_resid: Sequence[float], level: float = 0.9) -> tuple[float, float]:
+def interval_from_samples(
+    center: float, log_spread: Sequence[float] | np.ndarray, log_resid: Sequence[float] | np.ndarray, level: float = 0.9
+) -> tuple[float, float]:
     """(lo, hi): quantiles (1∓level)/2 of center·exp(r + d) over every pair of a parameter
     /seed spread sample r and a residual d (either set may be empty → treated as {0})."""
     if not (0 < level < 1):
@@ -42,11 +44,21 @@ def coverage(meas: Sequence[float], lo: Sequence[float], hi: Sequence[float]) ->
 
 # summary keys an interval is given for, and the calibration residual metric that widens them
 INTERVAL_KEYS: dict[str, str | None] = {
-    "ttft_mean_ms": "ttft_mean", "ttft_p50_ms": "ttft_mean", "ttft_p90_ms": None, "ttft_p99_ms": None,
-    "tpot_mean_ms": "tpot_mean", "tpot_p50_ms": "tpot_mean", "tpot_p90_ms": None, "tpot_p99_ms": None,
+    "ttft_mean_ms": "ttft_mean",
+    "ttft_p50_ms": "ttft_mean",
+    "ttft_p90_ms": None,
+    "ttft_p99_ms": None,
+    "tpot_mean_ms": "tpot_mean",
+    "tpot_p50_ms": "tpot_mean",
+    "tpot_p90_ms": None,
+    "tpot_p99_ms": None,
     "time_per_output_token_mean_ms": "tpot_incl_ttft_mean",
-    "e2e_mean_ms": "e2e_mean", "e2e_p50_ms": "e2e_mean", "e2e_p90_ms": None, "e2e_p99_ms": None,
-    "output_tokens_per_s": None, "requests_per_s": None,
+    "e2e_mean_ms": "e2e_mean",
+    "e2e_p50_ms": "e2e_mean",
+    "e2e_p90_ms": None,
+    "e2e_p99_ms": None,
+    "output_tokens_per_s": None,
+    "requests_per_s": None,
 }
 
 
@@ -64,8 +76,9 @@ def interval_configs(cfg, calibration: Mapping[str, Any], n: int | None = None) 
     return out
 
 
-def summary_intervals(center: Mapping, replicates: Sequence[Mapping], calibration: Mapping[str, Any] | None,
-                      level: float = 0.9) -> dict[str, tuple[float, float]]:
+def summary_intervals(
+    center: Mapping, replicates: Sequence[Mapping], calibration: Mapping[str, Any] | None, level: float = 0.9
+) -> dict[str, tuple[float, float]]:
     """Interval per summary key (:data:`INTERVAL_KEYS`) from the point run ``center``, the
     bootstrap replicate runs and the calibration's cross-validated log residuals."""
     resid = (calibration or {}).get("residuals_log") or {}
@@ -77,8 +90,9 @@ def summary_intervals(center: Mapping, replicates: Sequence[Mapping], calibratio
     return out
 
 
-def intervals_for_configs(cfgs: Sequence[RunConfig], centers: Sequence[dict], summaries: Callable[[list], list],
-                          level: float = 0.9, n_boot: int | None = None) -> list[dict[str, tuple[float, float]]]:
+def intervals_for_configs(
+    cfgs: Sequence[RunConfig], centers: Sequence[dict], summaries: Callable[[list], list], level: float = 0.9, n_boot: int | None = None
+) -> list[dict[str, tuple[float, float]]]:
     """For ``run``/``sweep --intervals``: one interval dict (summary key → (lo, hi)) per config,
     from its point run's summary (``centers``), its bootstrap replicates (simulated here in one
     batch) and the calibration's CV residuals. ConfigError if a config names no calibration."""

@@ -41,7 +41,6 @@ Large points (set C: Poisson stages of 600 s with 3,000–12,000 requests) are c
 both sides describe the same requests.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -61,47 +60,36 @@ from sim.studies.groundtruth import MEASURED_COLUMNS, requests_path, trace_rows
 Mode = Literal["guidellm", "study"]
 
 
-
 MODES = ("guidellm", "study")
 
 
-
 DEFAULT_MAX_REQUESTS_PER_POINT = 2000
-
 
 
 """Cap on simulated requests per point (set C stages hold 3,000–12,000; 2,000 at 5–20 req/s
 is 100–400 s of steady state, ample for means and p99, and keeps a point to seconds)."""
 
 
-
 DEFAULT_SYNC_REQUESTS = 20
-
 
 
 """Requests of a synchronous point without a trace or a configured count (set A). Lengths
 are fixed there, so every request after the first (which misses the prefix cache) is alike."""
 
 
-
 STUDY_DEFAULT_REQUESTS = 100  # BLIS --num-requests default (blis-reference.md §7)
-
 
 
 STUDY_MAX_NUM_SEQS = 256  # BLIS --max-num-running-reqs default; the harness did not pass vLLM's
 
 
-
 STUDY_MAX_NUM_BATCHED_TOKENS = 2048  # BLIS --max-num-scheduled-tokens default
-
 
 
 STUDY_NUM_GPU_BLOCKS = 1_000_000  # BLIS implicit roofline path: no preemption
 
 
-
 STUDY_MAX_MODEL_LEN = 1 << 20  # BLIS --max-model-len is unused: do not reject anything
-
 
 
 def _num(x: Any) -> float | None:
@@ -112,11 +100,9 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-
 def _int(x: Any) -> int | None:
     v = _num(x)
     return int(v) if v is not None else None
-
 
 
 def _bool(x: Any) -> bool | None:
@@ -128,14 +114,12 @@ def _bool(x: Any) -> bool | None:
     return None if v is None else bool(v)
 
 
-
 def _extra(point: pd.Series | dict, key: str) -> int | None:
     text = point.get("workload_extra")
     if not isinstance(text, str):
         return None
     m = re.search(rf"\b{re.escape(key)}=(\d+)", text)
     return int(m.group(1)) if m else None
-
 
 
 def gpu_name_of(point: pd.Series | dict) -> str:
@@ -145,7 +129,6 @@ def gpu_name_of(point: pd.Series | dict) -> str:
     if isinstance(g, str) and g.strip():
         return g.split("(")[0].strip()
     return "H100"
-
 
 
 def model_for_point(point: pd.Series | dict, gt_dir: str | Path) -> str:
@@ -161,8 +144,9 @@ def model_for_point(point: pd.Series | dict, gt_dir: str | Path) -> str:
         path = Path(gt_dir) / "model_configs" / d / "config.json"
         if path.is_file():
             return str(path)
-    raise ConfigError(f"point {point.get('point_id', point.get('experiment'))}: model {hf!r} is not in the catalogue and no model_configs/{d}/config.json exists")
-
+    raise ConfigError(
+        f"point {point.get('point_id', point.get('experiment'))}: model {hf!r} is not in the catalogue and no model_configs/{d}/config.json exists"
+    )
 
 
 def _length(mean: Any, stdev: Any, lo: Any, hi: Any, what: str, pid: str) -> dict[str, Any]:
@@ -173,12 +157,11 @@ def _length(mean: Any, stdev: Any, lo: Any, hi: Any, what: str, pid: str) -> dic
     if not s:
         return {"dist": "fixed", "value": int(round(m))}
     d: dict[str, Any] = {"dist": "normal", "mean": m, "stdev": s}
-    if _int(lo):
-        d["min"] = max(1, _int(lo))
-    if _int(hi):
-        d["max"] = _int(hi)
+    if lo_tokens := _int(lo):
+        d["min"] = max(1, lo_tokens)
+    if hi_tokens := _int(hi):
+        d["max"] = hi_tokens
     return d
-
 
 
 def _prefix(point: pd.Series | dict) -> tuple[int, int]:
@@ -188,11 +171,9 @@ def _prefix(point: pd.Series | dict) -> tuple[int, int]:
     return tokens, groups
 
 
-
 def inference_perf_harness(point: pd.Series | dict) -> bool:
     """Whether ``point`` was measured with inference-perf (set C)."""
     return "inference-perf" in str(point.get("harness", ""))
-
 
 
 def _prompt_pool(point: pd.Series | dict) -> int | None:
@@ -202,7 +183,6 @@ def _prompt_pool(point: pd.Series | dict) -> int | None:
     if inference_perf_harness(point) and groups and per_group:
         return groups * per_group
     return None
-
 
 
 def study_rate(point: pd.Series | dict) -> float:
@@ -222,21 +202,31 @@ def study_rate(point: pd.Series | dict) -> float:
     return float(r)
 
 
-
-def _configured_workload(point, num_requests: int, prefix_tokens: int, prefix_groups: int, pid: str) -> dict[str, Any]:
+def _configured_workload(point, num_requests: int | None, prefix_tokens: int, prefix_groups: int, pid: str) -> dict[str, Any]:
     """The workload section for a point without per-request data: its configured length
     distributions (points.csv ``*_tokens_{mean,stdev,min,max}``)."""
     return {
         "num_requests": num_requests,
-        "prompt_tokens": _length(point.get("prompt_tokens_mean"), point.get("prompt_tokens_stdev"),
-                                 point.get("prompt_tokens_min"), point.get("prompt_tokens_max"), "prompt_tokens", pid),
-        "output_tokens": _length(point.get("output_tokens_mean"), point.get("output_tokens_stdev"),
-                                 point.get("output_tokens_min"), point.get("output_tokens_max"), "output_tokens", pid),
+        "prompt_tokens": _length(
+            point.get("prompt_tokens_mean"),
+            point.get("prompt_tokens_stdev"),
+            point.get("prompt_tokens_min"),
+            point.get("prompt_tokens_max"),
+            "prompt_tokens",
+            pid,
+        ),
+        "output_tokens": _length(
+            point.get("output_tokens_mean"),
+            point.get("output_tokens_stdev"),
+            point.get("output_tokens_min"),
+            point.get("output_tokens_max"),
+            "output_tokens",
+            pid,
+        ),
         "prefix_tokens": prefix_tokens,
         "prefix_groups": prefix_groups,
         "trace": None,
     }
-
 
 
 def point_to_config(
@@ -246,7 +236,7 @@ def point_to_config(
     gt_dir: str | Path,
     formula: str | None = None,
     gemm_m: str | None = None,
-    mode: Mode = "guidellm",
+    mode: Mode | str = "guidellm",  # checked against MODES at run time
     bench_data_dir: str | Path | None = None,
     max_requests_per_point: int | None = DEFAULT_MAX_REQUESTS_PER_POINT,
 ) -> RunConfig:
@@ -285,6 +275,7 @@ def point_to_config(
             return n
         return min(n, max_requests_per_point)
 
+    n: int | None
     if mode == "study":
         n = _int(point.get("num_requests_cfg")) or STUDY_DEFAULT_REQUESTS
         d["server"] = {
@@ -347,11 +338,9 @@ def point_to_config(
     return parse_run_config(merge(base.model_dump(mode="json"), d), source=f"ground-truth point {pid}")
 
 
-
 def points_to_configs(points: pd.DataFrame, base: RunConfig | None = None, **kwargs: Any) -> list[RunConfig]:
     """:func:`point_to_config` for every row of ``points``, in order."""
     return [point_to_config(row, base, **kwargs) for _, row in points.iterrows()]
-
 
 
 def measured_from_requests(rows: pd.DataFrame) -> dict[str, float]:
@@ -374,7 +363,6 @@ def measured_from_requests(rows: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-
 def measured_for_point(point: pd.Series | dict, gt_dir: str | Path, cfg: RunConfig) -> tuple[dict[str, float], str]:
     """(measured metrics, source) to compare with the simulation of ``cfg``.
 
@@ -384,8 +372,10 @@ def measured_for_point(point: pd.Series | dict, gt_dir: str | Path, cfg: RunConf
     based on re-tokenised counts (README) and is not used: it is recomputed from the rows when
     they exist, else left unknown.
     """
-    meas = {c: _num(point.get(c)) for c in MEASURED_COLUMNS}
-    meas = {k: (math.nan if v is None else v) for k, v in meas.items()}
+    meas: dict[str, float] = {}
+    for c in MEASURED_COLUMNS:
+        v = _num(point.get(c))
+        meas[c] = math.nan if v is None else v
     source = "points.csv"
     inference_perf = inference_perf_harness(point)
     tr = cfg.workload.trace

@@ -71,6 +71,15 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
     full_batch_capacity_rps: float = float("nan")
 
+    def rate_points(self) -> list[tuple[float, SweepPoint]]:
+        """The points with a rate (constant / poisson), as ``(rate_rps, point)`` by rate."""
+        return rate_points(self.points)
+
+
+def rate_points(points: Sequence[SweepPoint]) -> list[tuple[float, SweepPoint]]:
+    """``(rate_rps, point)`` for the points with a rate, in increasing rate (stable order for ties)."""
+    return sorted(((p.rate_rps, p) for p in points if p.rate_rps is not None), key=lambda rp: rp[0])
+
 
 def guidellm_rates(sync_rps: float, throughput_rps: float, num_points: int) -> list[float]:
     """guidellm's sweep rates: ``linspace(sync, throughput, num_points − 1)[1:]``."""
@@ -178,17 +187,18 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
         rates = sorted(sw.rates_rps)
     capacity_rps = full_batch_capacity_rps(points[1].result) if points else float("nan")
     if capacity_rps == capacity_rps:
-        notes.append(f"full-batch capacity {capacity_rps:.3g} req/s (throughput benchmark, completions while "
-                     f"the batch held >= {FULL_BATCH_FRACTION:.0%} of its peak); higher rates count as unstable")
+        notes.append(
+            f"full-batch capacity {capacity_rps:.3g} req/s (throughput benchmark, completions while "
+            f"the batch held >= {FULL_BATCH_FRACTION:.0%} of its peak); higher rates count as unstable"
+        )
     rate_cfgs = [point_config(cfg, sw.rate_strategy, r) for r in rates]
     for r, res in zip(rates, run_many(rate_cfgs)):
-        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res,
-                                 stable=is_stable(res, capacity_rps)))
+        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res, stable=is_stable(res, capacity_rps)))
     saturation = None
-    for p in sorted((p for p in points if p.rate_rps is not None), key=lambda p: p.rate_rps):
+    for rate, p in rate_points(points):
         if not p.stable:
             break
-        saturation = p.rate_rps
+        saturation = rate
     if saturation is None:
         notes.append("every rate point queued without bound: the lowest swept rate is already past saturation")
     elif saturation == max(rates):

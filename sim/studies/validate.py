@@ -63,8 +63,11 @@ def run_validation(
     cfgs, keys = [], []
     for f, g in combos:
         for _, p in points.iterrows():
-            cfgs.append(point_to_config(p, base, gt_dir=gt_dir, formula=f, gemm_m=g, mode=mode,
-                                        bench_data_dir=bench_data_dir, max_requests_per_point=max_requests_per_point))
+            cfgs.append(
+                point_to_config(
+                    p, base, gt_dir=gt_dir, formula=f, gemm_m=g, mode=mode, bench_data_dir=bench_data_dir, max_requests_per_point=max_requests_per_point
+                )
+            )
             keys.append((f, g, p["point_id"]))
     results = run_many(cfgs)
     n = len(points)
@@ -72,13 +75,21 @@ def run_validation(
     measured = [measured_for_point(p, gt_dir, cfgs[i]) for i, (_, p) in enumerate(points.iterrows())]
     spans_cache: dict[str, pd.DataFrame | None] = {}
     for c, (f, g) in enumerate(combos):
-        res = results[c * n:(c + 1) * n]
-        cf = cfgs[c * n:(c + 1) * n]
-        longs.append(compare_points(
-            points, [r.summary for r in res], [m for m, _ in measured],
-            extra={"formula": [f] * n, "gemm_m": [g] * n, "meas_source": [s for _, s in measured],
-                   "sim_requests": [int(r.summary["num_requests"]) for r in res]},
-        ))
+        res = results[c * n : (c + 1) * n]
+        cf = cfgs[c * n : (c + 1) * n]
+        longs.append(
+            compare_points(
+                points,
+                [r.summary for r in res],
+                [m for m, _ in measured],
+                extra={
+                    "formula": [f] * n,
+                    "gemm_m": [g] * n,
+                    "meas_source": [s for _, s in measured],
+                    "sim_requests": [int(r.summary["num_requests"]) for r in res],
+                },
+            )
+        )
         for i, (_, p) in enumerate(points.iterrows()):
             sums[(f, g, p["point_id"])] = res[i].summary
             if cf[i].workload.trace is None:
@@ -92,12 +103,20 @@ def run_validation(
             sp = spans[spans["benchmark_index"] == p["benchmark_index"]]
             if sp.empty:
                 continue
-            step_rows.append({"formula": f, "gemm_m": g, "point_id": p["point_id"], "experiment": exp,
-                              "strategy": p["strategy"], **step_check(res[i].requests, sp)})
+            step_rows.append(
+                {"formula": f, "gemm_m": g, "point_id": p["point_id"], "experiment": exp, "strategy": p["strategy"], **step_check(res[i].requests, sp)}
+            )
     long = pd.concat(longs, ignore_index=True)
     mt = mape_table(long, keys=("formula", "gemm_m"))
     pts = pd.concat([points, overload_flags(points)], axis=1)
-    settings = {"ground_truth": str(gt_dir), "mode": mode, "formulas": list(formulas), "gemm_m": list(gemm_ms),
-                "bench_data_dir": str(bench_data_dir) if bench_data_dir else None,
-                "max_requests_per_point": max_requests_per_point, "seed": base.seed, "num_points": n}
+    settings = {
+        "ground_truth": str(gt_dir),
+        "mode": mode,
+        "formulas": list(formulas),
+        "gemm_m": list(gemm_ms),
+        "bench_data_dir": str(bench_data_dir) if bench_data_dir else None,
+        "max_requests_per_point": max_requests_per_point,
+        "seed": base.seed,
+        "num_points": n,
+    }
     return ValidationResult(pts, long, mt, pd.DataFrame(step_rows), settings, sums)

@@ -45,18 +45,30 @@ def render_report(v: ValidationResult) -> str:
                 cells.append(f"{pct_cell(val)} ({n})")
             rows.append([f, g, sub, *cells])
     lines += [md_table(hdr, rows), ""]
-    for group_by, title in (("dataset", "By dataset"), ("load_level", "By load level"), ("workload", "By workload"),
-                            ("experiment", "By experiment")):
+    for group_by, title in (("dataset", "By dataset"), ("load_level", "By load level"), ("workload", "By workload"), ("experiment", "By experiment")):
         lines += [f"## {title} (all points)", ""]
         groups = sorted(set(v.mape[(v.mape["group_by"] == group_by)]["group"]))
         hdr = [group_by, "formula", "gemm_m", "n", "TTFT", "TPOT", "E2E/out", "E2E", "out tok/s"]
         rows = []
         for grp in groups:
             for f, g in combos:
-                def m(metric):
+
+                def mape_n(metric: str) -> tuple[float, int]:
                     return lk.get((f, g, "all", group_by, grp, metric), (math.nan, 0))
-                rows.append([grp, f, g, m("e2e_mean")[1] or m("tpot_incl_ttft_mean")[1], pct_cell(m("ttft_mean")[0]), pct_cell(m("tpot_mean")[0]),
-                             pct_cell(m("tpot_incl_ttft_mean")[0]), pct_cell(m("e2e_mean")[0]), pct_cell(m("output_tok_per_s")[0])])
+
+                rows.append(
+                    [
+                        grp,
+                        f,
+                        g,
+                        mape_n("e2e_mean")[1] or mape_n("tpot_incl_ttft_mean")[1],
+                        pct_cell(mape_n("ttft_mean")[0]),
+                        pct_cell(mape_n("tpot_mean")[0]),
+                        pct_cell(mape_n("tpot_incl_ttft_mean")[0]),
+                        pct_cell(mape_n("e2e_mean")[0]),
+                        pct_cell(mape_n("output_tok_per_s")[0]),
+                    ]
+                )
         lines += [md_table(hdr, rows), ""]
     lines += ["## Per point (means, ms; sim / meas)", ""]
     wide = v.long.pivot_table(index=["formula", "gemm_m", "point_id"], columns="metric", values=["sim", "meas"], aggfunc="first")
@@ -64,24 +76,61 @@ def render_report(v: ValidationResult) -> str:
     hdr = ["point", "formula", "gemm_m", "strategy", "overloaded", "n sim", "meas source", "TTFT", "TPOT", "E2E/out", "E2E", "E2E APE"]
     rows = []
     for (f, g, pid), r in first.iterrows():
+
         def sm(metric, d=1):
             return f"{num_cell(wide.loc[(f, g, pid), ('sim', metric)], d)} / {num_cell(wide.loc[(f, g, pid), ('meas', metric)], d)}"
+
         e2e_ape = v.long[(v.long.formula == f) & (v.long.gemm_m == g) & (v.long.point_id == pid) & (v.long.metric == "e2e_mean")]["ape"].iloc[0]
-        rows.append([pid, f, g, r["strategy"], "yes" if r["overloaded"] else "", r["sim_requests"], r["meas_source"],
-                     sm("ttft_mean"), sm("tpot_mean", 2), sm("tpot_incl_ttft_mean", 2), sm("e2e_mean", 0), pct_cell(e2e_ape)])
+        rows.append(
+            [
+                pid,
+                f,
+                g,
+                r["strategy"],
+                "yes" if r["overloaded"] else "",
+                r["sim_requests"],
+                r["meas_source"],
+                sm("ttft_mean"),
+                sm("tpot_mean", 2),
+                sm("tpot_incl_ttft_mean", 2),
+                sm("e2e_mean", 0),
+                pct_cell(e2e_ape),
+            ]
+        )
     lines += [md_table(hdr, rows), ""]
     if len(v.steps):
         lines += [
-            "## Per-step check (set B, vLLM server spans)", "",
+            "## Per-step check (set B, vLLM server spans)",
+            "",
             "Simulated prefill = first scheduled → first token; decode = first token → finish; measured = vLLM's"
-            " `prefill_ms` / `decode_ms` spans of the same requests (matched by prompt and output lengths, then send order).", "",
+            " `prefill_ms` / `decode_ms` spans of the same requests (matched by prompt and output lengths, then send order).",
+            "",
         ]
-        hdr = ["point", "formula", "gemm_m", "strategy", "matched", "prefill sim/meas ms", "prefill APE (per-req MAPE)",
-               "decode sim/meas ms", "decode APE (per-req MAPE)"]
-        rows = [[r.point_id, r.formula, r.gemm_m, r.strategy, r.n_matched,
-                 f"{num_cell(r.sim_prefill_mean_ms)} / {num_cell(r.meas_prefill_mean_ms)}", f"{pct_cell(r.prefill_mean_ape)} ({pct_cell(r.prefill_per_request_mape)})",
-                 f"{num_cell(r.sim_decode_mean_ms, 0)} / {num_cell(r.meas_decode_mean_ms, 0)}", f"{pct_cell(r.decode_mean_ape)} ({pct_cell(r.decode_per_request_mape)})"]
-                for r in v.steps.itertuples()]
+        hdr = [
+            "point",
+            "formula",
+            "gemm_m",
+            "strategy",
+            "matched",
+            "prefill sim/meas ms",
+            "prefill APE (per-req MAPE)",
+            "decode sim/meas ms",
+            "decode APE (per-req MAPE)",
+        ]
+        rows = [
+            [
+                r.point_id,
+                r.formula,
+                r.gemm_m,
+                r.strategy,
+                r.n_matched,
+                f"{num_cell(r.sim_prefill_mean_ms)} / {num_cell(r.meas_prefill_mean_ms)}",
+                f"{pct_cell(r.prefill_mean_ape)} ({pct_cell(r.prefill_per_request_mape)})",
+                f"{num_cell(r.sim_decode_mean_ms, 0)} / {num_cell(r.meas_decode_mean_ms, 0)}",
+                f"{pct_cell(r.decode_mean_ape)} ({pct_cell(r.decode_per_request_mape)})",
+            ]
+            for r in v.steps.itertuples()
+        ]
         lines += [md_table(hdr, rows), ""]
     flagged = v.points[v.points["overloaded"]]
     if len(flagged):
@@ -89,7 +138,8 @@ def render_report(v: ValidationResult) -> str:
         lines += [f"- `{r.point_id}`: {r.overload_reason}" for r in flagged.itertuples()]
         lines += [""]
     lines += [
-        "## Caveats", "",
+        "## Caveats",
+        "",
         "- Set A has synchronous means only; its lengths are the configured means (fixed lengths, the spread is unknown)."
         " The code sweep's real outputs averaged ≈ 53 tokens, not the configured 28 (README): its E2E is unreliable.",
         "- Set C: Poisson stages are capped to the first N requests; the measured metrics are then recomputed over the"
