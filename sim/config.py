@@ -265,6 +265,98 @@ class SloConfig(_Strict):
     tpot_ms: float | None = Field(None, gt=0, description="per-request TPOT bound for goodput")
 
 
+class InstanceGroupConfig(_Strict):
+    """A group of identical replicas (one deployment shape) in a fleet.
+
+    ``gpu``, ``tensor_parallel_size``, ``server`` and ``cost`` override the run's top-level
+    fields for this group's replicas (``server``/``cost``: any of those sections' keys, merged
+    over the top-level section). The model is the fleet's (a router serves one model).
+    """
+
+    name: str | None = Field(None, description="label in tables and the replica column; default g0, g1, …")
+    replicas: int = Field(1, gt=0, le=4096, description="identical replicas in the group (vLLM --data-parallel-size for one group)")
+    role: Literal["mixed", "prefill", "decode"] = Field(
+        "mixed", description="mixed: serves whole requests; prefill / decode: one side of prefill/decode disaggregation"
+    )
+    gpu: str | None = Field(None, description="GPU catalogue name; None = the run's gpu")
+    tensor_parallel_size: int | None = Field(None, gt=0, description="GPUs per replica; None = the run's tensor_parallel_size")
+    server: dict[str, Any] = Field(default_factory=dict, description="server fields for this group, over the run's server section")
+    cost: dict[str, Any] = Field(default_factory=dict, description="cost fields for this group (e.g. its calibration), over the run's cost section")
+
+
+class RouterConfig(_Strict):
+    """How the fleet's router picks a replica (see docs/cluster.md)."""
+
+    policy: str = Field("round-robin", description="router name (see `servesim list`)")
+    refresh_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        description="the router sees replica load as snapshots refreshed this often (vLLM DP coordinator 100 ms, llm-d 50 ms); 0 = live state (oracle)",
+    )
+    count_own_sends: bool = Field(
+        True, description="between refreshes, add each request the router sends to that replica's waiting count (as vLLM's DP client does)"
+    )
+    latency_ms: float = Field(0.0, ge=0, description="routing delay per request, ms (the proxy / gateway hop)")
+    weights: dict[str, float] | None = Field(
+        None, description="weighted router: scorer → weight; None = llm-d's default profile (prefix-cache 2, queue 1, kv 1)"
+    )
+    prefix_index_blocks: int | None = Field(None, gt=0, description="router-side prefix index per replica, KV blocks (LRU); None = the replica's KV cache size")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must name at least one scorer")
+            for name, w in v.items():
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+                    raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
+            if not any(w > 0 for w in v.values()):
+                raise ValueError("at least one weight must be > 0")
+        return v
+
+
+class AdmissionConfig(_Strict):
+    """Admission control in front of the router; a refused request is recorded ``rejected``."""
+
+    policy: str = Field("unlimited", description="unlimited | max-in-flight | token-bucket")
+    max_in_flight: int | None = Field(None, gt=0, description="max-in-flight: requests admitted and not yet left, fleet-wide")
+    rate_rps: float | None = Field(None, gt=0, description="token-bucket: sustained admissions per second")
+    burst: int | None = Field(None, gt=0, description="token-bucket: bucket size, requests (default 1)")
+
+
+class KvTransferConfig(_Strict):
+    """The link a request's KV cache crosses from a prefill to a decode replica."""
+
+    link: str = Field("rdma", description="preset: rdma | nvlink | tcp (see `servesim list`)")
+    bandwidth_gb_per_s: float | None = Field(None, gt=0, description="GB/s (1e9 bytes) per transfer; None = the preset's")
+    latency_ms: float | None = Field(None, ge=0, description="fixed time per transfer, ms; None = the preset's")
+
+
+class ClusterConfig(_Strict):
+    """A fleet: instance groups behind one router (with admission, and a KV link for P/D)."""
+
+    groups: list[InstanceGroupConfig] = Field(min_length=1, max_length=64, description="the instance groups")
+    router: RouterConfig = RouterConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    kv_transfer: KvTransferConfig = KvTransferConfig()
+
+    @model_validator(mode="after")
+    def _roles(self) -> "ClusterConfig":
+        roles = {g.role for g in self.groups}
+        if roles & {"prefill", "decode"} and roles != {"prefill", "decode"}:
+            raise ValueError(
+                f"groups: prefill/decode disaggregation needs prefill and decode groups only, got roles {sorted(roles)}; "
+                "give every group role prefill or decode, or every group role mixed"
+            )
+        names = [g.name for g in self.groups if g.name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"groups: names must be unique, got {names}")
+        if sum(g.replicas for g in self.groups) > 4096:
+            raise ValueError("groups: at most 4096 replicas in all")
+        return self
+
+
 class RunConfig(_Strict):
     """Everything one simulation needs."""
 
@@ -281,6 +373,23 @@ class RunConfig(_Strict):
     record_itls: bool = Field(True, description="keep every inter-token gap (needed for ITL percentiles)")
     sweep: SweepConfig = SweepConfig()
     slo: SloConfig = SloConfig()
+    cluster: ClusterConfig | None = Field(None, description="a fleet of replicas behind a router; None = one server")
+
+    @model_validator(mode="after")
+    def _group_overrides(self) -> "RunConfig":
+        """Each group's server/cost overrides must form a valid section over the run's."""
+        if self.cluster is not None:
+            for i, g in enumerate(self.cluster.groups):
+                for section, model, base in (("server", ServerConfig, self.server), ("cost", CostConfig, self.cost)):
+                    override = getattr(g, section)
+                    try:
+                        model.model_validate(merge(base.model_dump(mode="json"), override))
+                    except ValidationError as err:
+                        first = err.errors()[0]
+                        loc = ".".join(_loc_part(p) for p in first["loc"])
+                        msg = "unknown key; check its spelling" if first["type"] == "extra_forbidden" else first["msg"]
+                        raise ValueError(f"cluster.groups.{i}.{section}.{loc}: {msg}") from None
+        return self
 
     @field_validator("model", "gpu")
     @classmethod
@@ -304,6 +413,11 @@ def _format_validation_error(err: ValidationError, source: str | None) -> str:
     for e in err.errors():
         loc = ".".join(_loc_part(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        if e["type"] == "value_error" and msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+            if not e["loc"] and ": " in msg:  # a whole-config check that names its field itself
+                lines.append(msg)
+                continue
         if e["type"] == "extra_forbidden":
             parent = ".".join(_loc_part(p) for p in e["loc"][:-1])
             msg = f"unknown key; check its spelling{' under ' + parent if parent else ''}"

@@ -78,6 +78,21 @@ class Request:
         return self.status is RequestStatus.FINISHED
 
 
+def prompt_block_key(req: Request, index: int, block_size: int) -> tuple[str, int, int]:
+    """Identity of the tokens in KV block ``index`` of ``req``'s prompt (prefix caching).
+
+    Blocks inside the shared prefix are shared by the prefix group, blocks inside a pool
+    prompt by every request repeating that prompt; other blocks are the request's own. Two
+    requests with equal keys hold the same tokens there (as vLLM's block hashes would match).
+    """
+    end = (index + 1) * block_size
+    if req.prefix_group >= 0 and end <= req.prefix_tokens:
+        return ("p", req.prefix_group, index)
+    if req.prompt_id >= 0 and end <= req.prompt_tokens:
+        return ("q", req.prompt_id, index)
+    return ("r", req.request_id, index)
+
+
 class BatchItem(NamedTuple):
     """One request's share of a step (immutable; a tuple for cheap construction).
 

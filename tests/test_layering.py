@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sim.errors", "sim.version"),  # foundation: errors and the version import nothing
     ("sim.registry", "sim.entities", "sim.rng", "sim.config"),  # foundation: plug points, records, RNG, config schema
     ("sim.catalogue",),  # model architectures, GPUs
-    ("sim.scheduler", "sim.cost", "sim.load", "sim.records"),  # the parts of one server run
+    ("sim.scheduler", "sim.cost", "sim.load", "sim.records", "sim.cluster"),  # the parts of one server run, and of a fleet's front (router, admission, KV link)
     ("sim.core",),  # engine and simulation assembly
     ("sim.studies",),  # sweeps, comparisons, validation, calibration
     ("sim.plots",),  # figures of runs and studies

@@ -65,6 +65,14 @@ def common_options(func):
         click.option("--concurrency", type=int, help="Closed-loop users (concurrent) or in-flight cap (throughput)."),
         click.option("--horizon", type=float, help="Stop the simulated clock at this many seconds."),
         click.option(
+            "--replicas",
+            "--data-parallel-size",
+            "replicas",
+            type=int,
+            help="Identical replicas behind a router (a one-group cluster; vLLM --data-parallel-size).",
+        ),
+        click.option("--router", help="Fleet router (default round-robin; see `servesim list`)."),
+        click.option(
             "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field, e.g. --set workload.prefix_tokens=512 (repeatable)."
         ),
         click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Results directory (default results/<command>)."),

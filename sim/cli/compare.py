@@ -18,28 +18,30 @@ from sim.cost.calibration import effective_formula
 @executor_options
 @click.option("--policies", help="Comma-separated scheduler policies (first = baseline), e.g. vllm-v1,sarathi.")
 @click.option("--formulas", help="Comma-separated mixed-batch formulas, e.g. weighted-average,additive.")
+@click.option("--routers", help="Comma-separated fleet routers (first = baseline), e.g. round-robin,least-outstanding; needs a cluster.")
 @click.option("--seeds", "num_seeds", type=int, default=5, show_default=True, help="Seeds per arm (paired across arms).")
 @click.option("--rates", help="Compare at each of these request rates (req/s), comma-separated.")
 @handle_errors
 def compare_cmd(config: str | None, **kwargs: Any) -> None:
-    """Compare policies and/or formulas over seeds, with 95 % intervals and paired differences."""
+    """Compare policies, formulas and/or fleet routers over seeds, with 95 % intervals and paired differences."""
     from sim.cli.output import header, write_figure, write_json, write_parquet
     from sim.studies.compare import compare
     from sim.studies.executor import run_many
 
-    policies_text, formulas_text, num_seeds, rates_text = (kwargs.pop(k) for k in ("policies", "formulas", "num_seeds", "rates"))
+    policies_text, formulas_text, routers_text, num_seeds, rates_text = (kwargs.pop(k) for k in ("policies", "formulas", "routers", "num_seeds", "rates"))
     flags, opts = split_flags(kwargs)
     cfg, fmt = build_config(config, flags, opts["sets"])
     policies = parse_csv(policies_text) or [cfg.scheduler.policy]
     formulas = parse_csv(formulas_text) or [effective_formula(cfg)]
     rates = [parse_float(r, "--rates") for r in parse_csv(rates_text)] if rates_text else None
+    routers = parse_csv(routers_text) if routers_text else None
     out = out_dir(opts, "compare")
     with ProgressBars(opts["quiet"], "compare") as prog:
 
         def many(cfgs):
             return run_many(cfgs, opts["executor"], opts["workers"], prog.phase("runs", len(cfgs)), opts["ray_address"])
 
-        runs, table = compare(cfg, many, policies, formulas, num_seeds, rates)
+        runs, table = compare(cfg, many, policies, formulas, num_seeds, rates, routers)
     write_config_yaml(out, cfg, fmt)
     write_parquet(out / "runs.parquet", runs)
     from sim.cli.output import atomic_write_bytes
@@ -47,13 +49,23 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
     atomic_write_bytes(out / "compare.csv", table.to_csv(index=False).encode())
     write_json(
         out / "summary.json",
-        {**header(cfg), "policies": policies, "formulas": formulas, "seeds": num_seeds, "rates_rps": rates, "statistics": table.to_dict(orient="records")},
+        {
+            **header(cfg),
+            "policies": policies,
+            "formulas": formulas,
+            "routers": routers,
+            "seeds": num_seeds,
+            "rates_rps": rates,
+            "statistics": table.to_dict(orient="records"),
+        },
     )
     if not opts["no_plots"]:
         from sim.plots.runs import comparison
 
         write_figure(out / "plots" / "compare.png", comparison(table))
     show = ["ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "output_tokens_per_s"]
+    if routers is not None:  # routing shows in the queueing tail
+        show = ["ttft_mean_ms", "ttft_p99_ms", "tpot_mean_ms", "e2e_p99_ms", "output_tokens_per_s"]
     shown_rates: list[float | None] = list(rates) if rates else [None]
     for rate in shown_rates:
         sub = table[table["rate_rps"].isna()] if rate is None else table[table["rate_rps"] == rate]

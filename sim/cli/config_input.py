@@ -127,14 +127,43 @@ def build_config(config_path: str | None, flags: dict[str, Any], sets: tuple[str
         k, v = item.split("=", 1)
         _set_path(base, k.strip(), _parse_value(v))
     for name, value in flags.items():
-        if value is not None:
+        if value is not None and name in FLAG_PATHS:
             _set_path(base, FLAG_PATHS[name], value)
+    _apply_fleet_flags(base, flags.get("replicas"), flags.get("router"))
     strategy = flags.get("strategy")
     if strategy in ("synchronous", "throughput", "replay") and flags.get("rate") is None:
         base.setdefault("arrival", {})["rate_rps"] = None
     return parse_run_config(base, source=config_path), fmt
 
 
+FLEET_FLAGS = ("replicas", "router")
+
+
+def _apply_fleet_flags(base: dict[str, Any], replicas: int | None, router: str | None) -> None:
+    """``--replicas N``: a one-group cluster of N replicas (or N replicas in the config's only
+    group); ``--router NAME``: the cluster's router (a cluster must exist or be made by
+    ``--replicas``)."""
+    if replicas is None and router is None:
+        return
+    cluster = base.get("cluster")
+    if cluster is None:
+        if replicas is None:
+            raise ConfigError("--router: the config has no cluster; add --replicas N (or a cluster section) to route between replicas")
+        cluster = base["cluster"] = {"groups": [{}]}
+    if not isinstance(cluster, dict):
+        raise ConfigError("cluster: must be a mapping (groups, router, admission, kv_transfer)")
+    if replicas is not None:
+        groups = cluster.get("groups")
+        if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
+            raise ConfigError("--replicas: the config's cluster has several groups; set each group's replicas in the config instead")
+        groups[0]["replicas"] = replicas
+    if router is not None:
+        router_section = cluster.setdefault("router", {})
+        if not isinstance(router_section, dict):
+            raise ConfigError("cluster.router: must be a mapping (policy, refresh_interval_ms, …)")
+        router_section["policy"] = router
+
+
 def split_flags(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    flags = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAG_PATHS}
+    flags = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAG_PATHS or k in FLEET_FLAGS}
     return flags, kwargs

@@ -14,9 +14,13 @@ from sim.cli.config_input import build_config, split_flags
 
 @click.command(name="list")
 def list_cmd() -> None:
-    """List models, GPUs, scheduler policies, cost models, formulas and arrival strategies."""
+    """List models, GPUs, scheduler policies, cost models, formulas, arrival strategies, and the
+    fleet's routers, admission policies and KV-transfer links."""
     from sim.catalogue.hardware import gpu_names
     from sim.catalogue.models import catalogue_names
+    from sim.cluster.admission import ADMISSIONS
+    from sim.cluster.router import ROUTERS
+    from sim.cluster.transfer import LINKS
     from sim.cost import COST_MODELS
     from sim.load.arrival import ARRIVALS
     from sim.scheduler import SCHEDULERS
@@ -35,6 +39,10 @@ def list_cmd() -> None:
             out_console.print(f"  {name:28s} {doc}")
     except ImportError:
         pass
+    for title, reg in (("routers", ROUTERS), ("admission", ADMISSIONS), ("kv links", LINKS)):
+        out_console.print(f"{title}:")
+        for name, doc in reg.describe().items():
+            out_console.print(f"  {name:28s} {doc}")
 
 
 @click.command(name="config")

@@ -89,6 +89,8 @@ def write_run_tables(out: Path, label: str, res: SimResult) -> None:
     d = out / "runs" / label
     write_parquet(d / "requests.parquet", res.requests)
     write_parquet(d / "steps.parquet", res.steps)
+    if res.replicas is not None:
+        write_parquet(d / "replicas.parquet", res.replicas)
 
 
 def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stable: bool | None = None) -> dict:
@@ -102,6 +104,7 @@ def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stab
         "stable": stable,
         "derived": res.derived,
         "summary": res.summary,
+        **({"replicas": res.replicas.to_dict(orient="records")} if res.replicas is not None else {}),
     }
 
 
@@ -118,7 +121,17 @@ def header(cfg) -> dict:
         "gemm_m": cfg.cost.gemm_m,
         "policy": cfg.scheduler.policy,
         "seed": cfg.seed,
+        **(_cluster_header(cfg.cluster) if cfg.cluster is not None else {}),
     }
+
+
+def _cluster_header(cluster) -> dict:
+    """A fleet's shape in summary.json headers: groups (name, count, role, GPU, TP) and router."""
+    groups = [
+        {"name": g.name or f"g{i}", "replicas": g.replicas, "role": g.role, "gpu": g.gpu, "tensor_parallel_size": g.tensor_parallel_size}
+        for i, g in enumerate(cluster.groups)
+    ]
+    return {"cluster": {"groups": groups, "router": cluster.router.policy, "refresh_interval_ms": cluster.router.refresh_interval_ms}}
 
 
 class StreamingParquet:

@@ -20,7 +20,7 @@ from sim.cli.common import (
 )
 from sim.cli.config_input import build_config, split_flags
 from sim.cli.output import write_config_yaml, write_guidellm
-from sim.cli.tables import interval_table, summary_table
+from sim.cli.tables import deployment_label, interval_table, replica_table, summary_table
 from sim.cost.calibration import effective_formula
 
 
@@ -36,7 +36,7 @@ from sim.cost.calibration import effective_formula
 def run(config: str | None, **kwargs: Any) -> None:
     """Simulate one run of CONFIG (YAML: servesim, guidellm profile or inference-perf config)."""
     from sim.cli.output import StreamingParquet, header, run_entry, write_figure, write_json, write_run_tables
-    from sim.core.simulation import Simulation
+    from sim.core.simulation import make_simulation
 
     stream = kwargs.pop("stream")
     flags, opts = split_flags(kwargs)
@@ -45,12 +45,12 @@ def run(config: str | None, **kwargs: Any) -> None:
     t0 = time.perf_counter()
     n = cfg.workload.num_requests or 0
     if stream is None:
-        stream = n > STREAM_THRESHOLD_REQUESTS
+        stream = n > STREAM_THRESHOLD_REQUESTS and cfg.cluster is None  # a fleet keeps its records in memory
     writer = None
     if stream:
         writer = StreamingParquet({"requests": out / "runs/run/requests.parquet", "steps": out / "runs/run/steps.parquet"})
     try:
-        sim = Simulation(cfg, spill=writer)
+        sim = make_simulation(cfg, spill=writer)
         with ProgressBars(opts["quiet"], "run") as prog:
             res = sim.run(progress=prog.phase("requests", len(sim.workload)))
         if writer is not None:
@@ -80,9 +80,12 @@ def run(config: str | None, **kwargs: Any) -> None:
     out_console.print(
         summary_table(
             [(label, cfg.arrival.rate_rps, s, None)],
-            f"servesim run — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}",
+            f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}",
         )
     )
+    if res.replicas is not None:
+        out_console.print(replica_table(res.replicas, f"replicas — router {res.derived['router']}"))
+        out_console.print(f"load imbalance (max/mean within a group): requests {s['load_imbalance_requests']:.2f}, busy time {s['load_imbalance_busy']:.2f}")
     if ivs:
         out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
     out_console.print(

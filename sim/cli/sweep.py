@@ -10,7 +10,7 @@ import click
 from sim.cli.common import ProgressBars, common_options, compute_intervals, err_console, executor_options, handle_errors, intervals_option, out_console, out_dir
 from sim.cli.config_input import FLAG_PATHS, build_config, split_flags
 from sim.cli.output import write_config_yaml, write_guidellm
-from sim.cli.tables import interval_table, summary_table
+from sim.cli.tables import deployment_label, interval_table, summary_table
 from sim.cost.calibration import effective_formula
 from sim.errors import ConfigError
 
@@ -89,13 +89,13 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     if not opts["no_plots"]:
         from sim.plots.runs import batch_composition, latency_vs_rate, throughput_vs_offered
 
-        title = f"{cfg.model}, {cfg.tensor_parallel_size}x {cfg.gpu}, {effective_formula(cfg)}"
+        title = f"{cfg.model}, {deployment_label(cfg)}, {effective_formula(cfg)}"
         write_figure(out / "plots" / "latency_vs_rate.png", latency_vs_rate(result, title, ivs or None))
         write_figure(out / "plots" / "throughput_vs_offered.png", throughput_vs_offered(result, title))
         busiest = max(result.points, key=lambda p: p.result.summary["mean_batch_tokens"])  # the most loaded point
         write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
-    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {cfg.tensor_parallel_size}x {cfg.gpu}, {cfg.cost.model}/{effective_formula(cfg)}"))
+    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}"))
     if ivs:
         out_console.print(
             interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals (calibration {cfg.cost.calibration})")

@@ -18,6 +18,17 @@ def fmt_cell(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
+def deployment_label(cfg) -> str:
+    """``1x H100`` for one server; ``4× 1x H100 + 2× 2x L40S (least-outstanding)`` for a fleet."""
+    if cfg.cluster is None:
+        return f"{cfg.tensor_parallel_size}x {cfg.gpu}"
+    parts = []
+    for g in cfg.cluster.groups:
+        role = "" if g.role == "mixed" else f" {g.role}"
+        parts.append(f"{g.replicas}× {g.tensor_parallel_size or cfg.tensor_parallel_size}x {g.gpu or cfg.gpu}{role}")
+    return " + ".join(parts) + f" ({cfg.cluster.router.policy})"
+
+
 def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str) -> Table:
     """rows: (label, offered rate, summary, stable)."""
     t = Table(title=title, title_justify="left", header_style="bold")
@@ -72,4 +83,44 @@ def interval_table(rows: list[tuple[str, dict, dict]], title: str) -> Table:
             lo, hi = iv.get(k, (float("nan"), float("nan")))
             cells.append(f"{fmt_cell(s[k], 1)} [{fmt_cell(lo, 1)}, {fmt_cell(hi, 1)}]")
         t.add_row(label, *cells)
+    return t
+
+
+def replica_table(replicas, title: str) -> Table:
+    """One row per replica of a fleet (``SimResult.replicas``)."""
+    t = Table(title=title, title_justify="left", header_style="bold")
+    cols: list[tuple[str, JustifyMethod]] = [
+        ("replica", "right"),
+        ("group", "left"),
+        ("role", "left"),
+        ("GPU", "left"),
+        ("TP", "right"),
+        ("routed", "right"),
+        ("finished", "right"),
+        ("busy %", "right"),
+        ("steps", "right"),
+        ("mixed %", "right"),
+        ("preempt", "right"),
+        ("TTFT p99", "right"),
+        ("E2E p99", "right"),
+    ]
+    for name, just in cols:
+        t.add_column(name, justify=just)
+    for r in replicas.itertuples(index=False):
+        t.add_row(
+            str(r.replica),
+            str(r.group),
+            str(r.role),
+            str(r.gpu),
+            str(r.tensor_parallel_size),
+            str(r.requests_routed),
+            str(r.finished),
+            fmt_cell(100.0 * r.busy_fraction),
+            str(r.num_steps),
+            fmt_cell(100.0 * r.mixed_steps / r.num_steps if r.num_steps else float("nan")),
+            str(r.preemptions),
+            fmt_cell(r.ttft_p99_ms),
+            fmt_cell(r.e2e_p99_ms, 0),
+        )
+    t.caption = "busy % = share of the run's span the replica was stepping; latencies in ms of the requests that finished there"
     return t

@@ -19,6 +19,7 @@ requests at once too (the real engine re-plans immediately).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heappush
 from typing import cast
 
@@ -67,6 +68,7 @@ class Engine:
         max_prefill_tokens_unchunked: int | None = None,
         fast_forward: bool = True,
         async_scheduling: bool = False,
+        on_leave: Callable[[Request], None] | None = None,
     ) -> None:
         self.env = env
         self.scheduler = scheduler
@@ -77,6 +79,7 @@ class Engine:
         self.max_prefill_tokens_unchunked = max_prefill_tokens_unchunked
         self._idle: simpy.Event | None = None
         self.async_scheduling = async_scheduling
+        self.on_leave = on_leave  # called when a request leaves (finished or rejected), e.g. a fleet's load counters
         # async scheduling: requests that reached the engine while a step ran, in arrival order,
         # with the start time of the step they arrived in (they may join the step after next)
         self._staged: list[tuple[float, Request]] = []
@@ -150,6 +153,8 @@ class Engine:
         self._signal_done(req)
 
     def _signal_done(self, req: Request) -> None:
+        if self.on_leave is not None:
+            self.on_leave(req)
         ev = req.done_event
         if ev is not None and not ev.triggered:
             ev.succeed(req)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from sim.entities import Request
+from sim.entities import Request, prompt_block_key
 
 
 class KVCacheManager:
@@ -64,12 +64,7 @@ class KVCacheManager:
         return -(-tokens // self.block_size)
 
     def _block_key(self, req: Request, index: int) -> object:
-        end = (index + 1) * self.block_size
-        if req.prefix_group >= 0 and end <= req.prefix_tokens:
-            return ("p", req.prefix_group, index)
-        if req.prompt_id >= 0 and end <= req.prompt_tokens:
-            return ("q", req.prompt_id, index)
-        return ("r", req.request_id, index)
+        return prompt_block_key(req, index, self.block_size)
 
     def get_computed_blocks(self, req: Request) -> list[int]:
         """Cached blocks that hold ``req``'s leading tokens (prefix-cache hit), in order.

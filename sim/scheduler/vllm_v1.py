@@ -351,11 +351,19 @@ class VllmV1Scheduler:
                 if req.first_scheduled_s < 0:
                     req.first_scheduled_s = now_s
                 running.append(req)
-                items.append(BatchItem(req.request_id, n, num_computed, False))
                 reqs.append(req)
                 budget -= n
-                n_pre += 1
-                pre_tok += n
+                if n == 1 and req.num_output_generated and num_computed == req.num_tokens - 1:
+                    # arrived with its KV and first token (a prefill/decode hand-off): a decode
+                    items.append(BatchItem(req.request_id, 1, num_computed, True))
+                    n_dec += 1
+                    ctx_sum += num_computed
+                    if num_computed > ctx_max:
+                        ctx_max = num_computed
+                else:
+                    items.append(BatchItem(req.request_id, n, num_computed, False))
+                    n_pre += 1
+                    pre_tok += n
             if skipped:
                 waiting.extendleft(reversed(skipped))
 

@@ -1,6 +1,7 @@
-"""Seed-replicated comparison of scheduler policies and cost formulas, with paired intervals.
+"""Seed-replicated comparison of scheduler policies, cost formulas and fleet routers, with
+paired intervals.
 
-Every *arm* (a policy × formula combination) runs with the same seeds, so seed *i* gives every
+Every *arm* (a policy × formula × router combination; routers only for a config with a cluster) runs with the same seeds, so seed *i* gives every
 arm the same workload draw and arrival times: the runs are **paired**. Per arm and metric we
 report the mean over seeds and its 95 % confidence interval (Student t, n − 1 degrees of
 freedom); against the baseline arm (the first) the mean **paired difference** with its own
@@ -43,9 +44,10 @@ CONFIDENCE = 0.95
 class Arm:
     policy: str
     formula: str
+    router: str | None = None  # a fleet's router; None = the config's
 
-    def label(self, vary_policy: bool, vary_formula: bool) -> str:
-        parts = ([self.policy] if vary_policy else []) + ([self.formula] if vary_formula else [])
+    def label(self, vary_policy: bool, vary_formula: bool, vary_router: bool = False) -> str:
+        parts = ([self.policy] if vary_policy else []) + ([self.formula] if vary_formula else []) + ([str(self.router)] if vary_router else [])
         return "/".join(parts) or self.policy
 
 
@@ -68,6 +70,8 @@ def arm_configs(cfg: RunConfig, arms: Sequence[Arm], seeds: Sequence[int], rates
         for arm in arms:
             for seed in seeds:
                 over: dict = {"seed": seed, "scheduler": {"policy": arm.policy}, "cost": {"formula": arm.formula}}
+                if arm.router is not None:
+                    over["cluster"] = {"router": {"policy": arm.router}}
                 if rate is not None:
                     over["arrival"] = {"strategy": cfg.sweep.rate_strategy, "rate_rps": rate, "concurrency": None}
                     if cfg.sweep.duration_s is not None:
@@ -83,6 +87,7 @@ def compare(
     formulas: Sequence[str],
     num_seeds: int,
     rates: Sequence[float] | None = None,
+    routers: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the comparison. Returns (per-run metrics, per-arm statistics).
 
@@ -93,26 +98,38 @@ def compare(
         raise ConfigError(f"--seeds: need at least 2 seeds for an interval, got {num_seeds}")
     if not policies or not formulas:
         raise ConfigError("compare: give at least one policy and one formula")
-    arms = [Arm(p, f) for p in policies for f in formulas]
+    if routers is not None and cfg.cluster is None:
+        raise ConfigError("--routers: the config has no cluster to route in; add --replicas N or a cluster section")
+    for name, values in (("--policies", policies), ("--formulas", formulas), ("--routers", routers or [])):
+        dup = sorted({v for v in values if list(values).count(v) > 1})
+        if dup:
+            raise ConfigError(f"{name}: {dup[0]!r} is listed twice; each arm must be distinct")
+    router_choices: Sequence[str | None] = list(routers) if routers is not None else [None]
+    arms = [Arm(p, f, r) for p in policies for f in formulas for r in router_choices]
     if len(arms) < 2:
-        raise ConfigError("compare: needs at least two arms (e.g. --policies vllm-v1,sarathi or --formulas weighted-average,additive)")
+        raise ConfigError(
+            "compare: needs at least two arms (e.g. --policies vllm-v1,sarathi, --formulas weighted-average,additive or --routers round-robin,least-outstanding)"
+        )
     vary_p, vary_f = len(set(policies)) > 1, len(set(formulas)) > 1
+    vary_r = routers is not None and len(set(routers)) > 1
     seeds = [cfg.seed + i for i in range(num_seeds)]
     plan = arm_configs(cfg, arms, seeds, rates)
     results = run_many([c for *_, c in plan])
     rows = []
     for (arm, rate, seed, _), res in zip(plan, results):
-        row = {"rate_rps": rate, "arm": arm.label(vary_p, vary_f), "policy": arm.policy, "formula": arm.formula, "seed": seed}
+        row = {"rate_rps": rate, "arm": arm.label(vary_p, vary_f, vary_r), "policy": arm.policy, "formula": arm.formula, "seed": seed}
+        if routers is not None:
+            row["router"] = arm.router
         row.update({m: res.summary.get(m, math.nan) for m in METRICS})
         rows.append(row)
     runs = pd.DataFrame(rows)
-    baseline = arms[0].label(vary_p, vary_f)
+    baseline = arms[0].label(vary_p, vary_f, vary_r)
     stat_rows = []
     for rate in rates if rates else [None]:
         sub = runs[runs["rate_rps"].isna()] if rate is None else runs[runs["rate_rps"] == rate]
         base = sub[sub["arm"] == baseline].set_index("seed")
         for arm in arms:
-            label = arm.label(vary_p, vary_f)
+            label = arm.label(vary_p, vary_f, vary_r)
             cur = sub[sub["arm"] == label].set_index("seed")
             for m in METRICS:
                 mean, lo, hi = mean_ci(cur[m].tolist())

@@ -1,0 +1,385 @@
+"""A fleet: replicas of one model behind a router, on one simulated clock.
+
+The config's ``cluster`` section lists instance groups (count, GPU, TP, server settings); each
+replica is a :class:`~sim.core.server.Server` with its own scheduler, KV cache, cost model and
+metrics sink, all driven by one SimPy environment. A request's path::
+
+    client send ─ admission ─(router latency)─ router ─ replica API server ─ engine
+
+and, with prefill/decode disaggregation (groups of role ``prefill`` and ``decode``)::
+
+    … router ─ prefill replica (prompt + first token) ─ KV transfer ─ router ─ decode replica
+
+The client sees the first token when the prefill replica produces it (TTFT), then the rest from
+the decode replica; the decode replica receives the prompt's KV and the first token, so its
+steps hold the request as an ordinary decode. The request table has one row per request (its
+``replica`` column: where it finished, or was refused / left at the horizon; -1 = never
+reached a replica); prefill-side rows of a disaggregated request are not separate requests.
+
+The router sees replicas through :class:`~sim.cluster.router.ReplicaView`: live state when
+``router.refresh_interval_ms`` is 0, else snapshots taken every interval from t = 0, to which
+the router adds its own sends until the next snapshot (``count_own_sends``). Waiting counts a
+replica's requests routed there and not running (API server, queue), as vLLM's coordinator
+counts its engines' waiting queues.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sim.cluster.admission import build_admission
+from sim.cluster.router import ReplicaInfo, ReplicaView, build_router
+from sim.cluster.transfer import resolve_link
+from sim.config import InstanceGroupConfig, RunConfig, merge, parse_run_config
+from sim.core.engine import SimEnvironment
+from sim.core.result import SimResult
+from sim.core.server import Server
+from sim.entities import Request, RequestStatus
+from sim.errors import ConfigError
+from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
+from sim.load.arrival import ARRIVALS
+from sim.load.workload import build_workload
+from sim.records.metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, summarize
+from sim.rng import RandomStreams
+
+FLEET_SUMMARY_KEYS = ("num_replicas", "load_imbalance_requests", "load_imbalance_busy")
+
+
+def group_name(group: InstanceGroupConfig, position: int) -> str:
+    return group.name if group.name is not None else f"g{position}"
+
+
+def group_run_config(cfg: RunConfig, group: InstanceGroupConfig) -> RunConfig:
+    """The single-server config of one replica of ``group``: the run's fields with the
+    group's GPU, TP, server and cost settings over them, and no cluster section."""
+    data = cfg.model_dump(mode="json")
+    data["cluster"] = None
+    if group.gpu is not None:
+        data["gpu"] = group.gpu
+    if group.tensor_parallel_size is not None:
+        data["tensor_parallel_size"] = group.tensor_parallel_size
+    data["server"] = merge(data["server"], group.server)
+    data["cost"] = merge(data["cost"], group.cost)
+    return parse_run_config(data, source=f"cluster group {group.name or ''}".strip())
+
+
+class Replica:
+    """One server of the fleet, with the counters the router's views are made from."""
+
+    def __init__(self, index: int, group: str, role: str, cfg: RunConfig, env: SimEnvironment, fast_forward: bool, on_leave: Callable[[Request], None]):
+        self.index = index
+        self.group = group
+        self.role = role
+        self.cfg = cfg
+        self.sink = MetricsSink(record_itls=cfg.record_itls)
+        self.server = Server(cfg, env, self.sink, fast_forward=fast_forward, on_leave=on_leave)
+        self.num_routed = 0  # requests (or prefill phases) sent here
+        self.num_left = 0  # of those, left (finished or refused by the engine)
+        self.info = ReplicaInfo(index, group, role, cfg.server.max_num_seqs, self.server.limits["num_gpu_blocks"], cfg.server.block_size)
+
+    def live_view(self) -> ReplicaView:
+        running = len(self.server.scheduler.running)
+        kv = self.server.kv
+        return ReplicaView(self.index, self.num_routed - self.num_left - running, running, kv.num_used_blocks / kv.num_blocks)
+
+
+class FleetSimulation:
+    """A configured, runnable fleet simulation (the config has a ``cluster`` section).
+
+    Attributes: ``env``, ``replicas`` (:class:`Replica`, in group order), ``router``,
+    ``admission``, ``workload``, ``sink`` (requests that never reached a replica).
+    """
+
+    def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536, fast_forward: bool = True) -> None:
+        if cfg.cluster is None:
+            raise ValueError("FleetSimulation needs a config with a cluster section")
+        if spill is not None:
+            raise ConfigError("--stream: a cluster run keeps its records in memory; run it without --stream")
+        self.cfg = cfg
+        cl = cfg.cluster
+        self.streams = RandomStreams(cfg.seed)
+        self.env = env = SimEnvironment()
+        self.replicas: list[Replica] = []
+        for gi, group in enumerate(cl.groups):
+            name = group_name(group, gi)
+            try:
+                gcfg = group_run_config(cfg, group)
+                for _ in range(group.replicas):
+                    index = len(self.replicas)
+                    self.replicas.append(Replica(index, name, group.role, gcfg, env, fast_forward, self._leave_hook(index)))
+            except ConfigError as err:
+                # name the group: its GPU, TP or server settings may differ from the run's
+                raise ConfigError(f"cluster.groups.{gi} ({name}): {err}") from None
+        self.disaggregated = any(r.role == "prefill" for r in self.replicas)
+        self.entry = [r.index for r in self.replicas if r.role in ("mixed", "prefill")]
+        self.decode_pool = [r.index for r in self.replicas if r.role == "decode"]
+        self.router = build_router(cl.router, [r.info for r in self.replicas], self.streams)
+        self.admission = build_admission(cl.admission)
+        self.refresh_s = cl.router.refresh_interval_ms * 1e-3
+        self.route_latency_s = cl.router.latency_ms * 1e-3
+        self.count_own_sends = cl.router.count_own_sends
+        self.link = resolve_link(cl.kv_transfer) if self.disaggregated else None
+        model = self.replicas[0].server.model
+        self.kv_bytes_per_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim * model.bytes_per_param
+        self.workload = build_workload(cfg.workload, self.streams)
+        if cfg.workload.prompt_pool_warm:
+            pool = self.workload.pool_prompts().values()
+            for r in self.replicas:
+                if r.role != "decode":
+                    for req in pool:
+                        r.server.kv.prewarm(req)
+        self.sink = MetricsSink(record_itls=False)  # refused by admission, or at the horizon outside replicas
+        self.replica_of = np.full(len(self.workload), -1, dtype=np.int64)
+        self.num_sent = 0
+        self.num_done = 0  # requests that left the fleet (any outcome)
+        self.last_leave_s = 0.0
+        self.progress: Callable[[int], None] | None = None
+        self.in_router: dict[int, Request] = {}  # admitted, routing decision pending (router latency)
+        self.in_prefill: dict[int, Request] = {}  # disaggregated: the client's request, by id, while its prefill runs
+        self.in_transfer: dict[int, Request] = {}  # disaggregated: KV on the link
+        self.snapshot: list[ReplicaView] | None = None
+        if self.refresh_s > 0:
+            self.snapshot = [r.live_view() for r in self.replicas]
+            env.process(self._refresher())
+        ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(env, self._send, self.workload, cfg.arrival, self.streams)
+
+    # ------------------------------------------------------------------ routing
+    def _views(self) -> Sequence[ReplicaView]:
+        if self.snapshot is not None:
+            return self.snapshot
+        return [r.live_view() for r in self.replicas]
+
+    def _refresher(self):
+        total = len(self.workload)
+        while self.num_done < total:
+            yield self.env.timeout(self.refresh_s)
+            self.snapshot = [r.live_view() for r in self.replicas]
+
+    def _pick(self, req: Request, candidates: list[int]) -> Replica:
+        index = self.router.route(req, self._views(), candidates)
+        self.router.on_routed(req, index)
+        rep = self.replicas[index]
+        rep.num_routed += 1
+        if self.snapshot is not None and self.count_own_sends:
+            self.snapshot[index].num_waiting += 1
+        return rep
+
+    def _send(self, req: Request) -> None:
+        """The client sends ``req`` now."""
+        self.num_sent += 1
+        now = self.env.now
+        reason = self.admission.admit(req, now)
+        if reason:
+            req.arrival_s = now
+            req.status = RequestStatus.REJECTED
+            req.reject_reason = reason
+            self.sink.on_request_done(req)
+            self._fleet_leave(req, admitted=False)
+            return
+        if self.route_latency_s > 0:
+            self.in_router[req.request_id] = req
+            self.env.process(self._route_later(req, now))
+        else:
+            self._dispatch(req, now)
+
+    def _route_later(self, req: Request, sent_s: float):
+        yield self.env.timeout(self.route_latency_s)
+        del self.in_router[req.request_id]
+        self._dispatch(req, sent_s)
+
+    def _dispatch(self, req: Request, sent_s: float) -> None:
+        rep = self._pick(req, self.entry)
+        self.replica_of[req.request_id] = rep.index
+        if not self.disaggregated:
+            rep.server.submit(req, sent_s)
+            return
+        pre = Request(
+            req.request_id,
+            req.prompt_tokens,
+            1,
+            prefix_group=req.prefix_group,
+            prefix_tokens=req.prefix_tokens,
+            priority=req.priority,
+            prompt_id=req.prompt_id,
+        )
+        self.in_prefill[req.request_id] = req
+        rep.server.submit(pre, sent_s)
+
+    # ------------------------------------------------------------- departures
+    def _leave_hook(self, index: int) -> Callable[[Request], None]:
+        def on_leave(req: Request) -> None:
+            rep = self.replicas[index]
+            rep.num_left += 1
+            if rep.role == "prefill":  # a prefill phase (its own Request), not the client's request
+                self._prefill_done(req)
+            else:
+                self._fleet_leave(req, admitted=True)
+
+        return on_leave
+
+    def _fleet_leave(self, req: Request, admitted: bool) -> None:
+        if admitted:
+            self.admission.on_leave(req)
+        self.num_done += 1
+        self.last_leave_s = self.env.now
+        ev = req.done_event
+        if ev is not None and not ev.triggered:
+            ev.succeed(req)  # a closed-loop user sends its next request (engines signal their own leavers too)
+        if self.progress is not None:
+            self.progress(self.num_done)
+
+    def _prefill_done(self, pre: Request) -> None:
+        """The prefill phase of a disaggregated request left its replica: refused, the whole
+        request (one output token), or the first token — then the KV goes to a decode replica."""
+        req = self.in_prefill.pop(pre.request_id)
+        req.arrival_s = pre.arrival_s
+        if pre.status is RequestStatus.REJECTED:
+            req.status, req.reject_reason = RequestStatus.REJECTED, pre.reject_reason
+            self.sink.on_request_done(req)
+            self._fleet_leave(req, admitted=True)
+            return
+        # the client has its first token
+        req.first_scheduled_s = pre.first_scheduled_s
+        req.first_token_s = req.last_token_s = pre.first_token_s
+        req.cached_prompt_tokens = pre.cached_prompt_tokens
+        req.num_preemptions = pre.num_preemptions
+        req.num_computed_tokens = req.prompt_tokens
+        req.num_output_generated = 1
+        if req.output_tokens == 1:
+            req.finish_s = pre.finish_s
+            req.status = RequestStatus.FINISHED
+            self.sink.on_request_done(req)
+            self._fleet_leave(req, admitted=True)
+            return
+        # the decode replica gets the prompt's KV and that token
+        self.in_transfer[req.request_id] = req
+        self.env.process(self._transfer(req))
+
+    def _transfer(self, req: Request):
+        assert self.link is not None
+        yield self.env.timeout(self.link.seconds(self.kv_bytes_per_token * req.prompt_tokens))
+        del self.in_transfer[req.request_id]
+        rep = self._pick(req, self.decode_pool)
+        self.replica_of[req.request_id] = rep.index
+        rep.server.submit(req, req.arrival_s)
+
+    # ------------------------------------------------------------------- run
+    def run(self, progress=None) -> SimResult:
+        """Run to the horizon (or until every request left) and tabulate (see
+        :meth:`sim.core.simulation.Simulation.run`; the tables gain a ``replica`` column and
+        :attr:`SimResult.replicas` has one row per replica). Call once."""
+        cfg = self.cfg
+        total = len(self.workload)
+        if progress is not None:
+            every = max(1, total // 100)
+            self.progress = lambda done: progress(done, total) if done % every == 0 or done == total else None
+        self.env.run(until=cfg.horizon_s)
+        self.progress = None
+        inside: list[Request] = [*self.in_router.values(), *self.in_prefill.values(), *self.in_transfer.values()]
+        for rep in self.replicas:
+            rep.server.sync()
+            if rep.role != "prefill":
+                inside.extend(rep.server.requests_inside())
+        for req in sorted(inside, key=lambda r: r.request_id):
+            self.sink.on_request_done(req, "in_flight")
+        for i in range(self.num_sent, total):
+            self.sink.add_record(request_record(self.workload.make_request(i), "not_sent"))
+        if progress is not None:
+            progress(total, total)
+        # one row per client request: from the replicas that served them (a prefill replica's
+        # rows are prefill phases, not client requests) and from the fleet's own sink
+        columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
+        for sink in [*(rep.sink for rep in self.replicas if rep.role != "prefill"), self.sink]:
+            sink.finish()
+            for name in REQUEST_COLUMNS:
+                columns[name].extend(sink.request_columns[name])
+        req_df = requests_frame(columns)
+        req_df["replica"] = self.replica_of[req_df["request_id"].to_numpy(dtype=np.int64)]
+        step_frames = []
+        for rep in self.replicas:
+            st = rep.sink.steps_frame()
+            st.insert(0, "replica", np.full(len(st), rep.index, dtype=np.int64))
+            step_frames.append(st)
+        step_df = pd.concat(step_frames, ignore_index=True)
+        itls = np.concatenate([np.asarray(rep.sink.itls_s, dtype=float) for rep in self.replicas]) if cfg.record_itls else np.empty(0)
+        stats = [rep.sink.step_stats() for rep in self.replicas]
+        num_steps = sum(s["num_steps"] for s in stats)
+        batch_tokens = sum(rep.sink.sum_batch_tokens for rep in self.replicas)
+        step_stats = {
+            "num_steps": num_steps,
+            "num_mixed_steps": sum(s["num_mixed_steps"] for s in stats),
+            "mean_batch_tokens": batch_tokens / num_steps if num_steps else math.nan,
+        }
+        summary = summarize(req_df, step_stats, itls if cfg.record_itls else None)
+        replicas = self._replica_table(req_df, step_df, summary)
+        summary["num_replicas"] = len(self.replicas)
+        summary["load_imbalance_requests"] = _imbalance(replicas, "requests_routed")
+        summary["load_imbalance_busy"] = _imbalance(replicas, "busy_s")
+        first = self.replicas[0].server
+        end_s = float(self.env.now) if cfg.horizon_s is not None or self.refresh_s == 0 else float(self.last_leave_s)
+        derived = dict(
+            first.limits,
+            cost_model=first.cost_model.name,
+            formula=first.cost_settings.formula,
+            policy=cfg.scheduler.policy,
+            end_s=end_s,
+            num_steps=num_steps,
+            streamed=False,
+            router=self.cfg.cluster.router.policy if self.cfg.cluster else "",
+            groups={
+                g: summarize(req_df[req_df["replica"].isin(replicas.loc[replicas["group"] == g, "replica"])], _group_steps(step_df, replicas, g))
+                for g in dict.fromkeys(replicas["group"])
+            },
+        )
+        return SimResult(cfg, req_df, step_df, itls, summary, derived, replicas=replicas)
+
+    def _replica_table(self, req_df: pd.DataFrame, step_df: pd.DataFrame, summary: dict) -> pd.DataFrame:
+        duration = summary.get("duration_s") or 0.0
+        rows = []
+        fin = req_df[req_df["status"] == RequestStatus.FINISHED.value]
+        for rep in self.replicas:
+            st = step_df[step_df["replica"] == rep.index]
+            mine = fin[fin["replica"] == rep.index]
+            busy = float(st["duration_s"].sum())
+            rows.append(
+                {
+                    "replica": rep.index,
+                    "group": rep.group,
+                    "role": rep.role,
+                    "gpu": rep.cfg.gpu,
+                    "tensor_parallel_size": rep.cfg.tensor_parallel_size,
+                    "requests_routed": rep.num_routed,
+                    "finished": int(len(mine)),
+                    "busy_s": busy,
+                    "busy_fraction": busy / duration if duration > 0 else math.nan,
+                    "num_steps": int(len(st)),
+                    "mixed_steps": int(st["is_mixed"].sum()),
+                    "preemptions": int(st["num_preempted"].sum()),
+                    "ttft_p99_ms": float(np.percentile(mine["ttft_s"], 99) * 1e3) if len(mine) else math.nan,
+                    "e2e_p99_ms": float(np.percentile(mine["e2e_s"], 99) * 1e3) if len(mine) else math.nan,
+                    "num_gpu_blocks": rep.server.limits["num_gpu_blocks"],
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def _imbalance(replicas: pd.DataFrame, column: str) -> float:
+    """Load imbalance: max / mean of ``column`` over the replicas of each group (replicas of
+    one shape and role should share the load), the largest over groups; 1 = even."""
+    worst = 1.0
+    for _, g in replicas.groupby("group", sort=False):
+        mean = float(g[column].mean())
+        if mean > 0:
+            worst = max(worst, float(g[column].max()) / mean)
+    return worst
+
+
+def _group_steps(step_df: pd.DataFrame, replicas: pd.DataFrame, group: str) -> dict:
+    st = step_df[step_df["replica"].isin(replicas.loc[replicas["group"] == group, "replica"])]
+    n = int(len(st))
+    tokens = float((st["num_prefill_tokens"] + st["num_decode_reqs"]).sum())
+    return {"num_steps": n, "num_mixed_steps": int(st["is_mixed"].sum()), "mean_batch_tokens": tokens / n if n else math.nan}

@@ -1,0 +1,189 @@
+"""One vLLM-like server, built from a :class:`~sim.config.RunConfig`: its KV cache size, limits,
+cost model, scheduler, engine and API-server front end. A single-server run holds one; a fleet
+holds one per replica.
+
+KV cache size (when ``server.num_gpu_blocks`` is not given), per GPU, as vLLM profiles it::
+
+    blocks = floor((memory · gpu_memory_utilization − weights/TP − reserve) / block_bytes)
+    block_bytes = 2 · layers · max(1, kv_heads/TP) · head_dim · dtype_bytes · block_size
+
+``reserve`` (activations, CUDA graphs, non-torch memory) is :data:`RUNTIME_RESERVE_GIB_TP1`
+(or ``_TP_MULTI``); weights include embeddings and LM head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import simpy
+
+from sim.catalogue.hardware import GpuSpec, resolve_gpu
+from sim.catalogue.models import ModelSpec, resolve_model
+from sim.config import (
+    VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU,
+    VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU,
+    VLLM_LARGE_GPU_THRESHOLD_GIB,
+    RunConfig,
+)
+from sim.core.engine import Engine
+from sim.cost import build_cost_model, resolve_cost_settings
+from sim.entities import Request
+from sim.errors import ConfigError
+from sim.records.metrics import MetricsSink
+from sim.scheduler import SCHEDULERS
+from sim.scheduler.base import SchedulerLimits
+from sim.scheduler.kv import KVCacheManager
+
+GIB = 2**30
+# Memory vLLM keeps per GPU outside weights and KV: activation peak of its profiling run,
+# CUDA graphs, non-torch allocations (NCCL buffers when TP > 1). Fitted to the KV sizes vLLM
+# 0.11 logged for the ground-truth runs on H100 80 GB at utilisation 0.9 (implied reserve:
+# Llama-2-7B TP1 1.15 GiB, CodeLlama-34B TP1 0.97 GiB; Llama-2-70B TP4 1.60 GiB,
+# CodeLlama-34B TP2 1.61 GiB).
+RUNTIME_RESERVE_GIB_TP1 = 1.1
+RUNTIME_RESERVE_GIB_TP_MULTI = 1.6
+
+
+def kv_block_bytes_per_gpu(model: ModelSpec, tp: int, block_size: int) -> int:
+    kv_heads = max(1, model.num_kv_heads // tp)
+    return int(2 * model.num_layers * kv_heads * model.head_dim * model.bytes_per_param * block_size)
+
+
+def derive_num_gpu_blocks(model: ModelSpec, gpu: GpuSpec, tp: int, utilization: float, block_size: int) -> int:
+    """KV blocks that fit per GPU (see module docstring). ConfigError if none fit."""
+    # embeddings and LM head occupy memory too (weights_bytes counts transformer layers only)
+    weights = model.weights_bytes + 2 * model.vocab_size * model.hidden_size * model.bytes_per_param
+    reserve_gib = RUNTIME_RESERVE_GIB_TP1 if tp == 1 else RUNTIME_RESERVE_GIB_TP_MULTI
+    avail = gpu.memory_gib * GIB * utilization - weights / tp - reserve_gib * GIB
+    blocks = math.floor(avail / kv_block_bytes_per_gpu(model, tp, block_size))
+    if blocks <= 0:
+        raise ConfigError(
+            f"model {model.name} does not fit on {tp}x {gpu.name} at gpu_memory_utilization {utilization}: "
+            f"weights {model.weights_bytes / tp / GIB:.1f} GiB per GPU leave no room for KV cache; "
+            "raise tensor_parallel_size or server.gpu_memory_utilization, or set server.num_gpu_blocks"
+        )
+    return blocks
+
+
+def default_max_num_batched_tokens(gpu: GpuSpec) -> int:
+    """vLLM's pick for the OpenAI server: 8192 on GPUs with >= 70 GiB, else 2048."""
+    if gpu.memory_gib >= VLLM_LARGE_GPU_THRESHOLD_GIB:
+        return VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU
+    return VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU
+
+
+def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
+    """Effective server limits (vLLM defaults filled in)."""
+    s = cfg.server
+    tp = cfg.tensor_parallel_size
+    if model.num_heads % tp:
+        raise ConfigError(
+            f"tensor_parallel_size: {tp} does not divide {model.name}'s {model.num_heads} attention heads; "
+            f"choose a divisor such as {', '.join(str(d) for d in (1, 2, 4, 8) if model.num_heads % d == 0)}"
+        )
+    blocks = s.num_gpu_blocks or derive_num_gpu_blocks(model, gpu, tp, s.gpu_memory_utilization, s.block_size)
+    max_len = s.max_model_len or model.max_position_embeddings
+    budget = s.max_num_batched_tokens or default_max_num_batched_tokens(gpu)
+    if not s.enable_chunked_prefill:
+        if s.max_num_batched_tokens is None:
+            budget = max(budget, max_len)  # vLLM: max(max_model_len, default) without chunking
+        elif budget < max_len:
+            # vLLM refuses this too (SchedulerConfig._verify_args): a prompt, or a preempted
+            # request's recompute, must fit one step when prompts cannot be chunked.
+            raise ConfigError(
+                f"server.max_num_batched_tokens: {budget} is smaller than max_model_len {max_len} with chunked prefill "
+                "disabled; raise it, lower server.max_model_len, or enable chunked prefill"
+            )
+    if budget < s.block_size:
+        raise ConfigError(f"server.max_num_batched_tokens: {budget} is smaller than one KV block ({s.block_size} tokens); raise it")
+    return {
+        "num_gpu_blocks": int(blocks),
+        "max_num_batched_tokens": int(budget),
+        "max_model_len": int(max_len),
+        "kv_capacity_tokens": int(blocks * s.block_size),
+    }
+
+
+class Server:
+    """The built parts of one server, nothing run yet.
+
+    Attributes: ``cfg``, ``model``, ``gpu``, ``limits`` (effective server limits, see
+    :func:`resolve_limits`), ``cost_settings``, ``cost_model``, ``kv``, ``scheduler``, ``sink``,
+    ``engine``. :meth:`submit` is the server's front door: the API server's delay (the
+    calibration's ``frontend_latency_ms`` + ``frontend_us_per_prompt_token`` × prompt tokens),
+    then the engine. ``on_leave(req)`` (optional) is called when a request leaves the engine
+    (finished or rejected), at that simulated instant.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        env: simpy.Environment,
+        sink: MetricsSink,
+        *,
+        fast_forward: bool = True,
+        on_leave: Callable[[Request], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.model = resolve_model(cfg.model)
+        self.gpu = resolve_gpu(cfg.gpu)
+        self.limits = resolve_limits(cfg, self.model, self.gpu)
+        # the calibration is read once, here, and handed to the cost model and the frontend
+        self.cost_settings = resolve_cost_settings(cfg)
+        self.cost_model = build_cost_model(cfg, self.cost_settings)
+        self.kv = KVCacheManager(self.limits["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching)
+        sched_limits = SchedulerLimits(
+            max_num_seqs=cfg.server.max_num_seqs,
+            max_num_batched_tokens=self.limits["max_num_batched_tokens"],
+            long_prefill_token_threshold=cfg.server.long_prefill_token_threshold,
+            enable_chunked_prefill=cfg.server.enable_chunked_prefill,
+            max_model_len=self.limits["max_model_len"],
+            chunk_size_tokens=cfg.scheduler.chunk_size_tokens,
+            starvation_age_s=cfg.scheduler.starvation_age_s,
+        )
+        self.scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(sched_limits, self.kv)
+        self.sink = sink
+        self.engine = Engine(
+            env,
+            self.scheduler,
+            self.cost_model,
+            sink,
+            max_model_len=self.limits["max_model_len"],
+            kv_capacity_tokens=self.limits["kv_capacity_tokens"],
+            max_prefill_tokens_unchunked=None if cfg.server.enable_chunked_prefill else self.limits["max_num_batched_tokens"],
+            fast_forward=fast_forward,
+            async_scheduling=cfg.server.async_scheduling,
+            on_leave=on_leave,
+        )
+        frontend_ms = self.cost_settings.knob("frontend_latency_ms") or 0.0
+        per_token_us = self.cost_settings.knob("frontend_us_per_prompt_token") or 0.0
+        self.frontend_latency_s = float(frontend_ms) * 1e-3
+        self.frontend_s_per_prompt_token = float(per_token_us) * 1e-6
+        self.in_frontend: dict[int, Request] = {}  # sent, not yet handed to the engine
+        self.submit: Callable[..., None] = self.engine.submit if not (frontend_ms or per_token_us) else self._frontend_submit
+
+    def _frontend_submit(self, req: Request, sent_s: float | None = None) -> None:
+        """Hand ``req`` to the engine ``latency + per_token × prompt tokens`` after now (the API
+        server's HTTP handling, tokenization and hand-off), with now as its arrival: TTFT, E2E
+        and queue delay include the delay. Equal delays keep the send order; a longer prompt
+        sent earlier can reach the engine after a shorter one, as it would."""
+        self.in_frontend[req.request_id] = req
+        self.env.process(self._deliver(req, self.env.now if sent_s is None else sent_s))
+
+    def _deliver(self, req: Request, sent_s: float):
+        yield self.env.timeout(self.frontend_latency_s + self.frontend_s_per_prompt_token * req.prompt_tokens)
+        del self.in_frontend[req.request_id]
+        self.engine.submit(req, sent_s)
+
+    def sync(self) -> None:
+        """Bring deferred decode bookkeeping up to date (before reading request state)."""
+        sync = getattr(self.scheduler, "sync", None)
+        if sync is not None:
+            sync()
+
+    def requests_inside(self) -> list[Request]:
+        """Requests sent to this server that have not left: in the API server, staged (async
+        scheduling), waiting or running. Call :meth:`sync` first for up-to-date token counts."""
+        return [*self.scheduler.waiting, *self.scheduler.running, *self.engine.staged_requests, *self.in_frontend.values()]

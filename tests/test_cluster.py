@@ -1,0 +1,283 @@
+"""Fleets: replicas behind a router, admission, prefill/decode disaggregation (laws, not numbers)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from sim.cli import main
+from sim.config import parse_run_config
+from sim.core.simulation import simulate
+from sim.errors import ConfigError
+
+FIXED = {"prompt_tokens": {"dist": "fixed", "value": 400}, "output_tokens": {"dist": "fixed", "value": 60}}
+STATUSES = {"finished", "rejected", "in_flight", "not_sent"}
+
+
+def cfg(n=200, rate=20.0, strategy="poisson", cluster=None, workload=None, **top):
+    d = {"seed": 7, "workload": {"num_requests": n, **(workload or {})}, "arrival": {"strategy": strategy, "rate_rps": rate}, **top}
+    if strategy in ("synchronous", "throughput"):
+        d["arrival"]["rate_rps"] = None
+    if cluster is not None:
+        d["cluster"] = cluster
+    return parse_run_config(d)
+
+
+def groups(n, **extra):
+    return {"groups": [{"replicas": n}], **extra}
+
+
+def assert_conserved(res, n):
+    df = res.requests
+    assert sorted(df["request_id"]) == list(range(n)), "every request exactly once"
+    assert set(df["status"]) <= STATUSES
+    fin = df[df["status"] == "finished"]
+    assert (fin["first_token_s"] >= fin["arrival_s"]).all() and (fin["finish_s"] >= fin["first_token_s"]).all()
+    assert ((df["replica"] >= -1) & (df["replica"] < len(res.replicas))).all()
+    assert (df.loc[df["status"] == "not_sent", "replica"] == -1).all()
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        {},
+        {"arrival": {"strategy": "synchronous", "rate_rps": None}},
+        {"arrival": {"strategy": "concurrent", "rate_rps": None, "concurrency": 8}},
+        {"server": {"async_scheduling": True, "enable_prefix_caching": True}, "workload": {"num_requests": 150, "prefix_tokens": 128}},
+        {"cost": {"calibration": "h100"}},  # API-server delay per request and per prompt token
+        {"horizon_s": 3.0},
+    ],
+    ids=["poisson", "synchronous", "concurrent", "async+prefix", "calibrated-frontend", "horizon"],
+)
+def test_one_replica_cluster_equals_the_single_server(top):
+    base = {"seed": 3, "workload": {"num_requests": 150}, "arrival": {"strategy": "poisson", "rate_rps": 15}}
+    for k, v in top.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    single = simulate(parse_run_config(base))
+    fleet = simulate(parse_run_config({**base, "cluster": {"groups": [{"replicas": 1}]}}))
+    assert single.requests.equals(fleet.requests.drop(columns="replica"))
+    assert single.steps.equals(fleet.steps.drop(columns="replica"))
+    assert np.array_equal(single.itls_s, fleet.itls_s)
+    for k, v in single.summary.items():
+        assert fleet.summary[k] == v or (math.isnan(v) and math.isnan(fleet.summary[k])), k
+
+
+@pytest.mark.parametrize("router", ["round-robin", "random", "least-outstanding", "least-kv", "prefix-affinity", "weighted"])
+def test_every_router_conserves_requests_and_is_deterministic(router):
+    c = cfg(n=240, rate=50, cluster=groups(3, router={"policy": router}), workload={"prefix_tokens": 64, "prefix_groups": 4})
+    a, b = simulate(c), simulate(c)
+    assert_conserved(a, 240)
+    assert a.requests.equals(b.requests) and a.steps.equals(b.steps) and a.replicas.equals(b.replicas)
+    assert a.replicas["requests_routed"].sum() == 240
+    assert (a.requests["status"] == "finished").all()
+
+
+def test_round_robin_with_constant_arrivals_gives_each_replica_the_single_server_at_its_share():
+    """N identical replicas, round-robin, constant arrivals at N·λ: each replica gets every N-th
+    request — arrivals 1/λ apart — and, with equal lengths, the latencies of one server at λ."""
+    n_rep, lam, per = 4, 6.0, 60
+    fleet = simulate(cfg(n=n_rep * per, rate=n_rep * lam, strategy="constant", cluster=groups(n_rep), workload=FIXED))
+    one = simulate(cfg(n=per, rate=lam, strategy="constant", workload=FIXED))
+    df = fleet.requests
+    assert df["replica"].tolist() == [i % n_rep for i in range(n_rep * per)]
+    for k in range(n_rep):
+        mine = df[df["replica"] == k].sort_values("request_id")
+        assert np.allclose(np.diff(mine["arrival_s"]), 1 / lam, rtol=1e-9)
+        for col in ("ttft_s", "tpot_s", "e2e_s"):
+            assert np.allclose(mine[col].to_numpy(), one.requests[col].to_numpy(), rtol=1e-9, atol=1e-12), (k, col)
+
+
+def _paired_p99_ttft_diffs(rate, seeds, n, routers, refresh_ms=0.0):
+    diffs = []
+    for seed in seeds:
+        vals = []
+        for r in routers:
+            c = parse_run_config(
+                {
+                    "seed": seed,
+                    "workload": {"num_requests": n},
+                    "arrival": {"strategy": "poisson", "rate_rps": rate},
+                    "cluster": {"groups": [{"replicas": 4}], "router": {"policy": r, "refresh_interval_ms": refresh_ms}},
+                }
+            )
+            vals.append(simulate(c).summary["ttft_p99_ms"])
+        diffs.append(vals[0] - vals[1])
+    return np.array(diffs)
+
+
+def test_least_outstanding_beats_round_robin_near_saturation():
+    """Poisson arrivals near the fleet's capacity: joining the shortest queue lowers p99 TTFT
+    (paired seeds; the 95 % t-interval of the difference excludes zero)."""
+    d = _paired_p99_ttft_diffs(rate=70.0, seeds=range(6), n=500, routers=["round-robin", "least-outstanding"])
+    half = 2.571 * d.std(ddof=1) / math.sqrt(len(d))  # t(0.975, 5 dof)
+    assert d.mean() - half > 0, (d.mean(), half, d)
+
+
+def test_stale_snapshots_make_least_outstanding_herd():
+    """With a snapshot every 500 ms and no own-send counting, every request of a refresh
+    interval goes to the replica that looked least loaded: long runs of one replica and a worse
+    tail than the oracle router."""
+
+    def run(refresh_ms, own):
+        c = cfg(n=400, rate=60, cluster=groups(4, router={"policy": "least-outstanding", "refresh_interval_ms": refresh_ms, "count_own_sends": own}))
+        return simulate(c)
+
+    oracle, stale, counted = run(0.0, True), run(500.0, False), run(500.0, True)
+    for res in (oracle, stale, counted):
+        assert_conserved(res, 400)
+
+    def same_as_previous(res):
+        rep = res.requests.sort_values("arrival_s")["replica"].to_numpy()
+        return float((rep[1:] == rep[:-1]).mean())
+
+    assert same_as_previous(stale) > 0.8 > same_as_previous(oracle) + 0.3
+    assert stale.summary["ttft_p99_ms"] > 1.5 * oracle.summary["ttft_p99_ms"]
+    # counting its own sends (vLLM's DP client) undoes most of the herding
+    assert same_as_previous(counted) < 0.5
+
+
+def test_prefix_affinity_raises_the_fleets_prefix_hit_rate():
+    wl = {"num_requests": 400, "prefix_tokens": 1024, "prefix_groups": 48}
+    server = {"enable_prefix_caching": True, "num_gpu_blocks": 1500}
+
+    def hit_rate(router):
+        c = parse_run_config(
+            {
+                "seed": 1,
+                "server": server,
+                "workload": wl,
+                "arrival": {"strategy": "poisson", "rate_rps": 30},
+                "cluster": {"groups": [{"replicas": 4}], "router": {"policy": router}},
+            }
+        )
+        res = simulate(c)
+        assert_conserved(res, 400)
+        df = res.requests
+        return df["cached_prompt_tokens"].sum() / df["prompt_tokens"].sum()
+
+    rr, pa, wt = hit_rate("round-robin"), hit_rate("prefix-affinity"), hit_rate("weighted")
+    assert pa > 1.2 * rr, (rr, pa)
+    assert wt > rr, (rr, wt)
+
+
+PD = {
+    "groups": [{"name": "prefill", "role": "prefill", "replicas": 2}, {"name": "decode", "role": "decode", "replicas": 2}],
+    "router": {"policy": "least-outstanding"},
+}
+
+
+def test_disaggregated_decode_replicas_never_mix_and_requests_are_conserved():
+    res = simulate(cfg(n=300, rate=25, cluster=PD))
+    assert_conserved(res, 300)
+    st, reps = res.steps, res.replicas
+    decode_ids = reps.loc[reps["role"] == "decode", "replica"]
+    prefill_ids = reps.loc[reps["role"] == "prefill", "replica"]
+    assert not st[st["replica"].isin(decode_ids)]["is_mixed"].any()
+    assert (st[st["replica"].isin(prefill_ids)]["num_decode_reqs"] == 0).all()  # a prefill phase produces one token and leaves
+    assert res.requests["replica"].isin(decode_ids).all()  # a request finishes where it decoded
+    assert reps.loc[reps["role"] == "prefill", "requests_routed"].sum() == 300
+
+
+def test_disaggregated_ttft_is_a_prefill_only_step_with_an_instant_link():
+    """One request in flight, an instant link: TTFT is the prefill step (as on one server
+    without contention) and the client sees the first token from the prefill replica."""
+    instant = {**PD, "kv_transfer": {"link": "rdma", "bandwidth_gb_per_s": 1e12, "latency_ms": 0.0}}
+    pd_ = simulate(cfg(n=30, strategy="synchronous", cluster=instant))
+    one = simulate(cfg(n=30, strategy="synchronous"))
+    assert np.allclose(pd_.requests["ttft_s"], one.requests["ttft_s"], rtol=1e-12)
+    # the decode replica's steps are pure decodes: the request's TPOT is at most the single server's
+    assert (pd_.requests["tpot_s"] <= one.requests["tpot_s"] * (1 + 1e-9)).all()
+
+
+def test_kv_transfer_time_adds_to_the_second_token_not_the_first():
+    slow = {**PD, "kv_transfer": {"link": "tcp", "bandwidth_gb_per_s": 0.5, "latency_ms": 20.0}}
+    fast = {**PD, "kv_transfer": {"link": "rdma", "bandwidth_gb_per_s": 1e12, "latency_ms": 0.0}}
+    a = simulate(cfg(n=20, strategy="synchronous", cluster=slow, workload=FIXED)).requests
+    b = simulate(cfg(n=20, strategy="synchronous", cluster=fast, workload=FIXED)).requests
+    assert np.allclose(a["ttft_s"], b["ttft_s"])
+    # llama-2-7b KV: 2 × 32 layers × 32 heads × 128 × 2 bytes = 512 KiB per token
+    transfer_s = 20e-3 + 400 * 524288 / 0.5e9
+    assert np.allclose(a["e2e_s"] - b["e2e_s"], transfer_s, rtol=1e-6)
+
+
+def test_disaggregation_with_one_token_requests_and_a_horizon_conserves():
+    wl = {"output_tokens": {"dist": "uniform", "min": 1, "max": 3}}
+    res = simulate(cfg(n=200, rate=80, cluster=PD, workload=wl, horizon_s=1.5))
+    assert_conserved(res, 200)
+    assert {"finished", "in_flight"} <= set(res.requests["status"])
+
+
+def test_max_in_flight_admission_bounds_the_fleet_and_records_refusals():
+    c = cfg(n=300, rate=200, cluster=groups(2, admission={"policy": "max-in-flight", "max_in_flight": 20}))
+    res = simulate(c)
+    assert_conserved(res, 300)
+    df = res.requests
+    rej = df[df["status"] == "rejected"]
+    assert len(rej) > 0 and rej["reject_reason"].str.startswith("admission:").all() and (rej["replica"] == -1).all()
+    fin = df[df["status"] == "finished"]
+    events = sorted([(t, 1) for t in fin["arrival_s"]] + [(t, -1) for t in fin["finish_s"]], key=lambda e: (e[0], e[1]))
+    assert max(np.cumsum([e[1] for e in events])) <= 20
+
+
+def test_token_bucket_admits_at_most_burst_plus_rate_times_window():
+    rate, burst = 10.0, 5
+    res = simulate(cfg(n=300, rate=60, cluster=groups(2, admission={"policy": "token-bucket", "rate_rps": rate, "burst": burst})))
+    assert_conserved(res, 300)
+    t = np.sort(res.requests.loc[res.requests["status"] != "rejected", "arrival_s"].to_numpy())
+    for i in range(len(t)):
+        j = np.searchsorted(t, t[i] + 1.0, side="right")
+        assert j - i <= burst + rate * 1.0 + 1e-9
+    assert (res.requests["status"] == "rejected").sum() > 0
+
+
+def test_heterogeneous_fleet_routes_by_capacity():
+    """H100 and L40S replicas behind least-outstanding: scores per seat and a faster GPU send
+    the H100s more requests; each group keeps its own KV size and budget."""
+    cl = {
+        "groups": [{"name": "h100", "gpu": "H100", "replicas": 2}, {"name": "l40s", "gpu": "L40S", "replicas": 2, "server": {"max_num_seqs": 64}}],
+        "router": {"policy": "least-outstanding"},
+    }
+    res = simulate(cfg(n=400, rate=40, cluster=cl))
+    assert_conserved(res, 400)
+    reps = res.replicas.set_index("replica")
+    assert reps.loc[reps["group"] == "h100", "requests_routed"].sum() > reps.loc[reps["group"] == "l40s", "requests_routed"].sum()
+    assert reps.loc[0, "num_gpu_blocks"] > reps.loc[2, "num_gpu_blocks"]
+    assert set(res.derived["groups"]) == {"h100", "l40s"}
+
+
+@pytest.mark.parametrize(
+    "cluster, field",
+    [
+        ({"groups": [{"replicas": 2}], "router": {"policy": "nope"}}, "cluster.router.policy"),
+        ({"groups": [{"replicas": 2}], "admission": {"policy": "unlimited", "max_in_flight": 3}}, "cluster.admission.max_in_flight"),
+        ({"groups": [{"replicas": 2}], "admission": {"policy": "max-in-flight"}}, "cluster.admission.max_in_flight"),
+        ({"groups": [{"replicas": 2}], "router": {"policy": "weighted", "weights": {"queue": 1, "magic": 2}}}, "cluster.router.weights"),
+        ({"groups": [{"role": "prefill"}, {"role": "decode"}], "kv_transfer": {"link": "pigeon"}}, "cluster.kv_transfer.link"),
+        ({"groups": [{"replicas": 2, "server": {"max_num_seqz": 3}}]}, "cluster.groups.0.server.max_num_seqz"),
+        ({"groups": [{"replicas": 2, "gpu": "H999"}]}, "cluster.groups.0 (g0): unknown GPU"),
+    ],
+)
+def test_bad_cluster_settings_name_their_field(cluster, field):
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        simulate(cfg(n=10, cluster=cluster))
+
+
+def test_cli_replicas_and_router_flags(tmp_path):
+    out = tmp_path / "r"
+    res = CliRunner().invoke(
+        main, ["run", "--replicas", "3", "--router", "least-outstanding", "--num-requests", "60", "--rate", "30", "-q", "--no-plots", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "replicas — router least-outstanding" in res.output and "3× 1x H100" in res.output
+    reps = pd.read_parquet(out / "runs/run/replicas.parquet")
+    assert reps["requests_routed"].sum() == 60
+    assert "replica" in pd.read_parquet(out / "runs/run/requests.parquet").columns
+    bad = CliRunner().invoke(main, ["run", "--router", "least-outstanding", "--num-requests", "5", "-q", "-o", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--router" in bad.output
+    stream = CliRunner().invoke(main, ["run", "--replicas", "2", "--stream", "--num-requests", "5", "-q", "-o", str(tmp_path / "s")])
+    assert stream.exit_code == 2 and "--stream" in stream.output
