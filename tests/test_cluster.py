@@ -273,7 +273,7 @@ def test_cli_replicas_and_router_flags(tmp_path):
         main, ["run", "--replicas", "3", "--router", "least-outstanding", "--num-requests", "60", "--rate", "30", "-q", "--no-plots", "-o", str(out)]
     )
     assert res.exit_code == 0, res.output
-    assert "replicas — router least-outstanding" in res.output and "3× 1x H100" in res.output
+    assert "replicas — router least-outstanding" in res.output and "3× H100 TP1" in res.output
     reps = pd.read_parquet(out / "runs/run/replicas.parquet")
     assert reps["requests_routed"].sum() == 60
     assert "replica" in pd.read_parquet(out / "runs/run/requests.parquet").columns
@@ -281,3 +281,141 @@ def test_cli_replicas_and_router_flags(tmp_path):
     assert bad.exit_code == 2 and "--router" in bad.output
     stream = CliRunner().invoke(main, ["run", "--replicas", "2", "--stream", "--num-requests", "5", "-q", "-o", str(tmp_path / "s")])
     assert stream.exit_code == 2 and "--stream" in stream.output
+
+
+# ------------------------------------------------------------ P/D metric definitions (golden)
+
+
+def test_disaggregated_metric_definitions_count_each_stage_once():
+    """One request, fixed step time d, a link of latency L and bandwidth B, nothing else in
+    the fleet: the prefill replica's one step gives the first token (TTFT = d), the KV crosses
+    the link (T = L + bytes / B), and the decode replica's O − 1 steps give the rest, so
+    E2E = d + T + (O − 1)·d and TPOT = (E2E − TTFT) / (O − 1). Each stage appears once."""
+    d, latency_s, bw = 0.02, 0.004, 2e9
+    prompt, output = 300, 11
+    pd_cluster = {**PD, "kv_transfer": {"link": "rdma", "bandwidth_gb_per_s": bw / 1e9, "latency_ms": latency_s * 1e3}}
+    wl = {"prompt_tokens": {"dist": "fixed", "value": prompt}, "output_tokens": {"dist": "fixed", "value": output}}
+    res = simulate(cfg(n=1, strategy="synchronous", cluster=pd_cluster, workload=wl, cost={"model": "fixed", "fixed_step_s": d}))
+    r = res.requests.iloc[0]
+    transfer_s = latency_s + prompt * 524288 / bw  # llama-2-7b: 512 KiB of KV per token
+    assert r["status"] == "finished" and r["arrival_s"] == 0.0
+    assert r["queue_delay_s"] == pytest.approx(0.0, abs=1e-12)
+    assert r["ttft_s"] == pytest.approx(d, rel=1e-12)
+    assert r["e2e_s"] == pytest.approx(d + transfer_s + (output - 1) * d, rel=1e-12)
+    assert r["tpot_s"] == pytest.approx((r["e2e_s"] - r["ttft_s"]) / (output - 1), rel=1e-12)
+    reps = res.replicas.set_index("replica")
+    assert r["prefill_replica"] in reps.index[reps["role"] == "prefill"] and r["replica"] in reps.index[reps["role"] == "decode"]
+    # the steps: one prefill step on the prefill replica, O − 1 decode steps on the decode replica
+    st = res.steps
+    assert (st["replica"] == r["prefill_replica"]).sum() == 1
+    assert (st["replica"] == r["replica"]).sum() == output - 1
+    assert res.summary["num_finished"] == 1
+
+
+# ------------------------------------------------------------------- fewest replicas
+
+
+def _run_serial(cfgs):
+    return [simulate(c) for c in cfgs]
+
+
+SLO = {"ttft_p99_ms": 300.0, "tpot_p99_ms": 40.0}
+
+
+def test_fewest_replicas_is_minimal_and_monotone():
+    from sim.studies.replicas import fewest_replicas
+    from sim.studies.sweep import slo_violations
+
+    tight = {"ttft_p99_ms": 100.0, "tpot_p99_ms": 20.0}
+    router = {"policy": "least-outstanding"}
+    base = cfg(n=600, rate=150.0, cluster=groups(1, router=router), workload=FIXED, slo=tight)
+    (shape,) = fewest_replicas(base, _run_serial)
+    n = shape.counts[shape.shape]
+    assert n > 1, "the example needs more than one replica"
+    assert not slo_violations(shape.result.summary, base.slo)
+    assert shape.result.summary["num_replicas"] == n
+    # minimal: one fewer replica misses the SLOs in the cluster simulation
+    fewer = cfg(n=600, rate=150.0, cluster=groups(n - 1, router=router), workload=FIXED, slo=tight)
+    assert slo_violations(simulate(fewer).summary, base.slo)
+    # a looser SLO never needs more replicas; a higher rate never fewer
+    loose = cfg(n=600, rate=150.0, cluster=groups(1, router=router), workload=FIXED, slo={"ttft_p99_ms": 1000.0, "tpot_p99_ms": 40.0})
+    assert fewest_replicas(loose, _run_serial)[0].counts[shape.shape] <= n
+    busier = cfg(n=600, rate=300.0, cluster=groups(1, router=router), workload=FIXED, slo=tight)
+    assert fewest_replicas(busier, _run_serial)[0].counts[shape.shape] >= n
+
+
+def test_fewest_replicas_searches_each_group_shape_and_both_pd_pools():
+    from sim.studies.replicas import fewest_replicas
+
+    hetero = {"groups": [{"name": "h100", "replicas": 2}, {"name": "l40s", "replicas": 2, "gpu": "L40S"}], "router": {"policy": "least-outstanding"}}
+    shapes = fewest_replicas(cfg(n=200, rate=30.0, cluster=hetero, workload=FIXED, slo=SLO), _run_serial)
+    assert [s.shape for s in shapes] == ["h100", "l40s"]
+    assert shapes[0].counts["h100"] <= shapes[1].counts["l40s"], "an L40S replica sustains less than an H100 one"
+    (pd_shape,) = fewest_replicas(cfg(n=200, rate=30.0, cluster=PD, workload=FIXED, slo=SLO), _run_serial)
+    assert set(pd_shape.counts) == {"prefill", "decode"}
+    assert pd_shape.result.summary["num_finished"] == 200
+    for pool in ("prefill", "decode"):  # one fewer in either pool (the other held) fails
+        if pd_shape.counts[pool] > 1:
+            fewer = {**pd_shape.counts, pool: pd_shape.counts[pool] - 1}
+            assert any(c == fewer and not ok for c, ok, _ in pd_shape.tried)
+
+
+def test_fewest_replicas_needs_a_rate_and_an_slo():
+    from sim.studies.replicas import fewest_replicas
+
+    with pytest.raises(ConfigError, match="provisions for a request rate"):
+        fewest_replicas(cfg(n=50, strategy="synchronous", slo=SLO), _run_serial)
+    with pytest.raises(ConfigError, match="give at least one SLO"):
+        fewest_replicas(cfg(n=50), _run_serial)
+
+
+def test_cli_capacity_find_replicas(tmp_path):
+    out = tmp_path / "cap"
+    res = CliRunner().invoke(
+        main,
+        ["capacity", "--find", "replicas", "--rate", "45", "--num-requests", "200", "--replicas", "1", "--router", "least-outstanding",
+         "--slo", "ttft_p99=300,tpot_p99=40", "-o", str(out), "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "fewest replicas for 45 req/s" in res.output
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    (shape,) = summary["shapes"]
+    n = next(iter(shape["replicas"].values()))
+    assert shape["num_gpus"] == n and shape["tried"][-1]["meets_slo"] in (True, False)
+    assert (out / "runs" / f"fewest-{shape['shape']}" / "replicas.parquet").exists()
+    bad = CliRunner().invoke(main, ["capacity", "--max-replicas", "4", "--slo", "ttft_p99=300", "-o", str(tmp_path / "x"), "-q"])
+    assert bad.exit_code == 2 and "--max-replicas" in bad.output
+
+
+# ------------------------------------------------------------- compare and sweep on fleets
+
+
+def test_compare_routers_pairs_seeds_and_labels_arms():
+    from sim.studies.compare import compare
+
+    base = cfg(n=150, rate=40.0, cluster=groups(3), workload=FIXED)
+    runs, stats = compare(base, _run_serial, ["vllm-v1"], ["weighted-average"], 3, routers=["round-robin", "least-outstanding"])
+    assert set(runs["arm"]) == {"round-robin", "least-outstanding"}
+    assert sorted(runs.groupby("arm")["seed"].apply(list).iloc[0]) == [7, 8, 9]
+    # paired: the same seed gives each arm the same workload, so identical routers would give Δ = 0
+    same, _ = compare(base, _run_serial, ["vllm-v1"], ["weighted-average", "smooth-wa"], 2, routers=["round-robin"])
+    assert len(set(same["arm"])) == 2
+    with pytest.raises(ConfigError, match="no cluster"):
+        compare(cfg(n=20), _run_serial, ["vllm-v1"], ["weighted-average"], 2, routers=["round-robin", "random"])
+    with pytest.raises(ConfigError, match="listed twice"):
+        compare(base, _run_serial, ["vllm-v1"], ["weighted-average"], 2, routers=["random", "random"])
+
+
+def test_sweep_on_a_fleet_finds_saturation_beyond_one_replica():
+    """A fleet's queue is the sum of its replicas' queues: overload on a 3-replica fleet is
+    detected, and the fleet's saturation rate exceeds one replica's."""
+    from sim.studies.sweep import run_sweep
+
+    sweep = {"rates_rps": [30.0, 60.0, 120.0, 240.0, 480.0]}
+    one = run_sweep(cfg(n=1500, workload=FIXED, sweep=sweep), _run_serial)
+    three = run_sweep(cfg(n=1500, workload=FIXED, sweep=sweep, cluster=groups(3, router={"policy": "least-outstanding"})), _run_serial)
+    assert one.saturation_rps is not None and three.saturation_rps is not None
+    assert three.saturation_rps >= 2 * one.saturation_rps
+    assert not three.points[-1].stable, "480 req/s overloads three replicas"

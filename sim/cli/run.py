@@ -88,9 +88,13 @@ def run(config: str | None, **kwargs: Any) -> None:
         out_console.print(f"load imbalance (max/mean within a group): requests {s['load_imbalance_requests']:.2f}, busy time {s['load_imbalance_busy']:.2f}")
     if ivs:
         out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
+    if res.replicas is None:
+        limits = f"KV blocks {res.derived['num_gpu_blocks']}, budget {res.derived['max_num_batched_tokens']} tokens"
+    else:  # replicas of different shapes differ in KV capacity
+        per_group = res.replicas.drop_duplicates("group")
+        limits = "KV blocks per replica " + ", ".join(f"{b} ({g})" for g, b in zip(per_group["group"], per_group["num_gpu_blocks"]))
     out_console.print(
-        f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected, {s['num_in_flight']} in flight, "
-        f"{s['num_not_sent']} not sent; KV blocks {res.derived['num_gpu_blocks']}, budget {res.derived['max_num_batched_tokens']} tokens"
+        f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected, {s['num_in_flight']} in flight, {s['num_not_sent']} not sent; {limits}"
     )
     out_console.print(f"results: {out}/")
     err_console.print(f"simulated {s['num_requests']} requests, {s['num_steps']} steps in {wall:.2f} s wall")

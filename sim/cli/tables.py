@@ -19,13 +19,13 @@ def fmt_cell(x: Any, digits: int = 1) -> str:
 
 
 def deployment_label(cfg) -> str:
-    """``1x H100`` for one server; ``4× 1x H100 + 2× 2x L40S (least-outstanding)`` for a fleet."""
+    """``1x H100`` for one server; ``4× H100 TP1 + 2× L40S TP2 (least-outstanding)`` for a fleet."""
     if cfg.cluster is None:
         return f"{cfg.tensor_parallel_size}x {cfg.gpu}"
     parts = []
     for g in cfg.cluster.groups:
         role = "" if g.role == "mixed" else f" {g.role}"
-        parts.append(f"{g.replicas}× {g.tensor_parallel_size or cfg.tensor_parallel_size}x {g.gpu or cfg.gpu}{role}")
+        parts.append(f"{g.replicas}× {g.gpu or cfg.gpu} TP{g.tensor_parallel_size or cfg.tensor_parallel_size}{role}")
     return " + ".join(parts) + f" ({cfg.cluster.router.policy})"
 
 

@@ -14,7 +14,10 @@ The client sees the first token when the prefill replica produces it (TTFT), the
 the decode replica; the decode replica receives the prompt's KV and the first token, so its
 steps hold the request as an ordinary decode. The request table has one row per request (its
 ``replica`` column: where it finished, or was refused / left at the horizon; -1 = never
-reached a replica); prefill-side rows of a disaggregated request are not separate requests.
+reached a replica; with disaggregation also ``prefill_replica``, where it prefilled);
+prefill-side rows of a disaggregated request are not separate requests. In the replica table
+a prefill replica's ``finished`` counts the prefills it completed (first tokens produced) and
+its ``ttft_p99_ms`` is theirs.
 
 The router sees replicas through :class:`~sim.cluster.router.ReplicaView`: live state when
 ``router.refresh_interval_ms`` is 0, else snapshots taken every interval from t = 0, to which
@@ -134,6 +137,7 @@ class FleetSimulation:
                         r.server.kv.prewarm(req)
         self.sink = MetricsSink(record_itls=False)  # refused by admission, or at the horizon outside replicas
         self.replica_of = np.full(len(self.workload), -1, dtype=np.int64)
+        self.prefill_of = np.full(len(self.workload), -1, dtype=np.int64)  # disaggregated: where each request prefilled
         self.num_sent = 0
         self.num_done = 0  # requests that left the fleet (any outcome)
         self.last_leave_s = 0.0
@@ -207,6 +211,7 @@ class FleetSimulation:
             prompt_id=req.prompt_id,
         )
         self.in_prefill[req.request_id] = req
+        self.prefill_of[req.request_id] = rep.index
         rep.server.submit(pre, sent_s)
 
     # ------------------------------------------------------------- departures
@@ -298,7 +303,10 @@ class FleetSimulation:
             for name in REQUEST_COLUMNS:
                 columns[name].extend(sink.request_columns[name])
         req_df = requests_frame(columns)
-        req_df["replica"] = self.replica_of[req_df["request_id"].to_numpy(dtype=np.int64)]
+        ids = req_df["request_id"].to_numpy(dtype=np.int64)
+        req_df["replica"] = self.replica_of[ids]
+        if self.disaggregated:
+            req_df["prefill_replica"] = self.prefill_of[ids]
         step_frames = []
         for rep in self.replicas:
             st = rep.sink.steps_frame()
@@ -343,7 +351,13 @@ class FleetSimulation:
         fin = req_df[req_df["status"] == RequestStatus.FINISHED.value]
         for rep in self.replicas:
             st = step_df[step_df["replica"] == rep.index]
-            mine = fin[fin["replica"] == rep.index]
+            if rep.role == "prefill":
+                # a prefill replica finishes prefills: the requests whose first token it produced
+                mine = req_df[(req_df["prefill_replica"] == rep.index) & req_df["ttft_s"].notna()]
+                e2e_p99_ms = math.nan
+            else:
+                mine = fin[fin["replica"] == rep.index]
+                e2e_p99_ms = float(np.percentile(mine["e2e_s"], 99) * 1e3) if len(mine) else math.nan
             busy = float(st["duration_s"].sum())
             rows.append(
                 {
@@ -360,7 +374,7 @@ class FleetSimulation:
                     "mixed_steps": int(st["is_mixed"].sum()),
                     "preemptions": int(st["num_preempted"].sum()),
                     "ttft_p99_ms": float(np.percentile(mine["ttft_s"], 99) * 1e3) if len(mine) else math.nan,
-                    "e2e_p99_ms": float(np.percentile(mine["e2e_s"], 99) * 1e3) if len(mine) else math.nan,
+                    "e2e_p99_ms": e2e_p99_ms,
                     "num_gpu_blocks": rep.server.limits["num_gpu_blocks"],
                 }
             )

@@ -111,7 +111,8 @@ def queue_growth(res: SimResult) -> tuple[float, float, float]:
     """Least-squares slope (requests/s) of the number of waiting requests (sampled at every
     step) over the arrival window after its ramp-up (the first quarter, or the first mean E2E
     latency if longer), with the window's length (s) and mean queue (requests). Slope NaN
-    when too few steps remain."""
+    when too few steps remain. For a fleet (steps with a ``replica`` column) the queue is the
+    fleet's: the sum over replicas of each replica's fitted slope and mean queue."""
     df, st = res.requests, res.steps
     t0, t1 = float(df["arrival_s"].min()), float(df["arrival_s"].max())
     finished = df["status"] == "finished"
@@ -121,19 +122,36 @@ def queue_growth(res: SimResult) -> tuple[float, float, float]:
     win = st[(st["start_s"] >= lo) & (st["start_s"] <= t1)]
     if len(win) < MIN_STEPS_FOR_TREND or t1 - lo <= 0:
         return float("nan"), 0.0, 0.0
-    x = win["start_s"].to_numpy(dtype=float)
-    y = win["num_waiting"].to_numpy(dtype=float)
-    slope = np.polyfit(x - x.mean(), y, 1)[0]
-    return float(slope), float(x[-1] - x[0]), float(y.mean())
+    parts = [g for _, g in win.groupby("replica", sort=True)] if "replica" in win.columns else [win]
+    slope = queue = 0.0
+    for part in parts:
+        if len(part) < 2:
+            continue
+        x = part["start_s"].to_numpy(dtype=float)
+        y = part["num_waiting"].to_numpy(dtype=float)
+        if x[-1] > x[0]:
+            slope += float(np.polyfit(x - x.mean(), y, 1)[0])
+        queue += float(y.mean())
+    span_s = float(win["start_s"].max() - win["start_s"].min())
+    return slope, span_s, queue
 
 
 def full_batch_capacity_rps(res: SimResult) -> float:
     """Completions per second of a run while its batch held at least ``FULL_BATCH_FRACTION``
     of its peak number of running requests: the server's sustainable rate at full batch.
-    NaN when fewer than ``MIN_FINISHED_FOR_CAPACITY`` requests finished in that period."""
+    NaN when fewer than ``MIN_FINISHED_FOR_CAPACITY`` requests finished in that period. For a
+    fleet, the sum of its replicas' full-batch rates (a replica that never filled adds none)."""
     st, df = res.steps, res.requests
     if not len(st):
         return float("nan")
+    if "replica" in st.columns:
+        rates = [_full_batch_rps(g, df[df["replica"] == i]) for i, g in st.groupby("replica", sort=True)]
+        known = [r for r in rates if r == r]
+        return float(sum(known)) if known else float("nan")
+    return _full_batch_rps(st, df)
+
+
+def _full_batch_rps(st, df) -> float:
     full = st[st["num_running"] >= FULL_BATCH_FRACTION * float(st["num_running"].max())]
     t0 = float(full["start_s"].min())
     t1 = float((full["start_s"] + full["duration_s"]).max())
