@@ -51,8 +51,8 @@ class ShapeResult:
 def _shapes(cfg: RunConfig) -> list[tuple[str, dict]]:
     """(shape label, cluster section with one or two groups) for each shape to search."""
     if cfg.cluster is None:
-        group = {"name": f"{cfg.gpu.lower()}-tp{cfg.tensor_parallel_size}", "replicas": 1}
-        return [(group["name"], {"groups": [group]})]
+        name = f"{cfg.gpu.lower()}-tp{cfg.tensor_parallel_size}"
+        return [(name, {"groups": [{"name": name, "replicas": 1}]})]
     cl = cfg.cluster.model_dump(mode="json")
     groups = cl["groups"]
     for i, g in enumerate(groups):
