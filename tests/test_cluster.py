@@ -419,3 +419,20 @@ def test_sweep_on_a_fleet_finds_saturation_beyond_one_replica():
     assert one.saturation_rps is not None and three.saturation_rps is not None
     assert three.saturation_rps >= 2 * one.saturation_rps
     assert not three.points[-1].stable, "480 req/s overloads three replicas"
+
+
+def test_cli_fleet_run_plots_replica_load_and_compare_routers(tmp_path):
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["run", "--replicas", "2", "--num-requests", "40", "--rate", "20", "-q", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "plots" / "replica_load.png").stat().st_size > 0 and not (out / "plots" / "batch_composition.png").exists()
+    cmp_out = tmp_path / "c"
+    res = CliRunner().invoke(
+        main,
+        ["compare", "--replicas", "2", "--routers", "round-robin,least-outstanding", "--seeds", "2", "--num-requests", "40", "--rate", "30",
+         "-q", "--no-plots", "-o", str(cmp_out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "least-outstanding" in res.output and "round-robin" in res.output
+    runs = pd.read_parquet(next(cmp_out.glob("*runs*.parquet")))
+    assert set(runs["arm"]) == {"round-robin", "least-outstanding"} and len(runs) == 4

@@ -72,9 +72,12 @@ def run(config: str | None, **kwargs: Any) -> None:
     if not res.derived.get("streamed"):  # the guidellm report needs the full request table
         write_guidellm(out, [res], cfg)
     if not opts["no_plots"] and len(res.steps):  # streamed runs keep no steps in memory
-        from sim.plots.runs import batch_composition
+        from sim.plots.runs import batch_composition, replica_load
 
-        write_figure(out / "plots" / "batch_composition.png", batch_composition(res))
+        if res.replicas is None:
+            write_figure(out / "plots" / "batch_composition.png", batch_composition(res))
+        else:  # one server's steps per line; a fleet's interleave, so plot each replica's load
+            write_figure(out / "plots" / "replica_load.png", replica_load(res))
     s = res.summary
     label = cfg.arrival.strategy + (f"@{cfg.arrival.rate_rps:g}" if cfg.arrival.rate_rps else "")
     out_console.print(

@@ -87,13 +87,16 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     )
     write_guidellm(out, [p.result for p in result.points], cfg)
     if not opts["no_plots"]:
-        from sim.plots.runs import batch_composition, latency_vs_rate, throughput_vs_offered
+        from sim.plots.runs import batch_composition, latency_vs_rate, replica_load, throughput_vs_offered
 
         title = f"{cfg.model}, {deployment_label(cfg)}, {effective_formula(cfg)}"
         write_figure(out / "plots" / "latency_vs_rate.png", latency_vs_rate(result, title, ivs or None))
         write_figure(out / "plots" / "throughput_vs_offered.png", throughput_vs_offered(result, title))
         busiest = max(result.points, key=lambda p: p.result.summary["mean_batch_tokens"])  # the most loaded point
-        write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
+        if busiest.result.replicas is None:
+            write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
+        else:
+            write_figure(out / "plots" / "replica_load.png", replica_load(busiest.result, f"load per replica: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
     out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}"))
     if ivs:

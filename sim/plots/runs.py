@@ -6,6 +6,7 @@ The package selects the non-interactive Agg backend (no display needed).
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 
 from sim.core.simulation import SimResult
@@ -79,6 +80,48 @@ def batch_composition(res: SimResult, title: str = "") -> Figure:
         ax.grid(alpha=0.3)
     mixed = int(st["is_mixed"].sum()) if len(st) else 0
     axes[0].set_title(title or f"batch composition ({mixed} of {len(st)} steps mixed)")
+    fig.tight_layout()
+    return fig
+
+
+REPLICA_LOAD_BINS = 400  # time bins per line: enough to see bursts, cheap to draw for long runs
+REPLICA_LEGEND_MAX = 12
+
+
+def replica_load(res: SimResult, title: str = "") -> Figure:
+    """A fleet's load per replica over simulated time: running and waiting requests and KV
+    use (fraction of that replica's blocks), each the step-weighted mean over one of
+    ``REPLICA_LOAD_BINS`` time bins (bins where a replica took no step are gaps)."""
+    st, reps = res.steps, res.replicas
+    if reps is None:
+        raise ValueError("replica_load needs a fleet result (SimResult.replicas)")
+    end_s = float((st["start_s"] + st["duration_s"]).max()) if len(st) else 1.0
+    edges = np.linspace(0.0, end_s if end_s > 0 else 1.0, REPLICA_LOAD_BINS + 1)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True)
+    cmap = plt.get_cmap("tab20" if len(reps) > 10 else "tab10")
+    blocks = dict(zip(reps["replica"], reps["num_gpu_blocks"]))
+    for k, (index, part) in enumerate(st.groupby("replica", sort=True)):
+        which = np.clip(np.searchsorted(edges, part["start_s"].to_numpy(), side="right") - 1, 0, REPLICA_LOAD_BINS - 1)
+        weight = part["duration_s"].to_numpy(dtype=float)
+        total = np.bincount(which, weight, REPLICA_LOAD_BINS)
+        label = f"{index} {reps.loc[reps['replica'] == index, 'group'].iloc[0]}"
+        for ax, values in zip(
+            axes,
+            (part["num_running"], part["num_waiting"], part["kv_blocks_used"] / max(1, int(blocks[index]))),
+        ):
+            summed = np.bincount(which, weight * values.to_numpy(dtype=float), REPLICA_LOAD_BINS)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(total > 0, summed / total, np.nan)
+            ax.plot(centres, mean, lw=0.8, color=cmap(k % cmap.N), label=label)
+    for ax, name in zip(axes, ("running requests", "waiting requests", "KV usage")):
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    if len(reps) <= REPLICA_LEGEND_MAX:
+        axes[0].legend(fontsize=7, ncol=min(6, len(reps)), title="replica", title_fontsize=7)
+    axes[2].set_xlabel("simulated time (s)")
+    imb = res.summary.get("load_imbalance_requests", float("nan"))
+    axes[0].set_title(title or f"load per replica ({len(reps)} replicas; request imbalance max/mean {imb:.2f})")
     fig.tight_layout()
     return fig
 
