@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -334,3 +335,16 @@ def test_intervals_without_calibration_is_a_usage_error(tmp_path):
     res = CliRunner().invoke(main, ["run", "--num-requests", "10", "--quiet", "--no-plots", "--intervals", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "calibration" in res.output
     assert not (tmp_path / "x" / "summary.json").exists()
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the schema; regenerate it when a field changes
+    (python scripts/config_reference.py > docs/configuration.md)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("config_reference", root / "scripts" / "config_reference.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (root / "docs" / "configuration.md").read_text() == mod.reference()

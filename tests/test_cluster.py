@@ -310,6 +310,10 @@ def test_disaggregated_metric_definitions_count_each_stage_once():
     assert (st["replica"] == r["prefill_replica"]).sum() == 1
     assert (st["replica"] == r["replica"]).sum() == output - 1
     assert res.summary["num_finished"] == 1
+    # inter-token gaps: the transfer sits in the first one only
+    itls = np.sort(np.asarray(res.itls_s))
+    assert len(itls) == output - 1
+    assert np.allclose(itls[:-1], d, rtol=1e-9) and itls[-1] == pytest.approx(transfer_s + d, rel=1e-9)
 
 
 # ------------------------------------------------------------------- fewest replicas
