@@ -90,6 +90,26 @@ class Replica:
         return ReplicaView(self.index, self.num_routed - self.num_left - running, running, kv.num_used_blocks / kv.num_blocks)
 
 
+class _LiveViews(Sequence[ReplicaView]):
+    """The replicas' live views, each made when a router first reads it (a round-robin router
+    reads none; one decision reads each at most once from here)."""
+
+    __slots__ = ("_replicas", "_made")
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        self._replicas = replicas
+        self._made: dict[int, ReplicaView] = {}
+
+    def __len__(self) -> int:
+        return len(self._replicas)
+
+    def __getitem__(self, index):
+        view = self._made.get(index)
+        if view is None:
+            view = self._made[index] = self._replicas[index].live_view()
+        return view
+
+
 class FleetSimulation:
     """A configured, runnable fleet simulation (the config has a ``cluster`` section).
 
@@ -155,7 +175,7 @@ class FleetSimulation:
     def _views(self) -> Sequence[ReplicaView]:
         if self.snapshot is not None:
             return self.snapshot
-        return [r.live_view() for r in self.replicas]
+        return _LiveViews(self.replicas)
 
     def _refresher(self):
         total = len(self.workload)
