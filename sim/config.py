@@ -291,29 +291,49 @@ class RouterConfig(_Strict):
     refresh_interval_ms: float = Field(
         0.0,
         ge=0,
-        description="the router sees replica load as snapshots refreshed this often (vLLM DP coordinator 100 ms, llm-d 50 ms); 0 = live state (oracle)",
+        description="the router sees replica load as snapshots refreshed this often, ms, 0 or >= 1 (vLLM DP coordinator 100 ms, llm-d 50 ms); 0 = live state (oracle)",
     )
     count_own_sends: bool = Field(
         True, description="between refreshes, add each request the router sends to that replica's waiting count (as vLLM's DP client does)"
     )
     latency_ms: float = Field(0.0, ge=0, description="routing delay per request, ms (the proxy / gateway hop)")
     weights: dict[str, float] | None = Field(
-        None, description="weighted router: scorer → weight; None = llm-d's default profile (prefix-cache 2, queue 1, kv 1)"
+        None,
+        description="weighted router: scorer → weight, over llm-d's default profile (prefix-cache 2, queue 1, kv 1); 0 drops a scorer; None = that profile",
     )
     prefix_index_blocks: int | None = Field(None, gt=0, description="router-side prefix index per replica, KV blocks (LRU); None = the replica's KV cache size")
+    # SGLang router's cache-aware defaults (sgl-router CacheAwareConfig: cache_threshold 0.5,
+    # balance_abs_threshold 32, balance_rel_threshold 1.0001)
+    cache_threshold: float = Field(0.5, ge=0, le=1, description="prefix-affinity: route to the best prefix match only above this share of the prompt's blocks")
+    balance_abs_threshold: int = Field(32, ge=0, description="prefix-affinity: balance load first when outstanding requests differ by more than this")
+    balance_rel_threshold: float = Field(1.0001, ge=1, description="… and the most loaded has more than this times the least loaded's")
 
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         if v is not None:
-            if not v:
-                raise ValueError("must name at least one scorer")
             for name, w in v.items():
                 if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
                     raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
-            if not any(w > 0 for w in v.values()):
-                raise ValueError("at least one weight must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> "RouterConfig":
+        # compared with the defaults, not with the keys given: a dumped and re-read config
+        # names every key
+        defaults = type(self).model_fields
+        if 0 < self.refresh_interval_ms < 1:
+            raise ValueError(f"refresh_interval_ms: {self.refresh_interval_ms:g} ms is below 1 ms (real routers refresh every 50-100 ms); use 0 for live state")
+        if not self.count_own_sends and self.refresh_interval_ms == 0:
+            raise ValueError("count_own_sends: only matters with snapshots (refresh_interval_ms > 0); the live state already counts every send")
+        if self.weights is not None and self.policy != "weighted":
+            raise ValueError(f"weights: only the weighted router uses scorer weights, not {self.policy!r}; drop weights or use policy weighted")
+        if self.prefix_index_blocks is not None and self.policy not in ("prefix-affinity", "weighted"):
+            raise ValueError(f"prefix_index_blocks: only prefix-affinity and weighted keep a prefix index, not {self.policy!r}")
+        for name in ("cache_threshold", "balance_abs_threshold", "balance_rel_threshold"):
+            if getattr(self, name) != defaults[name].default and self.policy != "prefix-affinity":
+                raise ValueError(f"{name}: only the prefix-affinity router uses it, not {self.policy!r}")
+        return self
 
 
 class AdmissionConfig(_Strict):
@@ -348,6 +368,10 @@ class ClusterConfig(_Strict):
             raise ValueError(
                 f"groups: prefill/decode disaggregation needs prefill and decode groups only, got roles {sorted(roles)}; "
                 "give every group role prefill or decode, or every group role mixed"
+            )
+        if self.kv_transfer != KvTransferConfig() and not roles & {"prefill", "decode"}:
+            raise ValueError(
+                "kv_transfer: only prefill/decode disaggregation moves KV between replicas; give groups roles prefill and decode, or drop kv_transfer"
             )
         names = [g.name for g in self.groups if g.name is not None]
         if len(set(names)) != len(names):
@@ -417,6 +441,10 @@ def _format_validation_error(err: ValidationError, source: str | None) -> str:
             msg = msg[len("Value error, ") :]
             if not e["loc"] and ": " in msg:  # a whole-config check that names its field itself
                 lines.append(msg)
+                continue
+            head, sep, rest = msg.partition(": ")
+            if sep and head.isidentifier():  # a section's check naming one of its fields
+                lines.append(f"{loc}.{head}: {rest}")
                 continue
         if e["type"] == "extra_forbidden":
             parent = ".".join(_loc_part(p) for p in e["loc"][:-1])

@@ -181,7 +181,7 @@ def test_inference_perf_prompt_pool_and_multi_turn():
         (["run", "--max-num-batched-tokens", "4"], "smaller than one KV block"),
         (["run", "--formula", "bogus"], "formula"),
         (["run", "--policy", "bogus"], "scheduler.policy"),
-        (["capacity", "--cost-model", "linear", "--set", "slo={}"], "give at least one SLO"),
+        (["capacity", "--cost-model", "linear", "--set", "slo={}"], "give at least one aggregate SLO"),
         (["capacity", "--slo", "ttft=abc"], "--slo"),
         (["sweep", "--rates", "1,x"], "--rates"),
     ],

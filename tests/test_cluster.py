@@ -260,6 +260,13 @@ def test_heterogeneous_fleet_routes_by_capacity():
         ({"groups": [{"role": "prefill"}, {"role": "decode"}], "kv_transfer": {"link": "pigeon"}}, "cluster.kv_transfer.link"),
         ({"groups": [{"replicas": 2, "server": {"max_num_seqz": 3}}]}, "cluster.groups.0.server.max_num_seqz"),
         ({"groups": [{"replicas": 2, "gpu": "H999"}]}, "cluster.groups.0 (g0): unknown GPU"),
+        # settings the run would ignore are refused, not dropped
+        ({"groups": [{"replicas": 2}], "kv_transfer": {"link": "tcp"}}, "cluster.kv_transfer"),
+        ({"groups": [{"replicas": 2}], "router": {"policy": "least-outstanding", "weights": {"queue": 1}}}, "cluster.router.weights"),
+        ({"groups": [{"replicas": 2}], "router": {"policy": "round-robin", "prefix_index_blocks": 100}}, "cluster.router.prefix_index_blocks"),
+        ({"groups": [{"replicas": 2}], "router": {"count_own_sends": False}}, "cluster.router.count_own_sends"),
+        ({"groups": [{"replicas": 2}], "router": {"refresh_interval_ms": 0.001}}, "cluster.router.refresh_interval_ms"),
+        ({"groups": [{"replicas": 2}], "router": {"policy": "weighted", "weights": {"prefix-cache": 0, "queue": 0, "kv": 0}}}, "cluster.router.weights"),
     ],
 )
 def test_bad_cluster_settings_name_their_field(cluster, field):
@@ -369,7 +376,7 @@ def test_fewest_replicas_needs_a_rate_and_an_slo():
 
     with pytest.raises(ConfigError, match="provisions for a request rate"):
         fewest_replicas(cfg(n=50, strategy="synchronous", slo=SLO), _run_serial)
-    with pytest.raises(ConfigError, match="give at least one SLO"):
+    with pytest.raises(ConfigError, match="give at least one aggregate SLO"):
         fewest_replicas(cfg(n=50), _run_serial)
 
 
@@ -377,7 +384,7 @@ def test_cli_capacity_find_replicas(tmp_path):
     out = tmp_path / "cap"
     res = CliRunner().invoke(
         main,
-        ["capacity", "--find", "replicas", "--rate", "45", "--num-requests", "200", "--replicas", "1", "--router", "least-outstanding",
+        ["capacity", "--find", "replicas", "--rate", "45", "--num-requests", "900", "--replicas", "1", "--router", "least-outstanding",
          "--slo", "ttft_p99=300,tpot_p99=40", "-o", str(out), "-q"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -440,3 +447,46 @@ def test_cli_fleet_run_plots_replica_load_and_compare_routers(tmp_path):
     assert "least-outstanding" in res.output and "round-robin" in res.output
     runs = pd.read_parquet(next(cmp_out.glob("*runs*.parquet")))
     assert set(runs["arm"]) == {"round-robin", "least-outstanding"} and len(runs) == 4
+
+
+def test_capacity_of_the_fewest_fleet_brackets_the_target_rate():
+    """The two capacity questions agree: the fleet ``capacity --find replicas`` returns for rate
+    R sustains about R under the rate search, and one replica fewer sustains less."""
+    from sim.studies.replicas import fewest_replicas
+    from sim.studies.sweep import find_capacity
+
+    tight = {"ttft_p99_ms": 100.0, "tpot_p99_ms": 20.0}
+    router = {"policy": "least-outstanding"}
+    rate = 150.0
+    (shape,) = fewest_replicas(cfg(n=900, rate=rate, cluster=groups(1, router=router), workload=FIXED, slo=tight), _run_serial)
+    n = shape.counts[shape.shape]
+    for count, expect_above in ((n, True), (n - 1, False)):
+        c = cfg(n=900, rate=rate, cluster=groups(count, router=router), workload=FIXED, slo=tight, sweep={"rate_strategy": "poisson"})
+        cap = find_capacity(c, _run_serial).capacity_rps or 0.0
+        if expect_above:
+            assert cap >= 0.97 * rate, (count, cap)
+        else:
+            assert cap <= 1.03 * rate, (count, cap)
+
+
+def test_capacity_refuses_to_judge_runs_shorter_than_a_few_latencies():
+    from sim.studies.sweep import TOO_SHORT, capacity_violations
+
+    slo = parse_run_config({"slo": {"ttft_p99_ms": 1e6}}).slo
+    short = simulate(cfg(n=60, rate=2000.0, cluster=groups(2), workload=FIXED))  # 30 ms of arrivals, seconds of decoding
+    assert any(v.startswith(TOO_SHORT) for v in capacity_violations(short, slo))
+    long = simulate(cfg(n=300, rate=5.0, workload=FIXED))
+    assert capacity_violations(long, slo) == []
+
+
+def test_cli_set_indexes_lists_and_combines_with_replicas(tmp_path):
+    from sim.cli.config_input import build_config
+
+    c, _ = build_config(None, {"replicas": 4}, ("cluster.router.refresh_interval_ms=100", "cluster.router.policy=least-outstanding"))
+    assert c.cluster.groups[0].replicas == 4 and c.cluster.router.refresh_interval_ms == 100
+    c, _ = build_config(None, {}, ("cluster.groups=[{replicas: 2}, {replicas: 1, gpu: L40S}]", "cluster.groups.1.replicas=3"))
+    assert [g.replicas for g in c.cluster.groups] == [2, 3]
+    with pytest.raises(ConfigError, match=r"cluster.groups is a list of 2; index it with 0…1"):
+        build_config(None, {}, ("cluster.groups=[{replicas: 2}, {replicas: 1}]", "cluster.groups.5.replicas=3"))
+    with pytest.raises(ConfigError, match="server.max_num_seqs is 256, not a section"):
+        build_config(None, {}, ("server.max_num_seqs.x=3",))

@@ -121,7 +121,7 @@ def _find_replicas(cfg, fmt: str, out, opts: dict, max_replicas: int | None) -> 
         def many(cfgs):
             return run_many(cfgs, opts["executor"], opts["workers"], prog.phase("search", len(cfgs)), opts["ray_address"])
 
-        shapes = fewest_replicas(cfg, many, max_replicas=max_replicas or DEFAULT_MAX_REPLICAS)
+        shapes = fewest_replicas(cfg, many, max_replicas=DEFAULT_MAX_REPLICAS if max_replicas is None else max_replicas)
     rate_rps = cfg.arrival.rate_rps
     write_config_yaml(out, cfg, fmt)
     entries = []

@@ -69,15 +69,32 @@ def _parse_value(text: str) -> Any:
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
+    """Set ``dotted`` (keys, and list indexes such as ``cluster.groups.0.replicas``) in ``d``,
+    making the mappings on the way."""
     keys = dotted.split(".")
-    cur = d
-    for k in keys[:-1]:
-        nxt = cur.get(k)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            cur[k] = nxt
-        cur = nxt
-    cur[keys[-1]] = value
+    cur: Any = d
+    for depth, k in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[:depth]) or "the config"
+        if isinstance(cur, list):
+            if not k.isdigit() or int(k) >= len(cur):
+                raise ConfigError(f"--set {dotted}: {where} is a list of {len(cur)}; index it with 0…{len(cur) - 1}, or set the whole list")
+            if last:
+                cur[int(k)] = value
+            else:
+                cur = cur[int(k)]
+            continue
+        if not isinstance(cur, dict):
+            raise ConfigError(f"--set {dotted}: {where} is {cur!r}, not a mapping")
+        if last:
+            cur[k] = value
+        else:
+            nxt = cur.get(k)
+            if nxt is None:
+                nxt = cur[k] = {}
+            elif not isinstance(nxt, (dict, list)):
+                raise ConfigError(f"--set {dotted}: {'.'.join(keys[: depth + 1])} is {nxt!r}, not a section with keys")
+            cur = nxt
 
 
 # option name -> dotted config path
@@ -153,9 +170,12 @@ def _apply_fleet_flags(base: dict[str, Any], replicas: int | None, router: str |
     if not isinstance(cluster, dict):
         raise ConfigError("cluster: must be a mapping (groups, router, admission, kv_transfer)")
     if replicas is not None:
-        groups = cluster.get("groups")
+        groups = cluster.setdefault("groups", [{}])  # a cluster made by --set cluster.router… has none yet
         if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
-            raise ConfigError("--replicas: the config's cluster has several groups; set each group's replicas in the config instead")
+            n = len(groups) if isinstance(groups, list) else "no list of"
+            raise ConfigError(f"--replicas: the config's cluster has {n} groups; set each group's replicas in the config instead")
+        if replicas < 1:
+            raise ConfigError(f"--replicas: needs at least 1 replica, got {replicas}")
         groups[0]["replicas"] = replicas
     if router is not None:
         router_section = cluster.setdefault("router", {})

@@ -161,6 +161,10 @@ class PrefixIndex:
             n += 1
         return n
 
+    def size(self, index: int) -> int:
+        """Blocks the index holds for replica ``index``."""
+        return len(self._lru[index])
+
     def match_fraction(self, req: Request, index: int) -> float:
         total = self.prompt_blocks(req, self.block_size[index])
         return self.matched_blocks(req, index) / total if total else 0.0
@@ -179,14 +183,37 @@ class PrefixIndex:
             lru.popitem(last=False)
 
 
-@ROUTERS.register("prefix-affinity", "Most leading prompt blocks in the router's prefix index, then least outstanding.")
+@ROUTERS.register(
+    "prefix-affinity",
+    "SGLang's cache-aware policy: least loaded when load is imbalanced, else the best prefix match above cache_threshold, else the least-cached replica.",
+)
 class PrefixAffinity(_Base):
+    """SGLang router's cache-aware policy (sgl-router ``CacheAwarePolicy``), on the router's
+    prefix index:
+
+    1. if the candidates' outstanding requests (waiting + running) differ by more than
+       ``balance_abs_threshold`` and the largest exceeds the smallest × ``balance_rel_threshold``,
+       the least loaded (per seat) — load balance first;
+    2. else, if the best match covers more than ``cache_threshold`` of the prompt's blocks,
+       the replica with that match (ties: least loaded);
+    3. else the replica whose index holds the fewest blocks (the one with the most room).
+    """
+
     def __init__(self, cfg: RouterConfig, infos: Sequence[ReplicaInfo], streams: RandomStreams) -> None:
         super().__init__(cfg, infos, streams)
         self.index = PrefixIndex(infos, cfg.prefix_index_blocks)
 
     def route(self, req: Request, views: Sequence[ReplicaView], candidates: Sequence[int]) -> int:
-        return _argmin(candidates, lambda i: (-self.index.matched_blocks(req, i), self.outstanding_per_seat(views[i])))
+        cfg = self.cfg
+        loads = [views[i].num_waiting + views[i].num_running for i in candidates]
+        lo, hi = min(loads), max(loads)
+        if hi - lo > cfg.balance_abs_threshold and hi > lo * cfg.balance_rel_threshold:
+            return _argmin(candidates, lambda i: self.outstanding_per_seat(views[i]))
+        matched = {i: self.index.match_fraction(req, i) for i in candidates}
+        best = max(matched.values())
+        if best > cfg.cache_threshold:
+            return _argmin(candidates, lambda i: (-matched[i], self.outstanding_per_seat(views[i])))
+        return _argmin(candidates, lambda i: (self.index.size(i), self.outstanding_per_seat(views[i])))
 
     def on_routed(self, req: Request, index: int) -> None:
         self.index.add(req, index)
@@ -213,10 +240,14 @@ class Weighted(_Base):
 
     def __init__(self, cfg: RouterConfig, infos: Sequence[ReplicaInfo], streams: RandomStreams) -> None:
         super().__init__(cfg, infos, streams)
-        self.weights = dict(cfg.weights) if cfg.weights is not None else dict(LLM_D_DEFAULT_WEIGHTS)
+        self.weights = {**LLM_D_DEFAULT_WEIGHTS, **(cfg.weights or {})}
         unknown = sorted(set(self.weights) - set(SCORERS))
         if unknown:
             raise ConfigError(f"cluster.router.weights: unknown scorer {unknown[0]!r}; choose from: {', '.join(SCORERS)}")
+        if not any(w > 0 for w in self.weights.values()):
+            raise ConfigError(
+                f"cluster.router.weights: every scorer weighs 0 ({self.weights}); the weights go over llm-d's default profile, give at least one a weight > 0"
+            )
         self.index = PrefixIndex(infos, cfg.prefix_index_blocks) if self.weights.get("prefix-cache", 0) > 0 else None
 
     def route(self, req: Request, views: Sequence[ReplicaView], candidates: Sequence[int]) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sim.config import RunConfig, SloConfig, with_overrides
 from sim.core.result import SimResult
 from sim.errors import ConfigError
-from sim.studies.sweep import point_config, slo_violations
+from sim.studies.sweep import TOO_SHORT, capacity_violations, point_config
 
 RunMany = Callable[[Sequence[RunConfig]], list[SimResult]]
 
@@ -78,7 +78,10 @@ def fewest_replicas(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = N
     arrivals have no rate."""
     slo = slo or cfg.slo
     if all(getattr(slo, k) is None for k in ("ttft_p99_ms", "tpot_p99_ms", "e2e_p99_ms")):
-        raise ConfigError("capacity --find replicas: give at least one SLO, e.g. --slo ttft_p99=500,tpot_p99=50 (milliseconds)")
+        raise ConfigError(
+            "capacity --find replicas: give at least one aggregate SLO (ttft_p99, tpot_p99 or e2e_p99), e.g. --slo ttft_p99=500,tpot_p99=50 "
+            "(milliseconds); per-request ttft / tpot only count goodput"
+        )
     a = cfg.arrival
     if a.strategy not in OPEN_LOOP or a.rate_rps is None:
         raise ConfigError(
@@ -99,7 +102,7 @@ def fewest_replicas(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = N
             key = tuple(counts[n] for n in names)
             if key not in results:
                 (res,) = run_many([_fleet(base, cluster, counts)])
-                viol = slo_violations(res.summary, slo)
+                viol = capacity_violations(res, slo)
                 shape.tried.append((dict(counts), not viol, viol))
                 results[key] = res if not viol else None
             return results[key] is not None
@@ -128,5 +131,10 @@ def fewest_replicas(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = N
                 counts[name] = hi
             shape.counts = counts
             shape.result = results[tuple(counts[n] for n in names)]
+        if shape.counts is not None:
+            below = [v for c, ok, v in shape.tried if not ok and all(c[n] <= shape.counts[n] for n in names)]
+            witness = below[-1] if below else None  # the last failing count tried below the answer
+            if witness and all(v.startswith(TOO_SHORT) for v in witness):
+                shape.notes.append("the next smaller fleet was only too short to judge; more requests (--num-requests) may lower the answer")
         out.append(shape)
     return out

@@ -257,6 +257,38 @@ def goodput_rps(res: SimResult, slo: SloConfig) -> float:
     return float(ok.sum() / span) if span > 0 else math.nan
 
 
+# An open-loop run shorter than this many mean E2E latencies never reaches a steady state:
+# every request can be in the server at once (Little's law, L = rate x E2E), so an overloaded
+# server looks as fast as an idle one.
+MIN_WINDOW_E2E = 3.0
+TOO_SHORT = "too short to tell"
+
+
+def capacity_violations(res: SimResult, slo: SloConfig) -> list[str]:
+    """What keeps ``res`` from counting as sustainable under ``slo``: its missed aggregate SLOs,
+    a queue that grows without bound (:func:`is_stable`), and an arrival window shorter than
+    ``MIN_WINDOW_E2E`` mean E2E latencies (a short run of an overloaded server can meet
+    latency bounds before its queue has grown)."""
+    out = slo_violations(res.summary, slo)
+    rate = res.config.arrival.rate_rps
+    if not rate:
+        return out
+    if not is_stable(res):
+        out.append("unstable: the queue grows without bound at this rate")
+    df = res.requests
+    fin = df[df["status"] == "finished"]
+    if len(fin):
+        window_s = float(df["arrival_s"].max() - df["arrival_s"].min())
+        e2e_s = float(fin["e2e_s"].mean())
+        if window_s < MIN_WINDOW_E2E * e2e_s:
+            need = int(math.ceil(MIN_WINDOW_E2E * e2e_s * rate))
+            out.append(
+                f"{TOO_SHORT}: arrivals span {window_s:.3g} s, under {MIN_WINDOW_E2E:g}x the mean E2E latency ({e2e_s:.3g} s); "
+                f"raise workload.num_requests to at least {need} (or set sweep.duration_s)"
+            )
+    return out
+
+
 @dataclass
 class CapacityResult:
     capacity_rps: float | None
@@ -269,6 +301,7 @@ class CapacityResult:
 
 CAPACITY_POINTS_PER_ROUND = 4
 CAPACITY_ROUNDS = 5
+CAPACITY_EXTENSIONS = 4  # doublings beyond the throughput point's rate when every rate passes
 
 
 def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = None) -> CapacityResult:
@@ -276,7 +309,10 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
     throughput point's achieved rate, refined ``CAPACITY_ROUNDS`` times)."""
     slo = slo or cfg.slo
     if all(getattr(slo, k) is None for k in ("ttft_p99_ms", "tpot_p99_ms", "e2e_p99_ms")):
-        raise ConfigError("capacity: give at least one SLO, e.g. --slo ttft_p99=500,tpot_p99=50 (milliseconds)")
+        raise ConfigError(
+            "capacity: give at least one aggregate SLO (ttft_p99, tpot_p99 or e2e_p99), e.g. --slo ttft_p99=500,tpot_p99=50 (milliseconds); "
+            "per-request ttft / tpot only count goodput"
+        )
     strategy = cfg.sweep.rate_strategy
     (thr,) = run_many([point_config(cfg, "throughput")])
     hi = float(thr.summary["requests_per_s"])
@@ -288,17 +324,22 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
     tried: list[tuple[float, bool, list[str]]] = []
     notes: list[str] = []
     k = CAPACITY_POINTS_PER_ROUND
+
+    def trial(rates: list[float]) -> list[tuple[float, bool, SimResult]]:
+        results = run_many([point_config(cfg, strategy, r) for r in rates])
+        outcome = []
+        for r, res in zip(rates, results):
+            viol = capacity_violations(res, slo)
+            tried.append((r, not viol, viol))
+            outcome.append((r, not viol, res))
+        return outcome
+
     for round_index in range(CAPACITY_ROUNDS):
         if round_index == 0:  # the first round spans (0, upper], upper included
             rates = [upper * (i + 1) / k for i in range(k)]
         else:  # later rounds split the open interval (lo, hi)
             rates = [lo + (hi - lo) * (i + 1) / (k + 1) for i in range(k)]
-        results = run_many([point_config(cfg, strategy, r) for r in rates])
-        outcome = []
-        for r, res in zip(rates, results):
-            viol = slo_violations(res.summary, slo)
-            tried.append((r, not viol, viol))
-            outcome.append((r, not viol, res))
+        outcome = trial(rates)
         failing = [r for r, ok, _ in outcome if not ok]
         if failing:
             hi = min(failing)
@@ -308,10 +349,27 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
             if r > lo:
                 lo, best = r, (r, res)
         if not failing and round_index == 0:
-            notes.append("the SLOs hold up to the server's maximum throughput (the throughput point's achieved rate)")
-            break
+            # the throughput point's achieved rate includes its drain (and, for a fleet, the
+            # split of one burst): the capacity may lie above it; double until a rate fails
+            rate = upper
+            for _ in range(CAPACITY_EXTENSIONS):
+                rate *= 2
+                ((r, ok, res),) = trial([rate])
+                if not ok:
+                    hi = r
+                    break
+                lo, best = r, (r, res)
+            else:
+                notes.append(f"the SLOs hold up to {rate:.4g} req/s, the highest rate tried ({2**CAPACITY_EXTENSIONS}x the throughput point's achieved rate)")
+                break
         if hi - lo <= 0.01 * hi:
             break
+    first_fail = min(((r, v) for r, ok, v in tried if not ok), default=None)
+    if first_fail is not None and all(v.startswith(TOO_SHORT) for v in first_fail[1]):
+        notes.append(
+            f"the lowest failing rate ({first_fail[0]:.4g} req/s) was only too short to judge (arrivals spanning under {MIN_WINDOW_E2E:g} "
+            "mean E2E latencies); more requests (--num-requests) or sweep.duration_s may raise the capacity"
+        )
     tried.sort()
     if best is None:
         notes.append("no rate tried met the SLOs; they may be tighter than even an idle server achieves")
