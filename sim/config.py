@@ -208,6 +208,9 @@ class WorkloadConfig(_Strict):
         return self
 
 
+# arrival strategies that offer a request rate (rate_rps); the others are closed loops or bursts
+OPEN_LOOP_STRATEGIES = ("constant", "poisson", "open-loop-at-measured-rate")
+
 ArrivalStrategy = Literal["synchronous", "constant", "poisson", "throughput", "concurrent", "replay", "open-loop-at-measured-rate"]
 
 
@@ -218,7 +221,7 @@ class ArrivalConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ArrivalConfig":
-        if self.strategy in ("constant", "poisson", "open-loop-at-measured-rate") and self.rate_rps is None:
+        if self.strategy in OPEN_LOOP_STRATEGIES and self.rate_rps is None:
             raise ValueError(f"strategy {self.strategy!r} needs rate_rps (requests per second, > 0)")
         if self.strategy == "concurrent" and self.concurrency is None:
             raise ValueError("strategy 'concurrent' needs concurrency (number of closed-loop users)")

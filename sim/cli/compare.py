@@ -11,6 +11,7 @@ from sim.cli.common import ProgressBars, common_options, executor_options, handl
 from sim.cli.config_input import build_config, split_flags
 from sim.cli.output import write_config_yaml
 from sim.cost.calibration import effective_formula
+from sim.errors import ConfigError
 
 
 @click.command(name="compare")
@@ -30,6 +31,12 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
 
     policies_text, formulas_text, routers_text, num_seeds, rates_text = (kwargs.pop(k) for k in ("policies", "formulas", "routers", "num_seeds", "rates"))
     flags, opts = split_flags(kwargs)
+    if routers_text and flags.get("router"):
+        raise ConfigError("--router and --routers: --routers lists the routers to compare (the first is the baseline); drop --router")
+    if policies_text and flags.get("policy"):
+        raise ConfigError("--policy and --policies: --policies lists the policies to compare; drop --policy")
+    if formulas_text and flags.get("formula"):
+        raise ConfigError("--formula and --formulas: --formulas lists the formulas to compare; drop --formula")
     cfg, fmt = build_config(config, flags, opts["sets"])
     policies = parse_csv(policies_text) or [cfg.scheduler.policy]
     formulas = parse_csv(formulas_text) or [effective_formula(cfg)]
@@ -66,6 +73,9 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
     show = ["ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "output_tokens_per_s"]
     if routers is not None:  # routing shows in the queueing tail
         show = ["ttft_mean_ms", "ttft_p99_ms", "tpot_mean_ms", "e2e_p99_ms", "output_tokens_per_s"]
+    rejected = table[table["metric"] == "num_rejected"]["mean"]
+    if (rejected > 0).any():  # lower latency bought by refusing requests must show
+        show.append("num_rejected")
     shown_rates: list[float | None] = list(rates) if rates else [None]
     for rate in shown_rates:
         sub = table[table["rate_rps"].isna()] if rate is None else table[table["rate_rps"] == rate]

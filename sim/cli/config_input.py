@@ -148,7 +148,7 @@ def build_config(config_path: str | None, flags: dict[str, Any], sets: tuple[str
             _set_path(base, FLAG_PATHS[name], value)
     _apply_fleet_flags(base, flags.get("replicas"), flags.get("router"))
     strategy = flags.get("strategy")
-    if strategy in ("synchronous", "throughput", "replay") and flags.get("rate") is None:
+    if strategy in ("synchronous", "throughput", "concurrent", "replay") and flags.get("rate") is None:
         base.setdefault("arrival", {})["rate_rps"] = None
     return parse_run_config(base, source=config_path), fmt
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from sim.config import OPEN_LOOP_STRATEGIES
 from sim.core.simulation import SimResult
 from sim.version import __version__
 
@@ -99,7 +100,7 @@ def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stab
     return {
         "label": label,
         "strategy": a.strategy,
-        "offered_rate_rps": offered_rps if offered_rps is not None else a.rate_rps,
+        "offered_rate_rps": offered_rps if offered_rps is not None else (a.rate_rps if a.strategy in OPEN_LOOP_STRATEGIES else None),
         "concurrency": a.concurrency,
         "stable": stable,
         "derived": res.derived,
@@ -126,12 +127,12 @@ def header(cfg) -> dict:
 
 
 def _cluster_header(cluster) -> dict:
-    """A fleet's shape in summary.json headers: groups (name, count, role, GPU, TP) and router."""
-    groups = [
-        {"name": g.name or f"g{i}", "replicas": g.replicas, "role": g.role, "gpu": g.gpu, "tensor_parallel_size": g.tensor_parallel_size}
-        for i, g in enumerate(cluster.groups)
-    ]
-    return {"cluster": {"groups": groups, "router": cluster.router.policy, "refresh_interval_ms": cluster.router.refresh_interval_ms}}
+    """A fleet's whole shape in summary.json headers: groups (names defaulted to g0, g1, …),
+    router, admission and KV link, so runs that differ only there can be told apart."""
+    data = cluster.model_dump(mode="json")
+    for i, g in enumerate(data["groups"]):
+        g["name"] = g["name"] or f"g{i}"
+    return {"cluster": data}
 
 
 class StreamingParquet:

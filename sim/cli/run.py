@@ -21,6 +21,7 @@ from sim.cli.common import (
 from sim.cli.config_input import build_config, split_flags
 from sim.cli.output import write_config_yaml, write_guidellm
 from sim.cli.tables import deployment_label, interval_table, replica_table, summary_table
+from sim.config import OPEN_LOOP_STRATEGIES
 from sim.cost.calibration import effective_formula
 
 
@@ -79,10 +80,14 @@ def run(config: str | None, **kwargs: Any) -> None:
         else:  # one server's steps per line; a fleet's interleave, so plot each replica's load
             write_figure(out / "plots" / "replica_load.png", replica_load(res))
     s = res.summary
-    label = cfg.arrival.strategy + (f"@{cfg.arrival.rate_rps:g}" if cfg.arrival.rate_rps else "")
+    a = cfg.arrival
+    if a.strategy in OPEN_LOOP_STRATEGIES:
+        label = f"{a.strategy}@{a.rate_rps:g}"
+    else:  # closed loops and bursts have no offered rate (a rate_rps left in the config is unused)
+        label = a.strategy + (f"@{a.concurrency}" if a.concurrency else "")
     out_console.print(
         summary_table(
-            [(label, cfg.arrival.rate_rps, s, None)],
+            [(label, a.rate_rps if a.strategy in OPEN_LOOP_STRATEGIES else None, s, None)],
             f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}",
         )
     )

@@ -86,8 +86,31 @@ def interval_table(rows: list[tuple[str, dict, dict]], title: str) -> Table:
     return t
 
 
+REPLICA_ROWS_MAX = 16  # beyond this many replicas the console shows each group's spread instead
+
+
 def replica_table(replicas, title: str) -> Table:
-    """One row per replica of a fleet (``SimResult.replicas``)."""
+    """One row per replica of a fleet (``SimResult.replicas``); for more than
+    ``REPLICA_ROWS_MAX`` replicas, rows of the replicas with the fewest and most requests routed
+    in each group (the whole table is in ``replicas.parquet``)."""
+    if len(replicas) > REPLICA_ROWS_MAX:
+        import pandas as pd
+
+        picks = []
+        for _, g in replicas.groupby("group", sort=False):
+            order = g.sort_values(["requests_routed", "replica"], kind="stable")
+            picks.extend([order.iloc[0], order.iloc[-1]] if len(order) > 1 else [order.iloc[0]])
+        shown = pd.DataFrame(picks).drop_duplicates("replica")
+        t = _replica_rows(shown, title)
+        t.caption = (
+            f"{len(replicas)} replicas: per group the least and the most loaded (requests routed); all in replicas.parquet. "
+            "busy % = share of the run's span the replica was stepping; latencies in ms of the requests that finished there"
+        )
+        return t
+    return _replica_rows(replicas, title)
+
+
+def _replica_rows(replicas, title: str) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     cols: list[tuple[str, JustifyMethod]] = [
         ("replica", "right"),

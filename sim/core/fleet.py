@@ -358,12 +358,17 @@ class FleetSimulation:
             num_steps=num_steps,
             streamed=False,
             router=self.cfg.cluster.router.policy if self.cfg.cluster else "",
-            groups={
-                g: summarize(req_df[req_df["replica"].isin(replicas.loc[replicas["group"] == g, "replica"])], _group_steps(step_df, replicas, g))
-                for g in dict.fromkeys(replicas["group"])
-            },
+            groups={g: self._group_summary(req_df, step_df, replicas, g) for g in dict.fromkeys(replicas["group"])},
         )
         return SimResult(cfg, req_df, step_df, itls, summary, derived, replicas=replicas)
+
+    def _group_summary(self, req_df: pd.DataFrame, step_df: pd.DataFrame, replicas: pd.DataFrame, group: str) -> dict:
+        """The summary of the requests that reached ``group`` (a prefill group: those that
+        prefilled there) and of its steps; requests refused by admission reach no group."""
+        members = replicas.loc[replicas["group"] == group, "replica"]
+        role = replicas.loc[replicas["group"] == group, "role"].iloc[0]
+        column = "prefill_replica" if role == "prefill" else "replica"
+        return summarize(req_df[req_df[column].isin(members)], _group_steps(step_df, replicas, group))
 
     def _replica_table(self, req_df: pd.DataFrame, step_df: pd.DataFrame, summary: dict) -> pd.DataFrame:
         duration = summary.get("duration_s") or 0.0

@@ -37,6 +37,8 @@ METRICS = (
     "output_tokens_per_s",
     "requests_per_s",
 )
+COUNTS = ("num_finished", "num_rejected")  # a latency gain bought by refusing requests shows here
+FLEET_METRICS = ("load_imbalance_requests", "load_imbalance_busy")
 CONFIDENCE = 0.95
 
 
@@ -115,12 +117,13 @@ def compare(
     seeds = [cfg.seed + i for i in range(num_seeds)]
     plan = arm_configs(cfg, arms, seeds, rates)
     results = run_many([c for *_, c in plan])
+    metrics = METRICS + COUNTS + (FLEET_METRICS if cfg.cluster is not None else ())
     rows = []
     for (arm, rate, seed, _), res in zip(plan, results):
         row = {"rate_rps": rate, "arm": arm.label(vary_p, vary_f, vary_r), "policy": arm.policy, "formula": arm.formula, "seed": seed}
         if routers is not None:
             row["router"] = arm.router
-        row.update({m: res.summary.get(m, math.nan) for m in METRICS})
+        row.update({m: res.summary.get(m, math.nan) for m in metrics})
         rows.append(row)
     runs = pd.DataFrame(rows)
     baseline = arms[0].label(vary_p, vary_f, vary_r)
@@ -131,8 +134,8 @@ def compare(
         for arm in arms:
             label = arm.label(vary_p, vary_f, vary_r)
             cur = sub[sub["arm"] == label].set_index("seed")
-            for m in METRICS:
-                mean, lo, hi = mean_ci(cur[m].tolist())
+            for m in metrics:
+                mean, lo, hi = mean_ci([float(v) for v in cur[m].tolist()])
                 rec = {"rate_rps": rate, "arm": label, "metric": m, "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(cur[m].notna().sum())}
                 if label != baseline:
                     d = (cur[m] - base[m]).loc[seeds]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sim.config import RunConfig, SloConfig, with_overrides
+from sim.config import OPEN_LOOP_STRATEGIES, RunConfig, SloConfig, with_overrides
 from sim.core.result import SimResult
 from sim.errors import ConfigError
 from sim.studies.sweep import TOO_SHORT, capacity_violations, point_config
@@ -68,9 +68,6 @@ def _fleet(cfg: RunConfig, cluster: dict, counts: dict[str, int]) -> RunConfig:
     return with_overrides(cfg, {"cluster": {**cluster, "groups": groups}})
 
 
-OPEN_LOOP = ("constant", "poisson", "open-loop-at-measured-rate")
-
-
 def fewest_replicas(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = None, max_replicas: int = DEFAULT_MAX_REPLICAS) -> list[ShapeResult]:
     """For each shape of ``cfg`` (see module docstring), the fewest replicas meeting ``slo``
     (default ``cfg.slo``) under the config's own arrivals (an open-loop strategy with a rate:
@@ -83,10 +80,10 @@ def fewest_replicas(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = N
             "(milliseconds); per-request ttft / tpot only count goodput"
         )
     a = cfg.arrival
-    if a.strategy not in OPEN_LOOP or a.rate_rps is None:
+    if a.strategy not in OPEN_LOOP_STRATEGIES or a.rate_rps is None:
         raise ConfigError(
             f"capacity --find replicas: provisions for a request rate, but the arrivals are {a.strategy!r} "
-            f"{'without a rate' if a.strategy in OPEN_LOOP else '(no rate)'}; give one, e.g. --strategy poisson --rate 200"
+            f"{'without a rate' if a.strategy in OPEN_LOOP_STRATEGIES else '(no rate)'}; give one, e.g. --strategy poisson --rate 200"
         )
     if not 1 <= max_replicas <= 4096:
         raise ConfigError(f"--max-replicas: must be between 1 and 4096, got {max_replicas}")
