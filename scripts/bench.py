@@ -17,7 +17,7 @@ weighted-average. P2: the same at 100,000 requests, records streamed to Parquet.
 12-point sweep of P1 at 1,000 requests per point (process pool). F16: a fleet of 16 P1
 servers behind a router, 160,000 requests at 800 req/s (round-robin with constant arrivals
 gives each replica exactly P1's arrivals; least-outstanding on 100 ms snapshots as vLLM's DP
-balancer); records in memory (fleets do not stream).
+balancer), records in memory, and round-robin streamed to Parquet.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _child(case: dict) -> dict:
         if cfg.cluster is not None:
             from sim.core.simulation import make_simulation
 
-            res = make_simulation(cfg, fast_forward=case.get("fast_forward", True)).run()
+            res = make_simulation(cfg, spill=spill, fast_forward=case.get("fast_forward", True)).run()
         else:
             res = Simulation(cfg, spill=spill, fast_forward=case.get("fast_forward", True)).run()
         if spill is not None:
@@ -135,6 +135,7 @@ def main() -> None:
         for router, refresh_ms in (("round-robin", 0), ("least-outstanding", 100)):
             cluster = {"groups": [{"replicas": 16}], "router": {"policy": router, "refresh_interval_ms": refresh_ms}}
             cases.append((f"F16 {router}", {"kind": "run", "override": {**fleet, "cluster": cluster}}))
+        cases.append(("F16 round-robin, streamed", {"kind": "run", "stream": True, "override": {**fleet, "cluster": {"groups": [{"replicas": 16}]}}}))
     cases.append(("P3", {"kind": "sweep", "override": {"workload": {"num_requests": 1000}, "sweep": {"num_points": 12}}}))
     # the engine's decode fast-forward, on and off, on its best case (one request at a time)
     sync = {"workload": {"num_requests": 1000}, "arrival": {"strategy": "synchronous"}}

@@ -36,7 +36,7 @@ from sim.cost.calibration import effective_formula
 @handle_errors
 def run(config: str | None, **kwargs: Any) -> None:
     """Simulate one run of CONFIG (YAML: servesim, guidellm profile or inference-perf config)."""
-    from sim.cli.output import StreamingParquet, header, run_entry, write_figure, write_json, write_run_tables
+    from sim.cli.output import StreamingParquet, header, run_entry, write_figure, write_json, write_parquet, write_run_tables
     from sim.core.simulation import make_simulation
 
     stream = kwargs.pop("stream")
@@ -46,7 +46,7 @@ def run(config: str | None, **kwargs: Any) -> None:
     t0 = time.perf_counter()
     n = cfg.workload.num_requests or 0
     if stream is None:
-        stream = n > STREAM_THRESHOLD_REQUESTS and cfg.cluster is None  # a fleet keeps its records in memory
+        stream = n > STREAM_THRESHOLD_REQUESTS
     writer = None
     if stream:
         writer = StreamingParquet({"requests": out / "runs/run/requests.parquet", "steps": out / "runs/run/steps.parquet"})
@@ -66,6 +66,8 @@ def run(config: str | None, **kwargs: Any) -> None:
     write_config_yaml(out, cfg, fmt)
     if writer is None:
         write_run_tables(out, "run", res)
+    elif res.replicas is not None:  # streamed fleet: the request and step tables went out in chunks
+        write_parquet(out / "runs/run/replicas.parquet", res.replicas)
     entry = run_entry("run", res)
     if ivs:
         entry["intervals_90"] = ivs[0]

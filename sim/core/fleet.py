@@ -46,7 +46,7 @@ from sim.errors import ConfigError
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, summarize
+from sim.records.metrics import REQUEST_COLUMNS, LogHistogram, MetricsSink, StreamingSummary, request_record, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 FLEET_SUMMARY_KEYS = ("num_replicas", "load_imbalance_requests", "load_imbalance_busy")
@@ -73,12 +73,25 @@ def group_run_config(cfg: RunConfig, group: InstanceGroupConfig) -> RunConfig:
 class Replica:
     """One server of the fleet, with the counters the router's views are made from."""
 
-    def __init__(self, index: int, group: str, role: str, cfg: RunConfig, env: SimEnvironment, fast_forward: bool, on_leave: Callable[[Request], None]):
+    def __init__(
+        self,
+        index: int,
+        group: str,
+        role: str,
+        cfg: RunConfig,
+        env: SimEnvironment,
+        fast_forward: bool,
+        on_leave: Callable[[Request], None],
+        spill: Callable[[str, pd.DataFrame], None] | None = None,
+        chunk_rows: int = 65536,
+    ):
         self.index = index
         self.group = group
         self.role = role
         self.cfg = cfg
-        self.sink = MetricsSink(record_itls=cfg.record_itls)
+        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows)
+        self.busy_s = 0.0  # streaming: stepping time and preemptions of the spilled steps
+        self.preemptions = 0
         self.server = Server(cfg, env, self.sink, fast_forward=fast_forward, on_leave=on_leave)
         self.num_routed = 0  # requests (or prefill phases) sent here
         self.num_left = 0  # of those, left (finished or refused by the engine)
@@ -118,11 +131,14 @@ class FleetSimulation:
     """
 
     def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536, fast_forward: bool = True) -> None:
+        """As :class:`~sim.core.simulation.Simulation`. With ``spill``, every replica's records
+        go to it in chunks (request frames with their ``replica`` column, step frames with
+        theirs; a prefill replica's prefill phases are not client requests and are not
+        spilled) and the summaries are accumulated as they pass."""
         if cfg.cluster is None:
             raise ValueError("FleetSimulation needs a config with a cluster section")
-        if spill is not None:
-            raise ConfigError("--stream: a cluster run keeps its records in memory; run it without --stream")
         self.cfg = cfg
+        self.spill = spill
         cl = cfg.cluster
         self.streams = RandomStreams(cfg.seed)
         self.env = env = SimEnvironment()
@@ -133,7 +149,8 @@ class FleetSimulation:
                 gcfg = group_run_config(cfg, group)
                 for _ in range(group.replicas):
                     index = len(self.replicas)
-                    self.replicas.append(Replica(index, name, group.role, gcfg, env, fast_forward, self._leave_hook(index)))
+                    rep_spill = self._replica_spill(index, group.role) if spill is not None else None
+                    self.replicas.append(Replica(index, name, group.role, gcfg, env, fast_forward, self._leave_hook(index), rep_spill, chunk_rows))
             except ConfigError as err:
                 # name the group: its GPU, TP or server settings may differ from the run's
                 raise ConfigError(f"cluster.groups.{gi} ({name}): {err}") from None
@@ -155,9 +172,16 @@ class FleetSimulation:
                 if r.role != "decode":
                     for req in pool:
                         r.server.kv.prewarm(req)
-        self.sink = MetricsSink(record_itls=False)  # refused by admission, or at the horizon outside replicas
         self.replica_of = np.full(len(self.workload), -1, dtype=np.int64)
         self.prefill_of = np.full(len(self.workload), -1, dtype=np.int64)  # disaggregated: where each request prefilled
+        # refused by admission, or at the horizon outside a replica's engine
+        self.sink = MetricsSink(record_itls=False, spill=self._emit if spill is not None else None, chunk_rows=chunk_rows)
+        if spill is not None:
+            self.fleet_summary = StreamingSummary()
+            self.group_summaries = {r.group: StreamingSummary() for r in self.replicas}
+            self._group_names = list(dict.fromkeys((r.group, r.role) for r in self.replicas))
+            position = {name: i for i, (name, _) in enumerate(self._group_names)}
+            self._group_index_of_replica = np.array([position[r.group] for r in self.replicas], dtype=np.int64)
         self.num_sent = 0
         self.num_done = 0  # requests that left the fleet (any outcome)
         self.last_leave_s = 0.0
@@ -170,6 +194,38 @@ class FleetSimulation:
             self.snapshot = [r.live_view() for r in self.replicas]
             env.process(self._refresher())
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(env, self._send, self.workload, cfg.arrival, self.streams)
+
+    # --------------------------------------------------------------- streaming
+    def _replica_spill(self, index: int, role: str) -> Callable[[str, pd.DataFrame], None]:
+        def spill(kind: str, frame: pd.DataFrame) -> None:
+            rep = self.replicas[index]
+            if kind == "steps":
+                rep.busy_s += float(frame["duration_s"].sum())
+                rep.preemptions += int(frame["num_preempted"].sum())
+                frame.insert(0, "replica", np.full(len(frame), index, dtype=np.int64))
+                self.spill("steps", frame)
+            elif role != "prefill":  # a prefill replica's request rows are prefill phases
+                self._emit(kind, frame)
+
+        return spill
+
+    def _emit(self, kind: str, frame: pd.DataFrame) -> None:
+        """Client request records on their way out: add where they went, fold them into the
+        fleet's and their group's summaries, hand them to the caller's spill."""
+        ids = frame["request_id"].to_numpy(dtype=np.int64)
+        frame["replica"] = self.replica_of[ids]
+        if self.disaggregated:
+            frame["prefill_replica"] = self.prefill_of[ids]
+        self.fleet_summary.add(frame)
+        group_of = self._group_index_of_replica
+        for role_column in ("replica", "prefill_replica") if self.disaggregated else ("replica",):
+            where = frame[role_column].to_numpy(dtype=np.int64)
+            g = np.where(where >= 0, group_of[np.maximum(where, 0)], -1)
+            for gi in np.unique(g[g >= 0]).tolist():
+                name, role = self._group_names[gi]
+                if (role == "prefill") == (role_column == "prefill_replica"):
+                    self.group_summaries[name].add(frame[g == gi])
+        self.spill(kind, frame)
 
     # ------------------------------------------------------------------ routing
     def _views(self) -> Sequence[ReplicaView]:
@@ -315,25 +371,6 @@ class FleetSimulation:
             self.sink.add_record(request_record(self.workload.make_request(i), "not_sent"))
         if progress is not None:
             progress(total, total)
-        # one row per client request: from the replicas that served them (a prefill replica's
-        # rows are prefill phases, not client requests) and from the fleet's own sink
-        columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
-        for sink in [*(rep.sink for rep in self.replicas if rep.role != "prefill"), self.sink]:
-            sink.finish()
-            for name in REQUEST_COLUMNS:
-                columns[name].extend(sink.request_columns[name])
-        req_df = requests_frame(columns)
-        ids = req_df["request_id"].to_numpy(dtype=np.int64)
-        req_df["replica"] = self.replica_of[ids]
-        if self.disaggregated:
-            req_df["prefill_replica"] = self.prefill_of[ids]
-        step_frames = []
-        for rep in self.replicas:
-            st = rep.sink.steps_frame()
-            st.insert(0, "replica", np.full(len(st), rep.index, dtype=np.int64))
-            step_frames.append(st)
-        step_df = pd.concat(step_frames, ignore_index=True)
-        itls = np.concatenate([np.asarray(rep.sink.itls_s, dtype=float) for rep in self.replicas]) if cfg.record_itls else np.empty(0)
         stats = [rep.sink.step_stats() for rep in self.replicas]
         num_steps = sum(s["num_steps"] for s in stats)
         batch_tokens = sum(rep.sink.sum_batch_tokens for rep in self.replicas)
@@ -342,8 +379,55 @@ class FleetSimulation:
             "num_mixed_steps": sum(s["num_mixed_steps"] for s in stats),
             "mean_batch_tokens": batch_tokens / num_steps if num_steps else math.nan,
         }
-        summary = summarize(req_df, step_stats, itls if cfg.record_itls else None)
-        replicas = self._replica_table(req_df, step_df, summary)
+        streamed = self.spill is not None
+        if streamed:
+            for sink in [*(rep.sink for rep in self.replicas), self.sink]:
+                sink.finish()  # the last chunks go out through _emit / the replicas' spills
+            req_df = requests_frame({name: [] for name in REQUEST_COLUMNS})
+            req_df["replica"] = np.empty(0, dtype=np.int64)
+            if self.disaggregated:
+                req_df["prefill_replica"] = np.empty(0, dtype=np.int64)
+            step_df = steps_frame([])
+            step_df.insert(0, "replica", np.empty(0, dtype=np.int64))
+            itls = np.empty(0)
+            itl_hist = None
+            if cfg.record_itls:
+                itl_hist = LogHistogram()
+                for rep in self.replicas:
+                    h = rep.sink.itl_histogram
+                    assert h is not None  # streaming sinks fold their ITLs into one
+                    itl_hist.counts += h.counts
+                    itl_hist.count += h.count
+                    itl_hist.total_s += h.total_s
+            summary = self.fleet_summary.summary(step_stats, itl_hist)
+            replicas = self._replica_table_streamed(summary)
+            groups = {
+                g: self.group_summaries[g].summary(_sink_steps([r for r in self.replicas if r.group == g]), None)
+                for g in dict.fromkeys(r.group for r in self.replicas)
+            }
+        else:
+            # one row per client request: from the replicas that served them (a prefill
+            # replica's rows are prefill phases, not client requests) and from the fleet's sink
+            columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
+            for sink in [*(rep.sink for rep in self.replicas if rep.role != "prefill"), self.sink]:
+                sink.finish()
+                for name in REQUEST_COLUMNS:
+                    columns[name].extend(sink.request_columns[name])
+            req_df = requests_frame(columns)
+            ids = req_df["request_id"].to_numpy(dtype=np.int64)
+            req_df["replica"] = self.replica_of[ids]
+            if self.disaggregated:
+                req_df["prefill_replica"] = self.prefill_of[ids]
+            step_frames = []
+            for rep in self.replicas:
+                st = rep.sink.steps_frame()
+                st.insert(0, "replica", np.full(len(st), rep.index, dtype=np.int64))
+                step_frames.append(st)
+            step_df = pd.concat(step_frames, ignore_index=True)
+            itls = np.concatenate([np.asarray(rep.sink.itls_s, dtype=float) for rep in self.replicas]) if cfg.record_itls else np.empty(0)
+            summary = summarize(req_df, step_stats, itls if cfg.record_itls else None)
+            replicas = self._replica_table(req_df, step_df, summary)
+            groups = {g: self._group_summary(req_df, step_df, replicas, g) for g in dict.fromkeys(replicas["group"])}
         summary["num_replicas"] = len(self.replicas)
         summary["load_imbalance_requests"] = _imbalance(replicas, "requests_routed")
         summary["load_imbalance_busy"] = _imbalance(replicas, "busy_s")
@@ -356,9 +440,9 @@ class FleetSimulation:
             policy=cfg.scheduler.policy,
             end_s=end_s,
             num_steps=num_steps,
-            streamed=False,
+            streamed=streamed,
             router=self.cfg.cluster.router.policy if self.cfg.cluster else "",
-            groups={g: self._group_summary(req_df, step_df, replicas, g) for g in dict.fromkeys(replicas["group"])},
+            groups=groups,
         )
         return SimResult(cfg, req_df, step_df, itls, summary, derived, replicas=replicas)
 
@@ -369,6 +453,36 @@ class FleetSimulation:
         role = replicas.loc[replicas["group"] == group, "role"].iloc[0]
         column = "prefill_replica" if role == "prefill" else "replica"
         return summarize(req_df[req_df[column].isin(members)], _group_steps(step_df, replicas, group))
+
+    def _replica_table_streamed(self, summary: dict) -> pd.DataFrame:
+        """The replica table from what streaming kept: counters, the replicas' own streaming
+        summaries (a prefill replica's: its prefill phases, whose TTFT is the client's)."""
+        duration = summary.get("duration_s") or 0.0
+        rows = []
+        for rep in self.replicas:
+            ss = rep.sink.streaming_summary
+            assert ss is not None  # streaming sinks keep one
+            own = ss.summary(rep.sink.step_stats(), None)
+            rows.append(
+                {
+                    "replica": rep.index,
+                    "group": rep.group,
+                    "role": rep.role,
+                    "gpu": rep.cfg.gpu,
+                    "tensor_parallel_size": rep.cfg.tensor_parallel_size,
+                    "requests_routed": rep.num_routed,
+                    "finished": int(own["num_finished"]),
+                    "busy_s": rep.busy_s,
+                    "busy_fraction": rep.busy_s / duration if duration > 0 else math.nan,
+                    "num_steps": int(rep.sink.num_steps),
+                    "mixed_steps": int(rep.sink.num_mixed_steps),
+                    "preemptions": rep.preemptions,
+                    "ttft_p99_ms": float(own["ttft_p99_ms"]),
+                    "e2e_p99_ms": math.nan if rep.role == "prefill" else float(own["e2e_p99_ms"]),
+                    "num_gpu_blocks": rep.server.limits["num_gpu_blocks"],
+                }
+            )
+        return pd.DataFrame(rows)
 
     def _replica_table(self, req_df: pd.DataFrame, step_df: pd.DataFrame, summary: dict) -> pd.DataFrame:
         duration = summary.get("duration_s") or 0.0
@@ -415,6 +529,13 @@ def _imbalance(replicas: pd.DataFrame, column: str) -> float:
         if mean > 0:
             worst = max(worst, float(g[column].max()) / mean)
     return worst
+
+
+def _sink_steps(replicas: list[Replica]) -> dict:
+    """Step statistics of some replicas from their sinks' counters (streaming mode)."""
+    n = sum(r.sink.num_steps for r in replicas)
+    tokens = sum(r.sink.sum_batch_tokens for r in replicas)
+    return {"num_steps": n, "num_mixed_steps": sum(r.sink.num_mixed_steps for r in replicas), "mean_batch_tokens": tokens / n if n else math.nan}
 
 
 def _group_steps(step_df: pd.DataFrame, replicas: pd.DataFrame, group: str) -> dict:
