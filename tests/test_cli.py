@@ -348,3 +348,81 @@ def test_configuration_reference_is_current():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert (root / "docs" / "configuration.md").read_text() == mod.reference()
+
+
+# ------------------------------------------------------------- a result folder is one run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_replaces_the_result_folder_whole(tmp_path):
+    out = tmp_path / "sw"
+    first = CliRunner().invoke(main, ["sweep", "--rates", "4,8", "--num-requests", "20", "-q", "--no-plots", "-o", str(out)])
+    assert first.exit_code == 0, first.output
+    assert {p.name for p in (out / "runs").iterdir()} == {"poisson@4", "poisson@8"}
+    second = CliRunner().invoke(main, ["sweep", "--rates", "5", "--num-requests", "20", "-q", "--no-plots", "-o", str(out)])
+    assert second.exit_code == 0, second.output
+    assert {p.name for p in (out / "runs").iterdir()} == {"poisson@5"}, "no runs of the earlier sweep are left beside the new one"
+    assert f"results: {out}/" in second.output
+    assert [p.name for p in tmp_path.iterdir()] == ["sw"], "no staging or previous folder left behind"
+
+
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "interrupt"])
+def test_a_failed_write_leaves_the_previous_result_untouched(tmp_path, monkeypatch, fault):
+    out = tmp_path / "r"
+    ok = CliRunner().invoke(main, ["run", "--num-requests", "15", "-q", "--no-plots", "-o", str(out)])
+    assert ok.exit_code == 0, ok.output
+    before = _files(out)
+    from sim.cli import output
+
+    def failing(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(output, "write_guidellm", failing)
+    monkeypatch.setattr("sim.cli.run.write_guidellm", failing)
+    res = CliRunner().invoke(main, ["run", "--num-requests", "25", "-q", "--no-plots", "-o", str(out)])
+    assert res.exit_code == (130 if isinstance(fault, KeyboardInterrupt) else 2), res.output
+    assert _files(out) == before, "the old result, byte for byte"
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
+    text = " ".join(res.output.split())  # the console wraps long lines
+    assert ("previous result folder is unchanged" in text) or ("left as it was" in text)
+
+
+def test_output_folder_problems_are_caught_before_simulating(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+
+    def say(res):
+        return " ".join(res.output.split())  # the console wraps long lines
+
+    res = CliRunner().invoke(main, ["run", "--num-requests", "5", "-q", "-o", str(tmp_path / "notes")])
+    assert res.exit_code == 2 and "not a servesim result" in say(res)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file", tmp_path / "file" / "sub"):
+        res = CliRunner().invoke(main, ["run", "--num-requests", "5", "-q", "-o", str(target)])
+        assert res.exit_code == 2 and "is a file" in say(res)
+    res = CliRunner().invoke(main, ["run", "--num-requests", "5", "-q", "-o", "/proc/servesim-test"])
+    assert res.exit_code == 2 and "cannot write results there" in say(res)
+
+
+def test_sweep_rates_that_round_to_one_point_are_refused(tmp_path):
+    res = CliRunner().invoke(main, ["sweep", "--rates", "5.00001,5.00002", "--num-requests", "10", "-q", "-o", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "one point" in res.output
+    res = CliRunner().invoke(main, ["sweep", "--rates", "5,5", "--num-requests", "10", "-q", "-o", str(tmp_path / "s")])
+    assert res.exit_code == 2
+
+
+def test_labels_from_data_never_leave_the_result_folder(tmp_path):
+    from sim.cli.output import safe_file_part
+
+    for text in ("x/../../../ESCAPED", "..", ".hidden", "a\\b", "", "é" * 300, "ok-name_1.5@x"):
+        part = safe_file_part(text)
+        assert "/" not in part and "\\" not in part and not part.startswith(".") and 0 < len(part) <= 89
+        assert (tmp_path / part).resolve().parent == tmp_path.resolve()
+    assert safe_file_part("ok-name_1.5@x") == "ok-name_1.5@x"
+    assert safe_file_part("a/b") != safe_file_part("a_b"), "distinct labels stay distinct"
+    res = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(tmp_path), "--name", "../evil", "-o", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "--name" in res.output

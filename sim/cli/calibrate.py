@@ -164,6 +164,10 @@ def calibrate(
             return
         if not ground_truth:
             raise ConfigError("--ground-truth is required (e.g. ../shared/ground_truth)")
+        from sim.cli.output import safe_file_part
+
+        if name is not None and safe_file_part(name) != name:
+            raise ConfigError(f"--name {name!r}: a calibration name becomes a file name; use letters, digits and . _ @ + = - only")
         for opt, v in (("--fit-max-requests", fit_max_requests), ("--max-requests-per-point", eval_max), ("--maxfev", maxfev)):
             if v < 1:
                 raise ConfigError(f"{opt}: must be >= 1, got {v}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sim.cli.common import ProgressBars, common_options, executor_options, handle_errors, out_console, out_dir
+from sim.cli.common import ProgressBars, common_options, executor_options, final_path, handle_errors, out_console, out_dir
 from sim.cli.config_input import build_config, split_flags
 from sim.cli.output import write_config_yaml
 from sim.errors import ConfigError
@@ -107,7 +107,7 @@ def capacity(config: str | None, **kwargs: Any) -> None:
         )
     for note in cap.notes:
         out_console.print(f"note: {note}")
-    out_console.print(f"results: {out}/")
+    out_console.print(f"results: {final_path(out)}/")
 
 
 def _find_replicas(cfg, fmt: str, out, opts: dict, max_replicas: int | None) -> None:
@@ -174,4 +174,4 @@ def _find_replicas(cfg, fmt: str, out, opts: dict, max_replicas: int | None) -> 
     for sh in shapes:
         for note in sh.notes:
             out_console.print(f"note: {sh.shape}: {note}")
-    out_console.print(f"results: {out}/")
+    out_console.print(f"results: {final_path(out)}/")

@@ -5,6 +5,8 @@ it imports no command."""
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,12 +100,25 @@ def executor_options(func):
 
 
 def handle_errors(func):
-    """Turn servesim's input errors into one message and exit code 2."""
+    """Turn servesim's input errors into one message and exit code 2; commit the command's
+    result folders when it succeeds and delete their staging folders when it does not."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        pending_before = len(_PENDING)
+        ok = False
         try:
-            return func(*args, **kwargs)
+            try:
+                out = func(*args, **kwargs)
+                for folder in _PENDING[pending_before:]:
+                    folder.commit()
+                ok = True
+                return out
+            finally:
+                if not ok:
+                    for folder in _PENDING[pending_before:]:
+                        folder.abort()
+                del _PENDING[pending_before:]
         except ConfigError as err:
             err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
             sys.exit(2)
@@ -111,10 +126,14 @@ def handle_errors(func):
             err_console.print(f"[bold red]internal error:[/] {err}")
             sys.exit(1)
         except KeyboardInterrupt:
-            err_console.print("interrupted: no partial result files were written")
+            err_console.print("interrupted: the result folder was left as it was (no partial result files were written)")
             sys.exit(130)
         except MemoryError:
             err_console.print("[bold red]error:[/] out of memory: lower workload.num_requests or server.num_gpu_blocks, or use --stream")
+            sys.exit(2)
+        except OSError as err:  # a full disk, a file-size limit, a folder made read-only mid-run
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            err_console.print(f"[bold red]error:[/] could not write the results: {err.strerror or err}{where}; the previous result folder is unchanged")
             sys.exit(2)
 
     return wrapper
@@ -171,8 +190,79 @@ class ProgressBars:
         return update
 
 
+class ResultFolder:
+    """A command's result folder, written whole or not at all.
+
+    The command writes into a hidden staging folder beside the target
+    (``.NAME.partial-PID``); :meth:`commit` renames the previous result aside, the staging
+    folder into place and deletes the previous one, so the target holds one run — the new one
+    after success, the old one (untouched) after an error, an interrupt or a full disk. Between
+    the two renames (microseconds) the target is absent and the old result is at
+    ``.NAME.previous-PID``.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+
+    MARKER = ".servesim-result"  # written into every result folder: only such a folder is replaced
+    KNOWN = ("summary.json", "report.md", "config.yaml")  # result folders written before the marker
+
+    def open(self) -> Path:
+        """Create the staging folder (checks the target is writable before any work). A target
+        that exists must be empty or a servesim result folder: it is replaced whole."""
+        for path in (self.final, *self.final.parents):
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"-o {self.final}: {path} is a file, not a folder; choose a folder for the results")
+        if self.final.is_dir() and any(self.final.iterdir()) and not any((self.final / n).exists() for n in (self.MARKER, *self.KNOWN)):
+            raise ConfigError(
+                f"-o {self.final}: holds files that are not a servesim result, and a result folder is replaced whole; choose a new or empty folder"
+            )
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            if self.staging.exists():
+                shutil.rmtree(self.staging)
+            self.staging.mkdir()
+            (self.staging / self.MARKER).write_text("written by servesim; the folder is replaced whole by the next run into it\n")
+        except OSError as err:
+            raise ConfigError(f"-o {self.final}: cannot write results there ({err.strerror or err}); choose another folder with -o") from None
+        return self.staging
+
+    def commit(self) -> None:
+        previous = self.final.parent / f".{self.final.name}.previous-{os.getpid()}"
+        try:
+            if self.final.exists():
+                self.final.rename(previous)
+            self.staging.rename(self.final)
+        except OSError as err:
+            if previous.exists() and not self.final.exists():
+                previous.rename(self.final)  # put the old result back
+            raise ConfigError(f"-o {self.final}: could not move the results into place ({err.strerror or err}); the previous result is unchanged") from None
+        shutil.rmtree(previous, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+_PENDING: list[ResultFolder] = []  # result folders of the running command, committed by handle_errors
+
+
 def out_dir(kwargs: dict[str, Any], command: str) -> Path:
-    return Path(kwargs.get("output_dir") or Path("results") / command)
+    """The folder a command writes into: a staging folder that :func:`handle_errors` moves
+    onto ``-o`` (default ``results/COMMAND``) when the command succeeds, and deletes otherwise.
+    Print :func:`final_path` of it, not the staging path."""
+    folder = ResultFolder(Path(kwargs.get("output_dir") or Path("results") / command))
+    path = folder.open()
+    _PENDING.append(folder)
+    return path
+
+
+def final_path(out: Path) -> Path:
+    """Where the results in ``out`` (an :func:`out_dir` folder) will be once committed."""
+    for folder in _PENDING:
+        if folder.staging == out:
+            return folder.final
+    return out
 
 
 STREAM_THRESHOLD_REQUESTS = 100_000

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sim.cli.common import ProgressBars, common_options, executor_options, handle_errors, out_console, out_dir, parse_csv, parse_float
+from sim.cli.common import ProgressBars, common_options, executor_options, final_path, handle_errors, out_console, out_dir, parse_csv, parse_float
 from sim.cli.config_input import build_config, split_flags
 from sim.cli.output import write_config_yaml
 from sim.cost.calibration import effective_formula
@@ -99,4 +99,4 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
             t.add_row(arm, *cells)
         t.caption = "* the paired-difference interval excludes zero"
         out_console.print(t)
-    out_console.print(f"results: {out}/")
+    out_console.print(f"results: {final_path(out)}/")

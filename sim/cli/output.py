@@ -15,10 +15,12 @@ Layout of a results directory::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,19 @@ import yaml
 from sim.config import OPEN_LOOP_STRATEGIES
 from sim.core.simulation import SimResult
 from sim.version import __version__
+
+_SAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+
+
+def safe_file_part(text: str, max_chars: int = 80) -> str:
+    """``text`` as one file-name component: characters outside ``A-Z a-z 0-9 . _ @ + = -``
+    become ``_``, no leading dot, at most ``max_chars``; when anything changed, a short hash
+    of the original keeps distinct texts distinct. A label from data can never name a path
+    outside the result folder."""
+    clean = _SAFE.sub("_", str(text)).lstrip(".")[:max_chars]
+    if clean != text or not clean:
+        clean = f"{clean}-{hashlib.sha256(str(text).encode()).hexdigest()[:8]}"
+    return clean
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

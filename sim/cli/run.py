@@ -13,6 +13,7 @@ from sim.cli.common import (
     common_options,
     compute_intervals,
     err_console,
+    final_path,
     handle_errors,
     intervals_option,
     out_console,
@@ -106,5 +107,5 @@ def run(config: str | None, **kwargs: Any) -> None:
     out_console.print(
         f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected, {s['num_in_flight']} in flight, {s['num_not_sent']} not sent; {limits}"
     )
-    out_console.print(f"results: {out}/")
+    out_console.print(f"results: {final_path(out)}/")
     err_console.print(f"simulated {s['num_requests']} requests, {s['num_steps']} steps in {wall:.2f} s wall")

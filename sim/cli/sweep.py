@@ -7,7 +7,18 @@ from typing import Any
 
 import click
 
-from sim.cli.common import ProgressBars, common_options, compute_intervals, err_console, executor_options, handle_errors, intervals_option, out_console, out_dir
+from sim.cli.common import (
+    ProgressBars,
+    common_options,
+    compute_intervals,
+    err_console,
+    executor_options,
+    final_path,
+    handle_errors,
+    intervals_option,
+    out_console,
+    out_dir,
+)
 from sim.cli.config_input import FLAG_PATHS, build_config, split_flags
 from sim.cli.output import write_config_yaml, write_guidellm
 from sim.cli.tables import deployment_label, interval_table, summary_table
@@ -107,5 +118,5 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     out_console.print(f"saturation point: {sat}; max throughput: {result.max_throughput_rps:.3g} req/s")
     for note in result.notes:
         out_console.print(f"note: {note}")
-    out_console.print(f"results: {out}/")
+    out_console.print(f"results: {final_path(out)}/")
     err_console.print(f"{len(result.points)} points in {wall:.2f} s wall")

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from sim.cli.common import ProgressBars, err_console, handle_errors, out_console
+from sim.cli.common import ProgressBars, err_console, final_path, handle_errors, out_console, out_dir
 from sim.config import parse_run_config
 from sim.errors import ConfigError
 from sim.plots.validation import plot_latency_vs_rate, plot_sim_vs_meas
@@ -35,7 +35,7 @@ from sim.studies.validate_report import mape_lookup, render_report
 
 
 def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
-    from sim.cli.output import atomic_write_bytes, write_figure, write_json
+    from sim.cli.output import atomic_write_bytes, safe_file_part, write_figure, write_json
 
     def csv_bytes(df: pd.DataFrame) -> bytes:
         buf = io.StringIO()
@@ -52,11 +52,12 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
         for f, g in dict.fromkeys(zip(v.long["formula"], v.long["gemm_m"])):
             sub = v.long[(v.long["formula"] == f) & (v.long["gemm_m"] == g)]
             write_figure(
-                out / "plots" / f"sim_vs_meas_{f}_{g}.png", plot_sim_vs_meas(sub, f"simulated vs measured — {f}, gemm_m={g}, mode={v.settings['mode']}")
+                out / "plots" / f"sim_vs_meas_{safe_file_part(f)}_{safe_file_part(g)}.png",
+                plot_sim_vs_meas(sub, f"simulated vs measured — {f}, gemm_m={g}, mode={v.settings['mode']}"),
             )
         counts = v.points.groupby("experiment").size()
         for exp in counts[counts > 1].index:
-            write_figure(out / "plots" / f"latency_vs_rate_{exp}.png", plot_latency_vs_rate(v.long, exp))
+            write_figure(out / "plots" / f"latency_vs_rate_{safe_file_part(exp)}.png", plot_latency_vs_rate(v.long, exp))
 
 
 @click.command()
@@ -146,13 +147,13 @@ def validate(
                 experiments=experiments,
                 base=base,
             )
-        out = Path(output_dir)
+        out = out_dir({"output_dir": output_dir}, "validate")
         write_outputs(out, v, plots=not no_plots)
         lk = mape_lookup(v.mape)
         for f, g in dict.fromkeys(zip(v.long["formula"], v.long["gemm_m"])):
             cells = ", ".join(f"{m} {pct_cell(lk.get((f, g, 'all', 'overall', 'all', m), (math.nan, 0))[0])}" for m in HEADLINE_METRICS)
             out_console.print(f"{f} (gemm_m={g}, mode={mode}): MAPE {cells}")
-        out_console.print(f"results: {out}/ (report.md, points.csv, mape.csv)")
+        out_console.print(f"results: {final_path(out)}/ (report.md, points.csv, mape.csv)")
         err_console.print(f"{len(v.long) // 15} point simulations in {time.perf_counter() - t0:.1f} s wall")
 
     body()

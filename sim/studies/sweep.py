@@ -209,9 +209,16 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
             f"full-batch capacity {capacity_rps:.3g} req/s (throughput benchmark, completions while "
             f"the batch held >= {FULL_BATCH_FRACTION:.0%} of its peak); higher rates count as unstable"
         )
+    labels = [f"{sw.rate_strategy}@{r:.4g}" for r in rates]
+    if len(set(labels)) != len(labels):
+        dup = next(lab for lab in labels if labels.count(lab) > 1)
+        same = [r for r, lab in zip(rates, labels) if lab == dup]
+        raise ConfigError(
+            f"sweep rates {', '.join(f'{r:g}' for r in same)} are one point ({dup}) to 4 significant digits; give distinct rates (each point has its own tables)"
+        )
     rate_cfgs = [point_config(cfg, sw.rate_strategy, r) for r in rates]
     for r, res in zip(rates, run_many(rate_cfgs)):
-        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res, stable=is_stable(res, capacity_rps)))
+        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res, stable=is_stable(res, capacity_rps)))  # labels checked distinct above
     saturation = None
     for rate, p in rate_points(points):
         if not p.stable:
