@@ -426,3 +426,43 @@ def test_labels_from_data_never_leave_the_result_folder(tmp_path):
     assert safe_file_part("a/b") != safe_file_part("a_b"), "distinct labels stay distinct"
     res = CliRunner().invoke(main, ["calibrate", "--ground-truth", str(tmp_path), "--name", "../evil", "-o", str(tmp_path / "c")])
     assert res.exit_code == 2 and "--name" in res.output
+
+
+@pytest.mark.parametrize("sig, code", [(15, 143), (2, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_sweep_stops_workers_and_keeps_the_old_result(tmp_path, sig, code):
+    """SIGTERM / SIGINT while a sweep's pool works: one line, exit 143 / 130, no traceback, no
+    worker left running, no staging folder, the previous result intact."""
+    import os
+    import signal as _signal
+    import time as _time
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")  # an earlier result
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim", "sweep", "--rates", "2,4,6,8,10,12", "--num-requests", "4000", "--workers", "2", "-q", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = _time.monotonic() + 60
+        while not list(tmp_path.glob(".sw.partial-*")) and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        _time.sleep(2.0)  # the pool is simulating
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:  # whatever happened, leave no process of the session behind
+        try:
+            os.killpg(proc.pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        else:
+            _time.sleep(0.5)
+            pytest.fail("processes of the servesim session were still running")
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and ("terminated" in err or "interrupted" in err), err
+    assert (out / "summary.json").read_text() == "{}" and [p.name for p in out.iterdir()] == ["summary.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sw"], "no staging folder left"

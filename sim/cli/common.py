@@ -128,6 +128,9 @@ def handle_errors(func):
         except KeyboardInterrupt:
             err_console.print("interrupted: the result folder was left as it was (no partial result files were written)")
             sys.exit(130)
+        except Terminated:
+            err_console.print("terminated: the result folder was left as it was (no partial result files were written)")
+            sys.exit(143)
         except MemoryError:
             err_console.print("[bold red]error:[/] out of memory: lower workload.num_requests or server.num_gpu_blocks, or use --stream")
             sys.exit(2)
@@ -242,6 +245,14 @@ class ResultFolder:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised by the CLI's handler, like KeyboardInterrupt for SIGINT)."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 _PENDING: list[ResultFolder] = []  # result folders of the running command, committed by handle_errors

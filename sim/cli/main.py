@@ -9,10 +9,14 @@ times to stderr.
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import click
 
 from sim.cli.calibrate import calibrate
 from sim.cli.capacity import capacity
+from sim.cli.common import raise_terminated
 from sim.cli.compare import compare_cmd
 from sim.cli.listing import config_cmd, list_cmd
 from sim.cli.run import run
@@ -31,6 +35,10 @@ def main(ctx: click.Context) -> None:
     With no command, runs a sweep of the embedded default (Llama-2-7B on one H100) and
     writes results/default/.
     """
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends a command as Ctrl-C does: workers stopped, the result folder untouched
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
     if ctx.invoked_subcommand is None:
         ctx.invoke(sweep, output_dir="results/default")
 

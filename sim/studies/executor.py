@@ -8,6 +8,7 @@ executor or worker count.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -17,6 +18,13 @@ from sim.errors import ConfigError
 
 EXECUTORS = ("process", "serial", "ray")
 Progress = Callable[[int, int], None]
+
+
+def _worker_init() -> None:
+    """Pool workers leave interrupts to the parent (which stops them) and die on SIGTERM:
+    no worker prints a KeyboardInterrupt traceback, none outlives an interrupted parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_workers() -> int:
@@ -51,12 +59,24 @@ def run_many(
                 progress(i + 1, total)
         return out
     results: list[SimResult | None] = [None] * total
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_worker_init)
+    try:
         futures = {pool.submit(simulate, cfg): i for i, cfg in enumerate(configs)}
         for done, fut in enumerate(as_completed(futures), start=1):
             results[futures[fut]] = fut.result()
             if progress:
                 progress(done, total)
+    except BaseException:
+        # interrupted, terminated or failed: stop the workers now rather than letting them
+        # finish (or block writing to a parent that is gone)
+        workers_alive = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers_alive:
+            proc.terminate()
+        for proc in workers_alive:
+            proc.join(timeout=5)
+        raise
+    pool.shutdown(wait=True)
     return results  # type: ignore[return-value]
 
 
