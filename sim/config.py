@@ -10,6 +10,8 @@ file is the CLI's job; this module parses mappings only (no I/O).
 from __future__ import annotations
 
 import math
+import types
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,8 +33,25 @@ VLLM_LARGE_GPU_THRESHOLD_GIB = 70.0
 MAX_CONFIG_INT = 2**53
 
 
+def _numeric_not_bool(annotation: Any) -> bool:
+    """Whether a field of this type takes numbers but not booleans (int, float, optionals)."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return any(a in (int, float) for a in args) and bool not in args
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_as_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads true as 1: a `num_requests: true` would run one request
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and _numeric_not_bool(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+        return data
 
     @model_validator(mode="after")
     def _finite(self) -> "_Strict":

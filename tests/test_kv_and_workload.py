@@ -274,3 +274,35 @@ def test_no_chunked_prefill_never_chunks():
         for it in b.items:
             if not it.is_decode:
                 assert it.context_tokens == 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("prompt_tokens,output_tokens\n10,20,30\n11,21\n", "line 2 has 3 fields, the header has 2"),
+        ("prompt_tokens,output_tokens\n11,21\n10,20,30\n", "line 3 has 3 fields"),
+        ("prompt_tokens,output_tokens\ntrue,20\n", "column prompt_tokens must hold integers"),
+        ("prompt_tokens,output_tokens,prompt_tokens\n10,20,30\n", "'prompt_tokens' appears twice"),
+        ("prompt_tokens,output_tokens,ok\n10,20,yes\n", "column ok must hold integers"),
+        ("", "is empty"),
+    ],
+    ids=["extra-field-first-row", "extra-field-later", "bool-as-number", "duplicate-column", "ok-not-integer", "empty"],
+)
+def test_trace_csv_is_read_strictly(tmp_path, text, message):
+    """A trace row is never shifted, a word never becomes a number, a column never doubles."""
+    from sim.errors import ConfigError
+    from sim.load.workload import load_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_trace(f)
+
+
+def test_trace_keeps_other_columns_numeric(tmp_path):
+    from sim.load.workload import load_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text("prompt_tokens,output_tokens,start_offset_s,ttft_ms,ok\n10,20,0.5,12.5,1\n11,21,0.1,3,1\n12,22,0.2,4,0\n")
+    df = load_trace(f)
+    assert df["prompt_tokens"].tolist() == [11, 10] and df["ttft_ms"].dtype.kind == "f"

@@ -11,6 +11,7 @@ fallbacks apply. Reading a config file is the only I/O here, and only when a pat
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -151,6 +152,13 @@ class ModelSpec:
 # --- Hugging Face config.json parsing -------------------------------------------------------
 
 
+# Largest size field an HF config may hold (layers, widths, vocabulary, context): far beyond
+# any model, small enough that products of a few stay exact in float64.
+HF_MAX_SIZE = 2**31
+# vLLM's max_model_len when a config names no length (vllm/config.py, _get_and_verify_max_len)
+HF_DEFAULT_MAX_LEN = 2048
+
+
 def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
     for k in keys:
         v = cfg.get(k)
@@ -162,12 +170,15 @@ def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
 def model_spec_from_hf(mapping: Mapping[str, Any], name: str, source: str = "") -> ModelSpec:
     """Parse a Hugging Face ``config.json`` mapping into a :class:`ModelSpec`.
 
-    Rules (blis-reference.md §3): ``text_config`` is merged over the top level;
-    ``intermediate_size`` → ``ffn_hidden_size`` → 4·d; KV heads ``num_key_value_heads`` →
-    ``num_kv_heads`` → ``multi_query_group_num`` → H; dtype ``torch_dtype`` → ``dtype``
-    (bytes per :func:`dtype_bytes`). MoE: ``num_local_experts`` or ``num_experts`` with
-    ``num_experts_per_tok`` (the reference treats MoE as dense; we price active experts for
-    compute and all experts for memory). Missing required fields raise ConfigError naming them.
+        Rules (blis-reference.md §3): ``text_config`` is merged over the top level;
+        ``intermediate_size`` → ``ffn_hidden_size`` → 4·d; KV heads ``num_key_value_heads`` →
+        ``num_kv_heads`` → ``multi_query_group_num`` → H; dtype ``torch_dtype`` → ``dtype``
+        (bytes per :func:`dtype_bytes`). MoE: ``num_local_experts`` or ``num_experts`` with
+        ``num_experts_per_tok`` (the reference treats MoE as dense; we price active experts for
+        compute and all experts for memory). ``max_position_embeddings`` absent: 2048, vLLM's
+    fallback. Size fields must be whole numbers in range (a JSON ``true``, ``32.7`` or a negative
+    vocabulary is an error, not 1, 32 or accepted); missing required fields raise ConfigError
+    naming them.
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"model config {name!r}: expected a JSON object, got {type(mapping).__name__}")
@@ -179,19 +190,30 @@ def model_spec_from_hf(mapping: Mapping[str, Any], name: str, source: str = "") 
     missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads") if cfg.get(k) is None]
     if missing:
         raise ConfigError(f"model config {name!r}: missing required field(s) {', '.join(missing)}")
-    try:
-        layers = int(cfg["num_hidden_layers"])
-        d = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
-        kv_heads = int(_first(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num") or heads)
-        dff = int(_first(cfg, "intermediate_size", "ffn_hidden_size") or 4 * d)
-        head_dim = int(cfg.get("head_dim") or (d // heads if heads else 0))
-        experts = int(_first(cfg, "num_local_experts", "num_experts") or 0)
-        experts_per_tok = int(cfg.get("num_experts_per_tok") or 0) if experts else 0
-        vocab = int(cfg.get("vocab_size") or 0)
-        max_pos = int(cfg.get("max_position_embeddings") or 0)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model config {name!r}: non-integer size field ({err})") from None
+
+    def whole(field: str, value: Any, minimum: int = 1) -> int:
+        # a JSON true is not 1 layer, 32.7 is not 32, -1 is not a vocabulary
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not (math.isfinite(value) and value == int(value))):
+            raise ConfigError(f"model config {name!r}: {field} must be a whole number, got {value!r}")
+        if not minimum <= value <= HF_MAX_SIZE:
+            raise ConfigError(f"model config {name!r}: {field} must be between {minimum} and {HF_MAX_SIZE}, got {value!r}")
+        return int(value)
+
+    def optional(field: str, value: Any, default: int, minimum: int = 1) -> int:
+        return default if value is None else whole(field, value, minimum)
+
+    layers = whole("num_hidden_layers", cfg["num_hidden_layers"])
+    d = whole("hidden_size", cfg["hidden_size"])
+    heads = whole("num_attention_heads", cfg["num_attention_heads"])
+    kv_heads = optional("num_key_value_heads", _first(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num"), heads)
+    dff = optional("intermediate_size", _first(cfg, "intermediate_size", "ffn_hidden_size"), 4 * d)
+    head_dim = optional("head_dim", cfg.get("head_dim"), d // heads)
+    experts = optional("num_local_experts", _first(cfg, "num_local_experts", "num_experts"), 0, minimum=0)
+    experts_per_tok = optional("num_experts_per_tok", cfg.get("num_experts_per_tok"), 0, minimum=0) if experts else 0
+    vocab = optional("vocab_size", cfg.get("vocab_size"), 0, minimum=0)
+    # vLLM derives max_model_len from max_position_embeddings and falls back to 2048 when a
+    # config has none of its length keys (vllm/config.py, _get_and_verify_max_len)
+    max_pos = optional("max_position_embeddings", cfg.get("max_position_embeddings"), HF_DEFAULT_MAX_LEN)
     dtype = _first(cfg, "torch_dtype", "dtype")
     if dtype is None:
         raise ConfigError(f"model config {name!r}: no torch_dtype or dtype field; cannot size the weights")

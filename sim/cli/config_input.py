@@ -4,6 +4,7 @@ inference-perf formats."""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ def default_config_dict() -> dict[str, Any]:
 
 
 class StrictLoader(yaml.SafeLoader):
-    """YAML safe loader that rejects duplicate keys (a silent last-one-wins hides typos)."""
+    """YAML safe loader with YAML 1.2's core scalars and no duplicate keys.
+
+    PyYAML follows YAML 1.1, where ``seed: 017`` is 15 (octal), ``1:30`` is 90 (base 60),
+    ``on``/``yes`` are booleans and ``1e5`` is a string. Here, as in YAML 1.2 and JSON:
+    integers are decimal (``0o17``, ``0x1f`` for other bases), booleans are ``true``/``false``,
+    ``1e5`` is a float. A duplicate key is an error (a silent last-one-wins hides typos).
+    """
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -39,6 +46,41 @@ class StrictLoader(yaml.SafeLoader):
             except TypeError:
                 pass
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 core schema resolvers (https://yaml.org/spec/1.2.2/#1032-tag-resolution)
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAML12 = (
+    ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), "tTfF"),
+    ("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        "-+.0123456789",
+    ),
+)
+for _tag, _rx, _first in _YAML12:
+    StrictLoader.add_implicit_resolver(_tag, _rx, list(_first))
+
+
+def _construct_int_12(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)  # 017 is seventeen
+
+
+def _construct_bool_12(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
+    return loader.construct_scalar(node).lower() == "true"
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int_12)
+StrictLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool_12)
 
 
 def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
@@ -63,7 +105,7 @@ def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError:
         return text
 

@@ -106,6 +106,37 @@ TRACE_REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
 TRACE_MAX_TOKENS = 2**40
 
 
+def _check_csv_shape(p: Path) -> None:
+    """Every row has as many fields as the header, and the header names each column once."""
+    import csv
+
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, None)
+            if header is None:
+                raise ConfigError(f"workload.trace.path: {p} is empty; it needs a header line and one row per request")
+            seen: set[str] = set()
+            for name in header:
+                if name in seen:
+                    raise ConfigError(f"workload.trace.path: {p}: column {name!r} appears twice in the header; name each column once")
+                seen.add(name)
+            for line_no, row in enumerate(rows, start=2):
+                if row and len(row) != len(header):
+                    raise ConfigError(f"workload.trace.path: {p}: line {line_no} has {len(row)} fields, the header has {len(header)}")
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"workload.trace.path: cannot read {p} as CSV: {err}") from None
+
+
+def _int_column(p: Path, df: pd.DataFrame, col: str) -> pd.Series:
+    vals = pd.to_numeric(df[col].astype(str).str.strip(), errors="coerce")
+    bad = vals.isna() | (vals != np.floor(vals))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ConfigError(f"workload.trace.path: {p}: column {col} must hold integers; row {row} has {df[col].iloc[row]!r}")
+    return vals.astype(np.int64)
+
+
 def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bool = True) -> pd.DataFrame:
     """Read a per-request CSV: columns ``prompt_tokens``, ``output_tokens`` (required) and
     ``start_offset_s`` (needed for replay), optionally ``benchmark_index`` and ``ok``.
@@ -116,8 +147,12 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"workload.trace.path: file not found: {p}")
+    _check_csv_shape(p)
     try:
-        df = pd.read_csv(p)
+        # the columns read here as text: pandas would read "true" as a 1 (they are parsed below,
+        # strictly); no implicit index column (a row with one field too many is refused above)
+        text = dict.fromkeys((*TRACE_REQUIRED_COLUMNS, "benchmark_index", "ok"), str)
+        df = pd.read_csv(p, index_col=False, dtype=text, keep_default_na=False)
     except Exception as err:  # pandas raises many types for malformed CSV
         raise ConfigError(f"workload.trace.path: cannot read {p} as CSV: {err}") from None
     missing = [c for c in TRACE_REQUIRED_COLUMNS if c not in df.columns]
@@ -125,6 +160,9 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
         raise ConfigError(
             f"workload.trace.path: {p} lacks column(s) {', '.join(missing)}; it needs {', '.join(TRACE_REQUIRED_COLUMNS)} (and start_offset_s to replay)"
         )
+    for col in ("benchmark_index", "ok"):
+        if col in df.columns:
+            df = df.assign(**{col: _int_column(p, df, col)})
     if benchmark_index is not None:
         if "benchmark_index" not in df.columns:
             raise ConfigError(f"workload.trace.benchmark_index: {p} has no benchmark_index column")
@@ -136,7 +174,7 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
     if df.empty:
         raise ConfigError(f"workload.trace.path: {p} has no usable rows")
     for col in TRACE_REQUIRED_COLUMNS:
-        vals = pd.to_numeric(df[col], errors="coerce").astype(float)
+        vals = pd.to_numeric(df[col].astype(str).str.strip(), errors="coerce").astype(float)
         # inf and values past TRACE_MAX_TOKENS would not survive the int64 cast below
         bad = vals.isna() | ~np.isfinite(vals) | (vals < 1) | (vals > TRACE_MAX_TOKENS) | (vals != np.floor(vals))
         if bad.any():
