@@ -195,7 +195,7 @@ def test_repeated_prompts_hit_the_cache_after_one_cycle_or_at_once_when_warm():
         ("start_offset_s,prompt_tokens,output_tokens\n0,10,-1\n", "integers >= 1"),
         ("start_offset_s,prompt_tokens,output_tokens\n0,abc,3\n", "integers >= 1"),
         ("start_offset_s,prompt_tokens,output_tokens\n-1,10,3\n", "start_offset_s"),
-        ("", "cannot read"),
+        ("", "is empty"),
     ],
 )
 def test_bad_trace_gives_clear_error(tmp_path, content, match):

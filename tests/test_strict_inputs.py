@@ -97,3 +97,54 @@ def test_cli_model_file_with_a_boolean_size_exits_2(tmp_path):
     f.write_text(json.dumps({**BASE, "num_hidden_layers": True}))
     res = CliRunner().invoke(main, ["run", "--model", str(f), "--num-requests", "3", "-q", "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "num_hidden_layers" in res.output
+
+
+@pytest.mark.parametrize("model", ["fixed", "linear"])
+@pytest.mark.parametrize("setting", [{"formula": "additive"}, {"formula": "magic"}, {"calibration": "h100"}])
+def test_roofline_settings_under_a_whole_step_cost_model_are_refused(model, setting):
+    from sim.core.simulation import simulate
+
+    key = next(iter(setting))
+    with pytest.raises(ConfigError, match=f"cost.{key}: the {model} cost model has no mixed-batch formula"):
+        simulate(parse_run_config({"cost": {"model": model, **setting}, "workload": {"num_requests": 2}}))
+
+
+def test_compare_formulas_under_the_fixed_cost_model_is_refused(tmp_path):
+    res = CliRunner().invoke(
+        main, ["compare", "--cost-model", "fixed", "--formulas", "additive,max", "--seeds", "2", "--num-requests", "5", "-q", "-o", str(tmp_path / "c")]
+    )
+    assert res.exit_code == 2 and "cost.formula" in res.output
+
+
+def test_max_model_len_beyond_the_models_context_is_refused():
+    from sim.core.simulation import simulate
+
+    with pytest.raises(ConfigError, match=r"server.max_model_len: 1000000000 exceeds llama-2-7b's max_position_embeddings \(4096\)"):
+        simulate(parse_run_config({"server": {"max_model_len": 10**9}, "workload": {"num_requests": 2}}))
+    assert simulate(parse_run_config({"server": {"max_model_len": 4096}, "workload": {"num_requests": 2}})).summary["num_finished"] == 2
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '{"num_hidden_layers": Infinity, "hidden_size": 4096, "num_attention_heads": 32, "torch_dtype": "float16"}',
+            "num_hidden_layers must be a whole number",
+        ),
+        ('{"num_hidden_layers": 1e400, "hidden_size": 4096, "num_attention_heads": 32, "torch_dtype": "float16"}', "num_hidden_layers must be a whole number"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+    ids=["Infinity", "1e400", "deep"],
+)
+def test_hf_config_files_with_overflowing_or_deep_json(tmp_path, text, message):
+    from sim.catalogue.models import load_model_config
+
+    f = tmp_path / "config.json"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_model_config(f)
+
+
+def test_set_with_a_deeply_nested_value_exits_2():
+    res = CliRunner().invoke(main, ["config", "--set", "seed=" + "[" * 100_000])
+    assert res.exit_code == 2 and "--set" in res.output

@@ -317,6 +317,8 @@ def load_model_config(path: str | Path) -> ModelSpec:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"model config {p}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"model config {p}: nested too deeply to be a model config") from None
     name = p.parent.name or p.stem
     return model_spec_from_hf(data, name=name, source=str(p))
 

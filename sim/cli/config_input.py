@@ -108,6 +108,8 @@ def _parse_value(text: str) -> Any:
         return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise ConfigError(f"--set: the value is nested too deeply to be a config value ({text[:40]}…)") from None
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:

@@ -83,6 +83,13 @@ def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
             f"choose a divisor such as {', '.join(str(d) for d in (1, 2, 4, 8) if model.num_heads % d == 0)}"
         )
     blocks = s.num_gpu_blocks or derive_num_gpu_blocks(model, gpu, tp, s.gpu_memory_utilization, s.block_size)
+    if s.max_model_len is not None and s.max_model_len > model.max_position_embeddings:
+        # vLLM refuses this too (ModelConfig: "User-specified max_model_len ... is greater than
+        # the derived max_model_len"), unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set
+        raise ConfigError(
+            f"server.max_model_len: {s.max_model_len} exceeds {model.name}'s max_position_embeddings ({model.max_position_embeddings}); "
+            "lower it, or give a model config with a longer context"
+        )
     max_len = s.max_model_len or model.max_position_embeddings
     budget = s.max_num_batched_tokens or default_max_num_batched_tokens(gpu)
     if not s.enable_chunked_prefill:

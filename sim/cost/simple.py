@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sim.cost.base import COST_MODELS
 from sim.entities import Batch, StepCost
+from sim.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +63,26 @@ class LinearCostModel:
         )
 
 
+def _no_roofline_settings(cfg, name: str) -> None:
+    """The fixed and linear models price a step without phases or kernels: a mixed-batch
+    formula or roofline setting given with them would be silently ignored, so it is an error."""
+    c = cfg.cost
+    given = [k for k in ("formula", "calibration") if getattr(c, k) is not None]
+    if given:
+        raise ConfigError(
+            f"cost.{given[0]}: the {name} cost model has no mixed-batch formula or calibration (it prices a step as a whole); "
+            f"drop cost.{given[0]} or use cost.model roofline"
+        )
+
+
 @COST_MODELS.register("fixed", "Constant step time (cost.fixed_step_s); for tests and analytic cases.")
 def _fixed_factory(cfg, settings) -> FixedCostModel:
+    _no_roofline_settings(cfg, "fixed")
     return FixedCostModel(cfg.cost.fixed_step_s)
 
 
 @COST_MODELS.register("linear", "base + per-prefill-token + per-decode-token seconds (cost.linear_*).")
 def _linear_factory(cfg, settings) -> LinearCostModel:
+    _no_roofline_settings(cfg, "linear")
     c = cfg.cost
     return LinearCostModel(c.linear_base_s, c.linear_per_prefill_token_s, c.linear_per_decode_token_s)

@@ -152,7 +152,7 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
         # the columns read here as text: pandas would read "true" as a 1 (they are parsed below,
         # strictly); no implicit index column (a row with one field too many is refused above)
         text = dict.fromkeys((*TRACE_REQUIRED_COLUMNS, "benchmark_index", "ok"), str)
-        df = pd.read_csv(p, index_col=False, dtype=text, keep_default_na=False)
+        df = pd.read_csv(p, index_col=False, dtype=text)
     except Exception as err:  # pandas raises many types for malformed CSV
         raise ConfigError(f"workload.trace.path: cannot read {p} as CSV: {err}") from None
     missing = [c for c in TRACE_REQUIRED_COLUMNS if c not in df.columns]

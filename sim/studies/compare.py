@@ -65,13 +65,18 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[fl
     return m, m - half, m + half
 
 
-def arm_configs(cfg: RunConfig, arms: Sequence[Arm], seeds: Sequence[int], rates: Sequence[float] | None) -> list[tuple[Arm, float | None, int, RunConfig]]:
-    """Every (arm, rate, seed) run, in a fixed order."""
+def arm_configs(
+    cfg: RunConfig, arms: Sequence[Arm], seeds: Sequence[int], rates: Sequence[float] | None, set_formula: bool = True
+) -> list[tuple[Arm, float | None, int, RunConfig]]:
+    """Every (arm, rate, seed) run, in a fixed order. ``set_formula``: write each arm's formula
+    into its config (when formulas are compared or the config names one)."""
     out = []
     for rate in rates if rates else [None]:
         for arm in arms:
             for seed in seeds:
-                over: dict = {"seed": seed, "scheduler": {"policy": arm.policy}, "cost": {"formula": arm.formula}}
+                over: dict = {"seed": seed, "scheduler": {"policy": arm.policy}}
+                if set_formula:  # only a compared formula is set: a whole-step cost model has none
+                    over["cost"] = {"formula": arm.formula}
                 if arm.router is not None:
                     over["cluster"] = {"router": {"policy": arm.router}}
                 if rate is not None:
@@ -115,7 +120,7 @@ def compare(
     vary_p, vary_f = len(set(policies)) > 1, len(set(formulas)) > 1
     vary_r = routers is not None and len(set(routers)) > 1
     seeds = [cfg.seed + i for i in range(num_seeds)]
-    plan = arm_configs(cfg, arms, seeds, rates)
+    plan = arm_configs(cfg, arms, seeds, rates, set_formula=vary_f or cfg.cost.formula is not None)
     results = run_many([c for *_, c in plan])
     metrics = METRICS + COUNTS + (FLEET_METRICS if cfg.cluster is not None else ())
     rows = []
