@@ -440,7 +440,7 @@ def test_a_signal_mid_sweep_stops_workers_and_keeps_the_old_result(tmp_path, sig
     out.mkdir()
     (out / "summary.json").write_text("{}")  # an earlier result
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim", "sweep", "--rates", "2,4,6,8,10,12", "--num-requests", "4000", "--workers", "2", "-q", "-o", str(out)],
+        [sys.executable, "-m", "sim", "sweep", "--rates", "2,4,6,8,10,12", "--num-requests", "6000", "--workers", "2", "-q", "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
