@@ -14,13 +14,13 @@ import yaml
 from click.testing import CliRunner
 
 from sim.cli import main
-from sim.cli.calibrate import calibrate_formula, mape_summary
 from sim.config import parse_run_config
 from sim.core.simulation import simulate
 from sim.cost import build_cost_model
 from sim.cost.calibration import KNOBS, available_calibrations, calibration_for, calibration_formulas, effective_knobs, load_calibration, seed_knobs
 from sim.entities import Batch, BatchItem
 from sim.errors import ConfigError
+from sim.studies.calibrate import calibrate_formula, mape_summary
 from sim.studies.fit import (
     Evaluator,
     Problem,

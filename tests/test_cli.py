@@ -466,3 +466,22 @@ def test_a_signal_mid_sweep_stops_workers_and_keeps_the_old_result(tmp_path, sig
     assert "Traceback" not in err and ("terminated" in err or "interrupted" in err), err
     assert (out / "summary.json").read_text() == "{}" and [p.name for p in out.iterdir()] == ["summary.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["sw"], "no staging folder left"
+
+
+def test_command_table_matches_the_commands_and_help_loads_none_of_them():
+    """`servesim --help` lists every command from a static table (so it imports no command,
+    nor pandas, the simulator or matplotlib); each line is that command's own help."""
+    from sim.cli.main import COMMANDS, load_command
+
+    for name, (_, _, text) in COMMANDS.items():
+        cmd = load_command(name)
+        assert cmd.name == name and cmd.get_short_help_str(limit=1000) == text, name
+    code = (
+        "import sys\n"
+        "from sim.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('pandas', 'pyarrow', 'matplotlib', 'simpy', 'sim.core.simulation') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out

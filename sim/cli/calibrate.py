@@ -26,26 +26,17 @@ import time
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from sim.cli.common import err_console, handle_errors, out_console
-from sim.config import parse_run_config
-from sim.cost.calibration import KNOB_NAMES, KNOBS, available_calibrations, calibration_formulas, calibration_section, load_calibration
 from sim.errors import ConfigError
-from sim.plots.calibration import plot_cv
-from sim.studies.calibrate import (
+from sim.studies.calibrate_defaults import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CALIBRATE_FORMULA,
     DEFAULT_EVAL_MAX_REQUESTS,
+    DEFAULT_FIT_KNOBS,
     DEFAULT_FIT_MAX_REQUESTS,
     DEFAULT_MAXFEV,
-    build_problems,
-    calibrate_formula,
-    calibration_document,
-    mape_summary,
 )
-from sim.studies.calibrate_report import pct_or_dash, render_report
-from sim.studies.fit import DEFAULT_FIT_KNOBS
 
 
 @click.command()
@@ -149,6 +140,15 @@ def calibrate(
 ) -> None:
     """Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate
     leave-one-experiment-out, bootstrap prediction intervals, and save the calibration."""
+
+    # the fitting machinery loads only when a calibration runs (``--help`` stays fast)
+    import pandas as pd
+
+    from sim.config import parse_run_config
+    from sim.cost.calibration import KNOB_NAMES, KNOBS, available_calibrations, calibration_formulas, calibration_section, load_calibration
+    from sim.plots.calibration import plot_cv
+    from sim.studies.calibrate import build_problems, calibrate_formula, calibration_document, mape_summary
+    from sim.studies.calibrate_report import pct_or_dash, render_report
 
     @handle_errors
     def body() -> None:

@@ -16,7 +16,7 @@ from sim.cli.config_input import build_config, split_flags
 def list_cmd() -> None:
     """List models, GPUs, scheduler policies, cost models, formulas, arrival strategies, and the
     fleet's routers, admission policies and KV-transfer links."""
-    from sim.catalogue.hardware import gpu_names
+    from sim.catalogue.hardware import gpu_names, resolve_gpu
     from sim.catalogue.models import catalogue_names
     from sim.cluster.admission import ADMISSIONS
     from sim.cluster.router import ROUTERS
@@ -26,7 +26,10 @@ def list_cmd() -> None:
     from sim.scheduler import SCHEDULERS
 
     out_console.print("models:     " + ", ".join(catalogue_names()))
-    out_console.print("gpus:       " + ", ".join(gpu_names()))
+    out_console.print("gpus (datasheet peaks; sources in sim/catalogue/hardware.py):")
+    for g in gpu_names():
+        spec = resolve_gpu(g)
+        out_console.print(f"  {g:28s} BF16 {spec.peak_bf16_tflops:g} TFLOP/s dense, memory {spec.hbm_bw_tbs:g} TB/s, {spec.memory_gib:g} GiB")
     for title, reg in (("policies", SCHEDULERS), ("cost models", COST_MODELS), ("arrivals", ARRIVALS)):
         out_console.print(f"{title}:")
         for name, doc in reg.describe().items():

@@ -9,23 +9,67 @@ times to stderr.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 
 import click
 
-from sim.cli.calibrate import calibrate
-from sim.cli.capacity import capacity
 from sim.cli.common import raise_terminated
-from sim.cli.compare import compare_cmd
-from sim.cli.listing import config_cmd, list_cmd
-from sim.cli.run import run
-from sim.cli.sweep import sweep
-from sim.cli.validate import validate
 from sim.version import __version__
 
+# name → (module, attribute, one-line help). Commands load when invoked, so `servesim --help`
+# and a command's own start do not import every other command's dependencies (pandas, the
+# simulator, matplotlib); tests/test_cli.py checks these lines match the commands' docstrings.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("sim.cli.run", "run", "Simulate one run of CONFIG (YAML: servesim, guidellm profile or inference-perf config)."),
+    "sweep": ("sim.cli.sweep", "sweep", "Sweep request rates guidellm-style and find the saturation point."),
+    "capacity": (
+        "sim.cli.capacity",
+        "capacity",
+        "Find the highest request rate that meets the SLOs and its goodput, or (--find replicas) the fewest replicas that meet them at --rate.",
+    ),
+    "compare": (
+        "sim.cli.compare",
+        "compare_cmd",
+        "Compare policies, formulas and/or fleet routers over seeds, with 95 % intervals and paired differences.",
+    ),
+    "list": (
+        "sim.cli.listing",
+        "list_cmd",
+        "List models, GPUs, scheduler policies, cost models, formulas, arrival strategies, and the fleet's routers, admission policies and KV-transfer links.",
+    ),
+    "config": ("sim.cli.listing", "config_cmd", "Print the effective config (defaults, CONFIG, --set and flags merged) as YAML."),
+    "validate": ("sim.cli.validate", "validate", "Simulate every measured point of GROUND_TRUTH and report the errors (MAPE)."),
+    "calibrate": (
+        "sim.cli.calibrate",
+        "calibrate",
+        "Fit the cost model's calibration knobs to GROUND_TRUTH (one set per GPU), cross-validate leave-one-experiment-out, "
+        "bootstrap prediction intervals, and save the calibration.",
+    ),
+}
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+def load_command(name: str) -> click.Command:
+    module, attribute, _ = COMMANDS[name]
+    return getattr(importlib.import_module(module), attribute)
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, _, text) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="servesim")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -40,11 +84,7 @@ def main(ctx: click.Context) -> None:
         previous = signal.signal(signal.SIGTERM, raise_terminated)
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
     if ctx.invoked_subcommand is None:
-        ctx.invoke(sweep, output_dir="results/default")
-
-
-for _command in (run, sweep, capacity, compare_cmd, list_cmd, config_cmd, validate, calibrate):
-    main.add_command(_command)
+        ctx.invoke(load_command("sweep"), output_dir="results/default")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,13 @@ import pandas as pd
 from sim.config import RunConfig
 from sim.cost.calibration import CALIBRATION_SETTINGS, seed_knobs
 from sim.errors import ConfigError
+from sim.studies.calibrate_defaults import (  # noqa: F401  (re-exported: the pipeline's defaults)
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_CALIBRATE_FORMULA,
+    DEFAULT_EVAL_MAX_REQUESTS,
+    DEFAULT_FIT_MAX_REQUESTS,
+    DEFAULT_MAXFEV,
+)
 from sim.studies.fit import (
     DEFAULT_FIT_KNOBS,
     REPORT_METRICS,
@@ -37,15 +44,6 @@ from sim.studies.intervals import interval_from_samples
 from sim.studies.point_configs import measured_for_point, point_to_config
 from sim.studies.scoring import ape, overload_flags
 
-DEFAULT_FIT_MAX_REQUESTS = 200
-DEFAULT_EVAL_MAX_REQUESTS = 1000
-DEFAULT_BOOTSTRAP = 8
-DEFAULT_MAXFEV = 50
-
-
-# the formula that cross-validated best on the shipped H100 data (docs/calibration.md:
-# smooth-wa 11.5 / 6.5 / 8.3 % CV E2E / TPOT / TTFT, weighted-average 32.1 / 14.8 / 43.6 %)
-DEFAULT_CALIBRATE_FORMULA = "smooth-wa"
 TARGETS = {"e2e_mean": 0.08, "tpot_mean": 0.08, "ttft_mean": 0.15}
 SummariesFn = Callable[[list[RunConfig]], list[dict]]
 

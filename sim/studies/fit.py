@@ -39,20 +39,7 @@ import pandas as pd
 
 from sim.cost.calibration import KNOB_NAMES, KNOBS, seed_knobs
 from sim.errors import ConfigError
-
-DEFAULT_FIT_KNOBS = (
-    "bw_efficiency",
-    "per_layer_overhead_us",
-    "per_step_overhead_us",
-    "prefill_compute_scale",
-    "decode_compute_scale",
-    "mixed_penalty",
-    "allreduce_bw_gbps",
-    "frontend_latency_ms",
-    "frontend_us_per_prompt_token",
-    "allreduce_latency_us",
-)
-
+from sim.studies.calibrate_defaults import DEFAULT_FIT_KNOBS  # noqa: F401  (re-exported)
 
 # (metric, simulated summary key, measured column)
 FIT_METRICS: tuple[tuple[str, str, str], ...] = (
