@@ -485,3 +485,16 @@ def test_command_table_matches_the_commands_and_help_loads_none_of_them():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
+
+
+@pytest.mark.parametrize("where", ["config", "output", "model"])
+def test_paths_longer_than_the_system_allows_are_one_short_message(tmp_path, where):
+    long_name = "x" * 300
+    args = {
+        "config": ["run", str(tmp_path / f"{long_name}.yaml")],
+        "output": ["run", "--num-requests", "3", "-q", "-o", str(tmp_path / long_name)],
+        "model": ["run", "--num-requests", "3", "--model", str(tmp_path / long_name), "-q", "-o", str(tmp_path / "o")],
+    }[where]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert "File name too long" in res.output and len(res.output) < 500 and "Traceback" not in res.output

@@ -107,6 +107,7 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         pending_before = len(_PENDING)
         ok = False
+        opened = False  # whether the command had made its result folder when it failed
         try:
             try:
                 out = func(*args, **kwargs)
@@ -115,6 +116,7 @@ def handle_errors(func):
                 ok = True
                 return out
             finally:
+                opened = len(_PENDING) > pending_before
                 if not ok:
                     for folder in _PENDING[pending_before:]:
                         folder.abort()
@@ -134,9 +136,10 @@ def handle_errors(func):
         except MemoryError:
             err_console.print("[bold red]error:[/] out of memory: lower workload.num_requests or server.num_gpu_blocks, or use --stream")
             sys.exit(2)
-        except OSError as err:  # a full disk, a file-size limit, a folder made read-only mid-run
-            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-            err_console.print(f"[bold red]error:[/] could not write the results: {err.strerror or err}{where}; the previous result folder is unchanged")
+        except OSError as err:  # a full disk, a file-size limit, a path too long, a folder made read-only mid-run
+            where = f" ({short_path(err.filename)})" if getattr(err, "filename", None) else ""
+            kept = "; the previous result folder is unchanged" if opened else ""
+            err_console.print(f"[bold red]error:[/] {err.strerror or err}{where}{kept}", markup=True, highlight=False)
             sys.exit(2)
 
     return wrapper
@@ -228,7 +231,7 @@ class ResultFolder:
             self.staging.mkdir()
             (self.staging / self.MARKER).write_text("written by servesim; the folder is replaced whole by the next run into it\n")
         except OSError as err:
-            raise ConfigError(f"-o {self.final}: cannot write results there ({err.strerror or err}); choose another folder with -o") from None
+            raise ConfigError(f"-o {short_path(self.final)}: cannot write results there ({err.strerror or err}); choose another folder with -o") from None
         return self.staging
 
     def commit(self) -> None:
@@ -256,6 +259,13 @@ def raise_terminated(signum, frame) -> None:
 
 
 _PENDING: list[ResultFolder] = []  # result folders of the running command, committed by handle_errors
+
+
+def short_path(path: Any, keep: int = 100) -> str:
+    """``path`` for a message: whole when short, else its start and end around an ellipsis (a
+    one-megabyte name is not printed whole)."""
+    text = str(path)
+    return text if len(text) <= keep else f"{text[: keep // 2]}…{text[-keep // 2 :]} ({len(text)} characters)"
 
 
 def out_dir(kwargs: dict[str, Any], command: str) -> Path:

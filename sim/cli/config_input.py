@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from sim.cli.common import short_path
 from sim.config import RunConfig, merge, parse_run_config
 from sim.errors import ConfigError
 from sim.load.formats import convert
@@ -86,8 +87,12 @@ StrictLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool_12)
 def read_config_file(path: str) -> tuple[str, dict[str, Any]]:
     """(format, servesim mapping) from a YAML/JSON file: servesim, guidellm or inference-perf."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"CONFIG: file not found: {p}")
+    try:
+        found = p.is_file()
+    except OSError as err:  # a name longer than the system allows, …
+        raise ConfigError(f"CONFIG: cannot open {short_path(p)}: {err.strerror or err}") from None
+    if not found:
+        raise ConfigError(f"CONFIG: file not found: {short_path(p)}")
     try:
         data = yaml.load(p.read_text(), Loader=StrictLoader)
     except yaml.YAMLError as err:
