@@ -4,6 +4,7 @@ tests on whole runs."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from conftest import make_config, run_checked
 from test_core_laws import _check_request_laws, _check_step_laws, _check_work_conserving
@@ -345,3 +346,44 @@ def test_sjf_lowers_mean_ttft_on_mixed_lengths(seed):
     fcfs, sjf = run("vllm-v1"), run("sjf")
     assert sjf["num_finished"] == fcfs["num_finished"] == 100
     assert sjf["ttft_mean_ms"] < 0.85 * fcfs["ttft_mean_ms"]
+
+
+class _ReferenceAgedOrder:
+    """The aged order as first written: every step, sort the whole queue by a key computed
+    for every waiting request (O(n) Python calls per step; kept here as the reference)."""
+
+    def order_waiting(self, now_s):
+        age = self.limits.starvation_age_s
+
+        def key(r):
+            if now_s - r.arrival_s > age:
+                return (0, r.arrival_s, r.request_id)
+            return (1, *self.wait_key(r), r.request_id)
+
+        ordered = sorted(self.waiting, key=key)
+        self.waiting.clear()
+        self.waiting.extend(ordered)
+
+
+@pytest.mark.parametrize("policy", ["priority", "sjf"])
+@pytest.mark.parametrize("age_s", [0.05, 0.5, 1e9])
+@pytest.mark.parametrize("extra", [{}, {"server": {"async_scheduling": True}}], ids=["sync", "async"])
+def test_kept_order_equals_sorting_the_queue_every_step(policy, age_s, extra, monkeypatch):
+    """Overloaded, with preemptions and aging: the incrementally kept queue order gives
+    byte-identical request and step tables to re-sorting the whole queue every step."""
+    import sim.scheduler.policies as pol
+    from sim.core.simulation import simulate
+
+    cfg = make_config(
+        scheduler={"policy": policy, "starvation_age_s": age_s},
+        server={"max_num_seqs": 8, "num_gpu_blocks": 60, **extra.get("server", {})},
+        workload={"num_requests": 300, "priority_levels": 4},
+        arrival={"strategy": "poisson", "rate_rps": 400.0},
+    )
+    fast = simulate(cfg)
+    cls = {"priority": pol.PriorityScheduler, "sjf": pol.ShortestJobFirstScheduler}[policy]
+    monkeypatch.setattr(cls, "order_waiting", _ReferenceAgedOrder.order_waiting)
+    ref = simulate(cfg)
+    assert fast.summary["num_preemptions"] > 0
+    pd.testing.assert_frame_equal(fast.requests, ref.requests)
+    pd.testing.assert_frame_equal(fast.steps, ref.steps)

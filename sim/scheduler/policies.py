@@ -22,6 +22,8 @@ All policies keep vLLM V1's rule that no waiting request is admitted in a step t
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -270,25 +272,72 @@ class SarathiScheduler(DecodeFirstScheduler):
 # -------------------------------------------------------- starvation protection
 class _AgedOrderMixin:
     """Wait-queue order by a policy key, except that requests waiting longer than
-    ``starvation_age_s`` go first, oldest first (so none waits forever)."""
+    ``starvation_age_s`` go first, oldest first (so none waits forever).
+
+    The queue is in the order of ``sorted(waiting, key)`` with ``key(r) = (0, arrival, id)`` for
+    an aged request and ``(1, *wait_key(r), id)`` otherwise, at every admission. It is kept
+    sorted instead of re-sorted: between two admissions only arrivals (``add_request``),
+    preemption victims (``_preempt``) and requests that aged since (a heap by arrival finds
+    them; a key changes once) are out of place, and each is moved to its place by bisection.
+    A step costs O(changes × log n) key reads plus C-level moves, not a key per waiting request
+    (which made an overloaded queue of thousands quadratic).
+    """
 
     limits: SchedulerLimits
     waiting: deque[Request]
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._wait_keys: dict[int, tuple] = {}  # request id -> its sort key while it waits
+        self._age_heap: list[tuple[float, int, Request]] = []  # (arrival, id, request) not yet aged; ids unique in it
+        self._dirty: list[Request] = []  # entered the queue since the last ordering
+
     def wait_key(self, req: Request) -> tuple:
         raise NotImplementedError
 
+    def add_request(self, req: Request) -> None:
+        super().add_request(req)  # type: ignore[misc]
+        self._dirty.append(req)
+
+    def _preempt(self, victim: Request) -> None:
+        super()._preempt(victim)  # type: ignore[misc]
+        self._dirty.append(victim)
+
     def order_waiting(self, now_s: float) -> None:
         age = self.limits.starvation_age_s
-
-        def key(r: Request) -> tuple:
-            if now_s - r.arrival_s > age:
-                return (0, r.arrival_s, r.request_id)
-            return (1, *self.wait_key(r), r.request_id)
-
-        ordered = sorted(self.waiting, key=key)
-        self.waiting.clear()
-        self.waiting.extend(ordered)
+        keys, heap, waiting = self._wait_keys, self._age_heap, self.waiting
+        moving = self._dirty
+        self._dirty = []
+        while heap and now_s - heap[0][0] > age:  # the earliest arrivals age first
+            arrival_s, rid, req = heapq.heappop(heap)
+            if keys.get(rid, (0,))[0] == 1:
+                keys[rid] = (0, arrival_s, rid)
+                moving.append(req)
+        if not moving:
+            return
+        back: list[Request] = []
+        for req in dict.fromkeys(moving):  # out of the queue first: the rest stays sorted
+            try:
+                waiting.remove(req)  # identity (Request compares by identity)
+            except ValueError:
+                continue  # left the queue already (a new key is made if it returns)
+            back.append(req)
+        for req in back:
+            rid = req.request_id
+            key = keys.get(rid)
+            if key is None or (key[0] == 1 and now_s - req.arrival_s > age):
+                if now_s - req.arrival_s > age:
+                    key = (0, req.arrival_s, rid)
+                else:
+                    key = (1, *self.wait_key(req), rid)
+                    heapq.heappush(heap, (req.arrival_s, rid, req))
+                keys[rid] = key
+            waiting.insert(bisect.bisect_left(waiting, key, key=lambda r: keys[r.request_id]), req)
+        if len(keys) > 4 * len(waiting) + 1024:  # forget requests that left the queue
+            live = {r.request_id for r in waiting}
+            self._wait_keys = {rid: k for rid, k in keys.items() if rid in live}
+            self._age_heap = [e for e in heap if e[1] in live]
+            heapq.heapify(self._age_heap)
 
 
 @SCHEDULERS.register("priority", "vLLM priority scheduling: wait queue by (priority, arrival), preempt lowest priority; aged requests first.")
