@@ -9,6 +9,7 @@ parent sees it (interpreter start and every import too).
     python scripts/bench.py --p2            # also P2 (100,000 requests, streamed)
     python scripts/bench.py --million       # also 1,000,000 requests, streamed to disk
     python scripts/bench.py --fleet         # also F16: 16 replicas, each at P1's load
+    python scripts/bench.py --priority      # also the priority policy overloaded (10,000 requests)
     python scripts/bench.py --repeat 3      # each case three times (this machine's speed drifts)
 
 P1: Llama-2-7B, TP 1, H100, 10,000 requests, prompt 512±256 [2, 7000], output 215±100
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--child")
     ap.add_argument("--p2", action="store_true", help="also P2: 100,000 requests (streamed)")
     ap.add_argument("--million", action="store_true", help="also 1,000,000 requests (streamed)")
+    ap.add_argument("--priority", action="store_true", help="also the priority policy, 10,000 requests, Poisson 50 req/s, 4 levels")
     ap.add_argument("--fleet", action="store_true", help="also F16: 16 replicas x P1's load, two routers")
     ap.add_argument("--repeat", type=int, default=1, help="runs per case; the table shows the fastest (and the median)")
     args = ap.parse_args()
@@ -130,6 +132,9 @@ def main() -> None:
         cases.append(("P2", {"kind": "run", "stream": True, "override": {"workload": {"num_requests": 100000}}}))
     if args.million:
         cases.append(("1M", {"kind": "run", "stream": True, "override": {"workload": {"num_requests": 1000000}, "record_itls": False}}))
+    if args.priority:
+        prio = {"scheduler": {"policy": "priority"}, "workload": {"priority_levels": 4}, "arrival": {"strategy": "poisson"}}
+        cases.append(("priority@50, 10k", {"kind": "run", "override": prio}))
     if args.fleet:
         fleet = {"workload": {"num_requests": 160000}, "arrival": {"rate_rps": 800}, "record_itls": False}
         for router, refresh_ms in (("round-robin", 0), ("least-outstanding", 100)):
