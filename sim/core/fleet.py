@@ -488,14 +488,19 @@ class FleetSimulation:
         duration = summary.get("duration_s") or 0.0
         rows = []
         fin = req_df[req_df["status"] == RequestStatus.FINISHED.value]
+        # each table split by replica once (a mask per replica would cost replicas × rows)
+        steps_of = dict(tuple(step_df.groupby("replica", sort=False)))
+        finished_at = dict(tuple(fin.groupby("replica", sort=False)))
+        prefilled_at = dict(tuple(req_df[req_df["ttft_s"].notna()].groupby("prefill_replica", sort=False))) if "prefill_replica" in req_df.columns else {}
+        no_steps, no_requests = step_df.iloc[:0], req_df.iloc[:0]
         for rep in self.replicas:
-            st = step_df[step_df["replica"] == rep.index]
+            st = steps_of.get(rep.index, no_steps)
             if rep.role == "prefill":
                 # a prefill replica finishes prefills: the requests whose first token it produced
-                mine = req_df[(req_df["prefill_replica"] == rep.index) & req_df["ttft_s"].notna()]
+                mine = prefilled_at.get(rep.index, no_requests)
                 e2e_p99_ms = math.nan
             else:
-                mine = fin[fin["replica"] == rep.index]
+                mine = finished_at.get(rep.index, no_requests)
                 e2e_p99_ms = float(np.percentile(mine["e2e_s"], 99) * 1e3) if len(mine) else math.nan
             busy = float(st["duration_s"].sum())
             rows.append(
