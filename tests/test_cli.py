@@ -498,3 +498,28 @@ def test_paths_longer_than_the_system_allows_are_one_short_message(tmp_path, whe
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, res.output
     assert "File name too long" in res.output and len(res.output) < 500 and "Traceback" not in res.output
+
+
+def test_a_file_size_limit_is_one_message_and_keeps_the_old_result(tmp_path):
+    """Under `ulimit -f` a result file cannot be written whole: exit 2 with one line, the
+    previous result intact, nothing half-written beside it (the signal no longer kills it)."""
+    import resource
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+
+    def limit():  # 64 KB per file: the guidellm report of 200 requests is larger
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim", "run", "--num-requests", "200", "-q", "--no-plots", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "File too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
