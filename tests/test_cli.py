@@ -523,3 +523,17 @@ def test_a_file_size_limit_is_one_message_and_keeps_the_old_result(tmp_path):
     assert "File too large" in proc.stderr and "Traceback" not in proc.stderr
     assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["r"]
+
+
+def test_result_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        res = CliRunner().invoke(main, ["run", "--num-requests", "5", "-q", "--no-plots", "-o", str(tmp_path / "r")])
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes

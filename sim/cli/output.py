@@ -47,11 +47,21 @@ def safe_file_part(text: str, max_chars: int = 80) -> str:
     return clean
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0o666 less the umask (mkstemp's
+    temporary files are 0o600, which would leave every result readable by its owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename), with the mode a plain
+    ``open()`` would give it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
