@@ -428,10 +428,11 @@ def test_labels_from_data_never_leave_the_result_folder(tmp_path):
     assert res.exit_code == 2 and "--name" in res.output
 
 
-@pytest.mark.parametrize("sig, code", [(15, 143), (2, 130)], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_mid_sweep_stops_workers_and_keeps_the_old_result(tmp_path, sig, code):
-    """SIGTERM / SIGINT while a sweep's pool works: one line, exit 143 / 130, no traceback, no
-    worker left running, no staging folder, the previous result intact."""
+@pytest.mark.parametrize("sig, code, group", [(15, 143, False), (2, 130, False), (2, 130, True)], ids=["SIGTERM", "SIGINT", "Ctrl-C-to-the-process-group"])
+def test_a_signal_mid_sweep_stops_workers_and_keeps_the_old_result(tmp_path, sig, code, group):
+    """SIGTERM / SIGINT while a sweep's pool works (Ctrl-C in a terminal signals the whole
+    process group, workers included): one line, exit 143 / 130, no traceback, no worker left
+    running, no staging folder, the previous result intact."""
     import os
     import signal as _signal
     import time as _time
@@ -452,7 +453,10 @@ def test_a_signal_mid_sweep_stops_workers_and_keeps_the_old_result(tmp_path, sig
             _time.sleep(0.05)
         _time.sleep(2.0)  # the pool is simulating
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:  # whatever happened, leave no process of the session behind
         try:
