@@ -541,3 +541,24 @@ def test_result_files_follow_the_umask(tmp_path):
     assert res.exit_code == 0, res.output
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "r").rglob("*") if p.is_file()}
     assert modes and all(m == 0o644 for m in modes.values()), modes
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_summary_table_reads_on_any_terminal_width(width):
+    """On an 80-column terminal no cell is cut to "…": the table keeps the p99 columns."""
+    from rich.console import Console
+
+    from sim.cli.tables import summary_table
+
+    s = {
+        "requests_per_s": 23.28, "output_tokens_per_s": 5012.0, "ttft_mean_ms": 41.2, "ttft_p99_ms": 187.3,
+        "tpot_mean_ms": 18.52, "tpot_p99_ms": 24.96, "e2e_mean_ms": 4021.0, "e2e_p99_ms": 8596.0,
+        "num_mixed_steps": 10, "num_steps": 200, "num_preemptions": 0,
+    }  # fmt: skip
+    console = Console(width=width, record=True)
+    console.print(summary_table([("poisson@18.72", 18.72, s, True), ("throughput", None, s, False)], "t", width=width))
+    text = console.export_text()
+    assert "…" not in text, text
+    for cell in ("poisson@18.72", "187.3", "24.96", "8596", "yes", "NO"):
+        assert cell in text, (cell, text)
+    assert max(len(line) for line in text.splitlines()) <= width

@@ -92,6 +92,7 @@ def run(config: str | None, **kwargs: Any) -> None:
         summary_table(
             [(label, a.rate_rps if a.strategy in OPEN_LOOP_STRATEGIES else None, s, None)],
             f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}",
+            width=out_console.width,
         )
     )
     if res.replicas is not None:

@@ -109,7 +109,9 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         else:
             write_figure(out / "plots" / "replica_load.png", replica_load(busiest.result, f"load per replica: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
-    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}"))
+    out_console.print(
+        summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}", width=out_console.width)
+    )
     if ivs:
         out_console.print(
             interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals (calibration {cfg.cost.calibration})")

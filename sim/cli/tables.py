@@ -29,44 +29,42 @@ def deployment_label(cfg) -> str:
     return " + ".join(parts) + f" ({cfg.cluster.router.policy})"
 
 
-def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str) -> Table:
-    """rows: (label, offered rate, summary, stable)."""
+# the full table needs about 150 columns; below this many it keeps the columns that answer
+# "does it keep up, and how slow": offered and achieved rate, p99 latencies, stability
+COMPACT_BELOW_COLUMNS = 140
+
+
+def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str, width: int | None = None) -> Table:
+    """rows: (label, offered rate, summary, stable). ``width``: the terminal's columns; a
+    narrow one gets the compact table (no cell cut to "…"); the files hold every metric."""
+    compact = width is not None and width < COMPACT_BELOW_COLUMNS
     t = Table(title=title, title_justify="left", header_style="bold")
-    cols: list[tuple[str, JustifyMethod]] = [
-        ("point", "left"),
-        ("offered r/s", "right"),
-        ("req/s", "right"),
-        ("out tok/s", "right"),
-        ("TTFT mean", "right"),
-        ("TTFT p99", "right"),
-        ("TPOT mean", "right"),
-        ("TPOT p99", "right"),
-        ("E2E mean", "right"),
-        ("E2E p99", "right"),
-        ("mixed %", "right"),
-        ("preempt", "right"),
-        ("stable", "center"),
+    cols: list[tuple[str, JustifyMethod, Any]] = [
+        ("point", "left", lambda label, offered, s, mixed, stable: label),
+        ("offered r/s", "right", lambda label, offered, s, mixed, stable: fmt_cell(offered, 2)),
+        ("req/s", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["requests_per_s"], 2)),
+        ("out tok/s", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["output_tokens_per_s"], 0)),
+        ("TTFT mean", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["ttft_mean_ms"])),
+        ("TTFT p99", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["ttft_p99_ms"])),
+        ("TPOT mean", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["tpot_mean_ms"], 2)),
+        ("TPOT p99", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["tpot_p99_ms"], 2)),
+        ("E2E mean", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["e2e_mean_ms"], 0)),
+        ("E2E p99", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["e2e_p99_ms"], 0)),
+        ("mixed %", "right", lambda label, offered, s, mixed, stable: fmt_cell(mixed)),
+        ("preempt", "right", lambda label, offered, s, mixed, stable: str(s["num_preemptions"])),
+        ("stable", "center", lambda label, offered, s, mixed, stable: "-" if stable is None else ("yes" if stable else "NO")),
     ]
-    for name, just in cols:
-        t.add_column(name, justify=just)
+    if compact:
+        keep = ("point", "offered r/s", "req/s", "TTFT p99", "TPOT p99", "E2E p99", "stable")
+        cols = [c for c in cols if c[0] in keep]
+    for name, just, _ in cols:
+        t.add_column(name, justify=just, no_wrap=name == "point")
     for label, offered, s, stable in rows:
         mixed = 100.0 * s["num_mixed_steps"] / s["num_steps"] if s["num_steps"] else float("nan")
-        t.add_row(
-            label,
-            fmt_cell(offered, 2),
-            fmt_cell(s["requests_per_s"], 2),
-            fmt_cell(s["output_tokens_per_s"], 0),
-            fmt_cell(s["ttft_mean_ms"]),
-            fmt_cell(s["ttft_p99_ms"]),
-            fmt_cell(s["tpot_mean_ms"], 2),
-            fmt_cell(s["tpot_p99_ms"], 2),
-            fmt_cell(s["e2e_mean_ms"], 0),
-            fmt_cell(s["e2e_p99_ms"], 0),
-            fmt_cell(mixed),
-            str(s["num_preemptions"]),
-            "-" if stable is None else ("yes" if stable else "NO"),
-        )
-    t.caption = "latencies in ms; req/s and tok/s over first arrival → last finish"
+        t.add_row(*(cell(label, offered, s, mixed, stable) for _, _, cell in cols))
+    t.caption = "latencies in ms; req/s and tok/s over first arrival → last finish" + (
+        "; a narrow terminal shows p99s only (every metric is in summary.json)" if compact else ""
+    )
     return t
 
 
