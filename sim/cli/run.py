@@ -84,13 +84,14 @@ def run(config: str | None, **kwargs: Any) -> None:
             write_figure(out / "plots" / "replica_load.png", replica_load(res))
     s = res.summary
     a = cfg.arrival
-    if a.strategy in OPEN_LOOP_STRATEGIES:
-        label = f"{a.strategy}@{a.rate_rps:g}"
+    offered = a.rate_rps if a.strategy in OPEN_LOOP_STRATEGIES else None
+    if offered is not None:
+        label = f"{a.strategy}@{offered:g}"
     else:  # closed loops and bursts have no offered rate (a rate_rps left in the config is unused)
         label = a.strategy + (f"@{a.concurrency}" if a.concurrency else "")
     out_console.print(
         summary_table(
-            [(label, a.rate_rps if a.strategy in OPEN_LOOP_STRATEGIES else None, s, None)],
+            [(label, offered, s, None)],
             f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}",
             width=out_console.width,
         )

@@ -40,7 +40,7 @@ from sim.cluster.transfer import resolve_link
 from sim.config import InstanceGroupConfig, RunConfig, merge, parse_run_config
 from sim.core.engine import SimEnvironment
 from sim.core.result import SimResult
-from sim.core.server import Server
+from sim.core.server import Server, percent_progress
 from sim.entities import Request, RequestStatus
 from sim.errors import ConfigError
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
@@ -356,8 +356,7 @@ class FleetSimulation:
         cfg = self.cfg
         total = len(self.workload)
         if progress is not None:
-            every = max(1, total // 100)
-            self.progress = lambda done: progress(done, total) if done % every == 0 or done == total else None
+            self.progress = percent_progress(progress, total)
         self.env.run(until=cfg.horizon_s)
         self.progress = None
         inside: list[Request] = [*self.in_router.values(), *self.in_prefill.values(), *self.in_transfer.values()]
@@ -464,23 +463,17 @@ class FleetSimulation:
             assert ss is not None  # streaming sinks keep one
             own = ss.summary(rep.sink.step_stats(), None)
             rows.append(
-                {
-                    "replica": rep.index,
-                    "group": rep.group,
-                    "role": rep.role,
-                    "gpu": rep.cfg.gpu,
-                    "tensor_parallel_size": rep.cfg.tensor_parallel_size,
-                    "requests_routed": rep.num_routed,
-                    "finished": int(own["num_finished"]),
-                    "busy_s": rep.busy_s,
-                    "busy_fraction": rep.busy_s / duration if duration > 0 else math.nan,
-                    "num_steps": int(rep.sink.num_steps),
-                    "mixed_steps": int(rep.sink.num_mixed_steps),
-                    "preemptions": rep.preemptions,
-                    "ttft_p99_ms": float(own["ttft_p99_ms"]),
-                    "e2e_p99_ms": math.nan if rep.role == "prefill" else float(own["e2e_p99_ms"]),
-                    "num_gpu_blocks": rep.server.limits["num_gpu_blocks"],
-                }
+                _replica_row(
+                    rep,
+                    duration,
+                    finished=int(own["num_finished"]),
+                    busy_s=rep.busy_s,
+                    num_steps=int(rep.sink.num_steps),
+                    mixed_steps=int(rep.sink.num_mixed_steps),
+                    preemptions=rep.preemptions,
+                    ttft_p99_ms=float(own["ttft_p99_ms"]),
+                    e2e_p99_ms=math.nan if rep.role == "prefill" else float(own["e2e_p99_ms"]),
+                )
             )
         return pd.DataFrame(rows)
 
@@ -502,27 +495,52 @@ class FleetSimulation:
             else:
                 mine = finished_at.get(rep.index, no_requests)
                 e2e_p99_ms = float(np.percentile(mine["e2e_s"], 99) * 1e3) if len(mine) else math.nan
-            busy = float(st["duration_s"].sum())
             rows.append(
-                {
-                    "replica": rep.index,
-                    "group": rep.group,
-                    "role": rep.role,
-                    "gpu": rep.cfg.gpu,
-                    "tensor_parallel_size": rep.cfg.tensor_parallel_size,
-                    "requests_routed": rep.num_routed,
-                    "finished": int(len(mine)),
-                    "busy_s": busy,
-                    "busy_fraction": busy / duration if duration > 0 else math.nan,
-                    "num_steps": int(len(st)),
-                    "mixed_steps": int(st["is_mixed"].sum()),
-                    "preemptions": int(st["num_preempted"].sum()),
-                    "ttft_p99_ms": float(np.percentile(mine["ttft_s"], 99) * 1e3) if len(mine) else math.nan,
-                    "e2e_p99_ms": e2e_p99_ms,
-                    "num_gpu_blocks": rep.server.limits["num_gpu_blocks"],
-                }
+                _replica_row(
+                    rep,
+                    duration,
+                    finished=int(len(mine)),
+                    busy_s=float(st["duration_s"].sum()),
+                    num_steps=int(len(st)),
+                    mixed_steps=int(st["is_mixed"].sum()),
+                    preemptions=int(st["num_preempted"].sum()),
+                    ttft_p99_ms=float(np.percentile(mine["ttft_s"], 99) * 1e3) if len(mine) else math.nan,
+                    e2e_p99_ms=e2e_p99_ms,
+                )
             )
         return pd.DataFrame(rows)
+
+
+def _replica_row(
+    rep: Replica,
+    duration_s: float,
+    *,
+    finished: int,
+    busy_s: float,
+    num_steps: int,
+    mixed_steps: int,
+    preemptions: int,
+    ttft_p99_ms: float,
+    e2e_p99_ms: float,
+) -> dict:
+    """One row of the replica table (columns in :class:`SimResult.replicas` order)."""
+    return {
+        "replica": rep.index,
+        "group": rep.group,
+        "role": rep.role,
+        "gpu": rep.cfg.gpu,
+        "tensor_parallel_size": rep.cfg.tensor_parallel_size,
+        "requests_routed": rep.num_routed,
+        "finished": finished,
+        "busy_s": busy_s,
+        "busy_fraction": busy_s / duration_s if duration_s > 0 else math.nan,
+        "num_steps": num_steps,
+        "mixed_steps": mixed_steps,
+        "preemptions": preemptions,
+        "ttft_p99_ms": ttft_p99_ms,
+        "e2e_p99_ms": e2e_p99_ms,
+        "num_gpu_blocks": rep.server.limits["num_gpu_blocks"],
+    }
 
 
 def _imbalance(replicas: pd.DataFrame, column: str) -> float:

@@ -194,3 +194,14 @@ class Server:
         """Requests sent to this server that have not left: in the API server, staged (async
         scheduling), waiting or running. Call :meth:`sync` first for up-to-date token counts."""
         return [*self.scheduler.waiting, *self.scheduler.running, *self.engine.staged_requests, *self.in_frontend.values()]
+
+
+def percent_progress(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """``done -> progress(done, total)`` called about every 1 % of ``total`` and at the end."""
+    every = max(1, total // 100)
+
+    def report(done: int) -> None:
+        if done % every == 0 or done == total:
+            progress(done, total)
+
+    return report

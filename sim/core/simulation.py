@@ -22,6 +22,7 @@ from sim.core.server import (  # noqa: F401  (re-exported: the sizing rules are 
     default_max_num_batched_tokens,
     derive_num_gpu_blocks,
     kv_block_bytes_per_gpu,
+    percent_progress,
     resolve_limits,
 )
 from sim.entities import Request
@@ -83,8 +84,7 @@ class Simulation:
         sink = self.sink
         total = len(self.workload)
         if progress is not None:
-            every = max(1, total // 100)
-            sink.progress = lambda done: progress(done, total) if done % every == 0 or done == total else None
+            sink.progress = percent_progress(progress, total)
         self.env.run(until=cfg.horizon_s)
         sink.progress = None
         self.server.sync()  # deferred decodes: bring running requests up to date

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sim.config import OPEN_LOOP_STRATEGIES, RunConfig, SloConfig, with_overrides
 from sim.core.result import SimResult
 from sim.errors import ConfigError
-from sim.studies.sweep import TOO_SHORT, capacity_violations, point_config
+from sim.studies.sweep import TOO_SHORT, capacity_violations, point_config, require_aggregate_slo
 
 RunMany = Callable[[Sequence[RunConfig]], list[SimResult]]
 
@@ -74,11 +74,7 @@ def fewest_replicas(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = N
     the load to provision for). Raises ConfigError without an aggregate SLO, or when the
     arrivals have no rate."""
     slo = slo or cfg.slo
-    if all(getattr(slo, k) is None for k in ("ttft_p99_ms", "tpot_p99_ms", "e2e_p99_ms")):
-        raise ConfigError(
-            "capacity --find replicas: give at least one aggregate SLO (ttft_p99, tpot_p99 or e2e_p99), e.g. --slo ttft_p99=500,tpot_p99=50 "
-            "(milliseconds); per-request ttft / tpot only count goodput"
-        )
+    require_aggregate_slo(slo, "capacity --find replicas")
     a = cfg.arrival
     if a.strategy not in OPEN_LOOP_STRATEGIES or a.rate_rps is None:
         raise ConfigError(

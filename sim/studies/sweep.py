@@ -217,8 +217,8 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
             f"sweep rates {', '.join(f'{r:g}' for r in same)} are one point ({dup}) to 4 significant digits; give distinct rates (each point has its own tables)"
         )
     rate_cfgs = [point_config(cfg, sw.rate_strategy, r) for r in rates]
-    for r, res in zip(rates, run_many(rate_cfgs)):
-        points.append(SweepPoint(f"{sw.rate_strategy}@{r:.4g}", sw.rate_strategy, r, res, stable=is_stable(res, capacity_rps)))  # labels checked distinct above
+    for label, r, res in zip(labels, rates, run_many(rate_cfgs)):
+        points.append(SweepPoint(label, sw.rate_strategy, r, res, stable=is_stable(res, capacity_rps)))
     saturation = None
     for rate, p in rate_points(points):
         if not p.stable:
@@ -271,6 +271,15 @@ MIN_WINDOW_E2E = 3.0
 TOO_SHORT = "too short to tell"
 
 
+def require_aggregate_slo(slo: SloConfig, command: str) -> None:
+    """ConfigError (naming ``command``) unless ``slo`` bounds a p99 latency: a search needs one."""
+    if all(getattr(slo, k) is None for k in ("ttft_p99_ms", "tpot_p99_ms", "e2e_p99_ms")):
+        raise ConfigError(
+            f"{command}: give at least one aggregate SLO (ttft_p99, tpot_p99 or e2e_p99), e.g. --slo ttft_p99=500,tpot_p99=50 "
+            "(milliseconds); per-request ttft / tpot only count goodput"
+        )
+
+
 def capacity_violations(res: SimResult, slo: SloConfig) -> list[str]:
     """What keeps ``res`` from counting as sustainable under ``slo``: its missed aggregate SLOs,
     a queue that grows without bound (:func:`is_stable`), and an arrival window shorter than
@@ -315,11 +324,7 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
     """Highest open-loop rate meeting the SLOs (k-section search between 0 and the
     throughput point's achieved rate, refined ``CAPACITY_ROUNDS`` times)."""
     slo = slo or cfg.slo
-    if all(getattr(slo, k) is None for k in ("ttft_p99_ms", "tpot_p99_ms", "e2e_p99_ms")):
-        raise ConfigError(
-            "capacity: give at least one aggregate SLO (ttft_p99, tpot_p99 or e2e_p99), e.g. --slo ttft_p99=500,tpot_p99=50 (milliseconds); "
-            "per-request ttft / tpot only count goodput"
-        )
+    require_aggregate_slo(slo, "capacity")
     strategy = cfg.sweep.rate_strategy
     (thr,) = run_many([point_config(cfg, "throughput")])
     hi = float(thr.summary["requests_per_s"])
