@@ -79,6 +79,16 @@ class ServerConfig(_Strict):
         VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="--gpu-memory-utilization: share of GPU memory vLLM may use"
     )
     max_model_len: int | None = Field(None, gt=0, description="--max-model-len: longest prompt+output; None = the model's")
+    allow_long_max_model_len: bool = Field(
+        False, description="allow max_model_len beyond the model's max_position_embeddings (vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)"
+    )
+    quantization: str | None = Field(
+        None,
+        description="--quantization: None = the checkpoint's own (its config.json quantization_config); fp8 quantises a BF16 checkpoint online (W8A8 FP8); awq, gptq, compressed-tensors, fbgemm_fp8, modelopt must match the checkpoint",
+    )
+    kv_cache_dtype: Literal["auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", description="--kv-cache-dtype: auto = the model's dtype; fp8* = one byte per element (twice the KV capacity, half the attention reads)"
+    )
     async_scheduling: bool = Field(
         False,
         description="--async-scheduling: the scheduler plans step k+1 when step k launches, so a request that reaches the engine during step k joins step k+2 at the earliest (vLLM's default since late 2025; off in 0.11)",
@@ -134,6 +144,12 @@ class CostConfig(_Strict):
         le=10_000,
         description="effective all-reduce bus bandwidth per GPU, GB/s: TP>1 steps pay two all-reduces of the step's activations per layer; None = no communication term (the seed)",
     )
+    allreduce_efficiency: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="all-reduce bus bandwidth as a share of the GPU's interconnect bandwidth per direction (NVLink or PCIe, `servesim list`); the GPU-relative form a calibration carries; allreduce_bw_gbps overrides it; None = the calibration's, else no communication term",
+    )
     allreduce_latency_us: float | None = Field(
         None,
         ge=0,
@@ -156,7 +172,7 @@ class CostConfig(_Strict):
     )
     calibration: str | None = Field(
         None,
-        description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs (and the formula and settings) left unset with those it fitted for cost.formula",
+        description="fitted calibration: a shipped name (e.g. h100; `servesim calibrate --list`) or a path to its YAML; fills the knobs (and the formula and settings) left unset with those it fitted for cost.formula; None = the shipped h100 calibration for the roofline (it transfers to any GPU), 'none' = the seed roofline",
     )
     # fixed / linear test models
     fixed_step_s: float = Field(0.01, gt=0, description="fixed model: seconds per step")
@@ -237,6 +253,11 @@ class ArrivalConfig(_Strict):
     strategy: ArrivalStrategy = Field("poisson", description="synchronous | constant | poisson | throughput | concurrent | replay | open-loop-at-measured-rate")
     rate_rps: float | None = Field(None, gt=0, description="requests per second (constant, poisson, open-loop-at-measured-rate)")
     concurrency: int | None = Field(None, gt=0, description="users (concurrent) or in-flight cap (throughput)")
+    request_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="client timeout per request, s from its send (inference-perf load.request_timeout): a request not finished by then fails as timed_out and the server aborts it; None = wait forever",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ArrivalConfig":

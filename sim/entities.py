@@ -26,6 +26,11 @@ class RequestStatus(str, Enum):
     RUNNING = "running"  # holds a seat and KV blocks
     FINISHED = "finished"  # produced all its output tokens
     REJECTED = "rejected"  # can never be served (reason in ``reject_reason``)
+    TIMED_OUT = "timed_out"  # the client gave up first (arrival.request_timeout_s; reason in ``reject_reason``)
+
+
+# a request in one of these states has left: it is never scheduled or recorded again
+LEFT_STATUSES = frozenset((RequestStatus.FINISHED, RequestStatus.REJECTED, RequestStatus.TIMED_OUT))
 
 
 @dataclass(slots=True, eq=False)
@@ -58,7 +63,7 @@ class Request:
     last_token_s: float = -1.0
     num_preemptions: int = 0
     cached_prompt_tokens: int = 0
-    reject_reason: str = ""
+    reject_reason: str = ""  # why it failed: refused (rejected) or given up by the client (timed_out)
     max_itl_s: float = 0.0
     itls_s: list[float] | None = None
     done_event: Any = None  # simpy Event (or None) triggered when the request leaves
@@ -205,7 +210,13 @@ class StepRecord:
 
 @dataclass(slots=True)
 class RequestRecord:
-    """Outcome of one request. Latencies are NaN where undefined (e.g. rejected requests)."""
+    """Outcome of one request. Latencies are NaN where undefined (e.g. rejected requests).
+
+    A timed-out request's ``finish_s`` is when the client gave up (so ``e2e_s`` is the
+    timeout) and its ``tpot_s`` is NaN. ``generated_tokens`` (output tokens delivered before
+    the request left, or by the horizon) is a column only of runs with a client timeout
+    (:data:`sim.records.metrics.TIMEOUT_COLUMNS`).
+    """
 
     request_id: int
     status: str
@@ -224,3 +235,4 @@ class RequestRecord:
     max_itl_s: float
     num_preemptions: int
     reject_reason: str = ""
+    generated_tokens: int = 0

@@ -47,9 +47,17 @@ def _summaries(cfgs):
 # ------------------------------------------------------------------ knobs in the cost model
 
 
+SEED = {"cost": {"calibration": "none"}}  # the seed roofline: no calibration fills unset settings
+
+
 def _cfg(**cost):
     return parse_run_config(
-        {"model": "llama-2-7b", "cost": {"model": "roofline", **cost}, "workload": {"num_requests": 30}, "arrival": {"strategy": "poisson", "rate_rps": 4.0}}
+        {
+            "model": "llama-2-7b",
+            "cost": {"model": "roofline", "calibration": "none", **cost},
+            "workload": {"num_requests": 30},
+            "arrival": {"strategy": "poisson", "rate_rps": 4.0},
+        }
     )
 
 
@@ -131,7 +139,7 @@ def _synthetic_problem(true=TRUE) -> Problem:
             {
                 "model": m,
                 "tensor_parallel_size": tp,
-                "cost": {"model": "roofline"},
+                "cost": {"model": "roofline", "calibration": "none"},
                 "workload": {"num_requests": 2, "prompt_tokens": {"dist": "fixed", "value": 300}, "output_tokens": {"dist": "fixed", "value": 16}},
                 "arrival": {"strategy": "synchronous", "rate_rps": None},
             }
@@ -284,7 +292,7 @@ def test_calibration_chooses_the_decode_attention_context_unless_the_config_does
     from sim.cost.calibration import effective_decode_attention_context
 
     p = _write_cal(tmp_path, decode_attention_context="mean")
-    assert effective_decode_attention_context(parse_run_config({})) == "max"  # the seed's
+    assert effective_decode_attention_context(parse_run_config(SEED)) == "max"  # the seed's
     assert effective_decode_attention_context(parse_run_config({"cost": {"calibration": str(p)}})) == "mean"
     cfg = parse_run_config({"cost": {"calibration": str(p), "decode_attention_context": "max"}})
     assert effective_decode_attention_context(cfg) == "max"
@@ -299,7 +307,7 @@ def test_calibration_chooses_lm_head_reads_unless_the_config_does(tmp_path):
     from sim.cost.calibration import effective_lm_head_reads
 
     p = _write_cal(tmp_path, lm_head_reads=True)
-    assert effective_lm_head_reads(parse_run_config({})) is False  # the seed's: layers only
+    assert effective_lm_head_reads(parse_run_config(SEED)) is False  # the seed's: layers only
     assert effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(p)}})) is True
     assert effective_lm_head_reads(parse_run_config({"cost": {"calibration": str(p), "lm_head_reads": False}})) is False
     assert build_cost_model(parse_run_config({"cost": {"calibration": str(p)}})).lm_head_reads is True
@@ -311,7 +319,7 @@ def test_calibration_chooses_the_decode_kv_read_fraction_unless_the_config_does(
     from sim.cost.calibration import effective_decode_kv_read_fraction
 
     p = _write_cal(tmp_path, decode_kv_read_fraction=1.0)
-    assert effective_decode_kv_read_fraction(parse_run_config({})) is None  # the seed's 0.8
+    assert effective_decode_kv_read_fraction(parse_run_config(SEED)) is None  # the seed's 0.8
     assert effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(p)}})) == 1.0
     assert effective_decode_kv_read_fraction(parse_run_config({"cost": {"calibration": str(p), "decode_kv_read_fraction": 0.9}})) == 0.9
     assert build_cost_model(parse_run_config({"cost": {"calibration": str(p)}})).decode_kv_read_fraction == 1.0
@@ -324,7 +332,7 @@ def test_calibration_chooses_the_mfu_lookup_unless_the_config_does(tmp_path):
     from sim.cost.calibration import effective_mfu_lookup
 
     p = _write_cal(tmp_path, mfu_lookup="interpolate")
-    assert effective_mfu_lookup(parse_run_config({})) == "nearest"  # the seed's
+    assert effective_mfu_lookup(parse_run_config(SEED)) == "nearest"  # the seed's
     assert effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(p)}})) == "interpolate"
     assert effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(p), "mfu_lookup": "nearest"}})) == "nearest"
     assert effective_mfu_lookup(parse_run_config({"cost": {"calibration": str(_write_cal(tmp_path))}})) == "nearest"
@@ -341,10 +349,13 @@ def test_calibration_errors(tmp_path):
     p = _write_cal(tmp_path, knobs={"warp_speed": 1.0})
     with pytest.raises(ConfigError, match="unknown knob"):
         load_calibration(str(p))
+    # a calibration fitted on another GPU applies (GPU-relative knobs) and says it was carried
     p2 = tmp_path / "a100.yaml"
     p2.write_text(yaml.safe_dump({"gpu": "A100", "knobs": {"mixed_penalty": 0.1}}))
-    with pytest.raises(ConfigError, match="fitted for A100"):
-        effective_knobs(parse_run_config({"cost": {"calibration": str(p2)}}))
+    cfg = parse_run_config({"cost": {"calibration": str(p2)}})
+    assert effective_knobs(cfg)["mixed_penalty"] == 0.1
+    assert calibration_for(cfg)["transferred_from"] == "A100"
+    assert "transferred_from" not in calibration_for(parse_run_config({"gpu": "A100", "cost": {"calibration": str(p2)}}))
 
 
 def test_shipped_calibration_loads_and_runs():
@@ -549,7 +560,7 @@ def test_an_unset_formula_is_the_calibrations_primary_one(tmp_path):
     assert sim.cost_model.formula == "additive" and sim.run().derived["formula"] == "additive"
     named = parse_run_config({"cost": {"calibration": str(p), "formula": "weighted-average"}})
     assert effective_formula(named) == "weighted-average" and effective_knobs(named)["per_step_overhead_us"] == 100.0
-    assert effective_formula(parse_run_config({})) == "weighted-average"
+    assert effective_formula(parse_run_config(SEED)) == "weighted-average"
     doc["formula"] = "sideways"
     p.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="formula must be one of"):

@@ -126,7 +126,7 @@ def test_guidellm_profile_as_config(tmp_path):
     assert res.exit_code == 0, res.output
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["source_format"] == "guidellm"
-    assert cfg["arrival"] == {"strategy": "constant", "rate_rps": 3.0, "concurrency": None}
+    assert cfg["arrival"] == {"strategy": "constant", "rate_rps": 3.0, "concurrency": None, "request_timeout_s": None}
     assert cfg["workload"]["num_requests"] == 25 and cfg["workload"]["prefix_tokens"] == 64 and cfg["seed"] == 7
     req = pd.read_parquet(out / "runs/run/requests.parquet")
     assert len(req) == 25 and (req["prompt_tokens"] >= 64 + 10).all()
@@ -287,11 +287,14 @@ def test_streaming_spills_in_chunks(tmp_path):
 
 def test_calibration_flag_changes_the_cost_and_is_recorded(tmp_path):
     base = ["run", "--num-requests", "30", "--quiet", "--no-plots"]
-    assert invoke(*base, "-o", str(tmp_path / "a")).exit_code == 0
+    assert invoke(*base, "--calibration", "none", "-o", str(tmp_path / "a")).exit_code == 0
     assert invoke(*base, "--calibration", "h100", "-o", str(tmp_path / "b")).exit_code == 0
-    a = json.loads((tmp_path / "a/summary.json").read_text())["runs"][0]["summary"]
-    b = json.loads((tmp_path / "b/summary.json").read_text())["runs"][0]["summary"]
-    assert a["tpot_mean_ms"] != b["tpot_mean_ms"]
+    assert invoke(*base, "-o", str(tmp_path / "default")).exit_code == 0
+    a, b, default = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("a", "b", "default"))
+    assert a["runs"][0]["summary"]["tpot_mean_ms"] != b["runs"][0]["summary"]["tpot_mean_ms"]
+    # no --calibration: the shipped h100 calibration, recorded in summary.json
+    assert default["runs"][0]["summary"] == b["runs"][0]["summary"]
+    assert (a["calibration"], b["calibration"], default["calibration"]) == (None, "h100", "h100")
     cfg = yaml.safe_load((tmp_path / "b/config.yaml").read_text())
     assert cfg["cost"]["calibration"] == "h100"
     bad = CliRunner().invoke(main, [*base, "--calibration", "nope", "-o", str(tmp_path / "c")])
@@ -332,7 +335,9 @@ def test_intervals_flag_adds_bracketing_intervals_to_run_and_sweep(tmp_path):
 
 
 def test_intervals_without_calibration_is_a_usage_error(tmp_path):
-    res = CliRunner().invoke(main, ["run", "--num-requests", "10", "--quiet", "--no-plots", "--intervals", "-o", str(tmp_path / "x")])
+    # the default run has the shipped calibration; --calibration none leaves nothing to draw from
+    args = ["run", "--num-requests", "10", "--quiet", "--no-plots", "--intervals", "--calibration", "none", "-o", str(tmp_path / "x")]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "calibration" in res.output
     assert not (tmp_path / "x" / "summary.json").exists()
 

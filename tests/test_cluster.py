@@ -102,6 +102,8 @@ def _paired_p99_ttft_diffs(rate, seeds, n, routers, refresh_ms=0.0):
                     "seed": seed,
                     "workload": {"num_requests": n},
                     "arrival": {"strategy": "poisson", "rate_rps": rate},
+                    # the rates are chosen against the seed roofline's capacity (4 replicas)
+                    "cost": {"calibration": "none"},
                     "cluster": {"groups": [{"replicas": 4}], "router": {"policy": r, "refresh_interval_ms": refresh_ms}},
                 }
             )

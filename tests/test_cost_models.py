@@ -99,14 +99,15 @@ def test_text_config_merged_over_top_level():
 
 
 def test_moe_weights_all_experts_compute_active():
-    """MoE memory counts every expert; compute counts the active ones."""
+    """MoE memory counts every expert (and the router); compute counts the active ones."""
     cfg = _base_cfg(num_local_experts=8, num_experts_per_tok=2, intermediate_size=512)
     m = model_spec_from_hf(cfg, "moe")
     assert (m.num_experts, m.num_experts_per_tok) == (8, 2)
     d, L, dff = 256, 4, 512
     attn = 4 * d * d  # Q, O, K, V with Hk = H
-    assert m.weights_bytes == L * 2 * (attn + 8 * 3 * d * dff)
-    assert m.active_params_per_token == L * (attn + 2 * 3 * d * dff)
+    router = d * 8
+    assert m.weights_bytes == L * 2 * (attn + router + 8 * 3 * d * dff)
+    assert m.active_params_per_token == L * (attn + router + 2 * 3 * d * dff)
     alt = model_spec_from_hf(_base_cfg(num_experts=4, num_experts_per_tok=1), "moe2")
     assert alt.num_experts == 4 and alt.active_experts == 1
     mix = resolve_model("mixtral-8x7b")

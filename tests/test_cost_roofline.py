@@ -30,6 +30,14 @@ TOY = GpuSpec("toy", peak_bf16_tflops=1.0, hbm_bw_tbs=0.5, memory_gib=1.0, bw_ef
 P, BW, OVERHEAD_S = 1e12, 0.5e12 * 0.5, 10e-6 * 2
 
 
+def _seed_config(data: dict):
+    """A RunConfig of the seed roofline (no calibration fills unset settings): these tests
+    check the seed's terms one by one."""
+    data = dict(data)
+    data["cost"] = {"calibration": "none", **data.get("cost", {})}
+    return parse_run_config(data)
+
+
 class StubMfu:
     """Constant GEMM (0.5) and decode (0.1) MFU; prefill MFU depends on the bucket it is asked for."""
 
@@ -326,13 +334,13 @@ def test_higher_tp_never_more_compute_per_gpu(prefills, decodes, formula):
 
 # --- factory ---------------------------------------------------------------------------------
 def test_factory_builds_from_run_config():
-    cfg = parse_run_config(
+    cfg = _seed_config(
         {"model": "llama-2-7b", "gpu": "H100", "tensor_parallel_size": 2, "cost": {"model": "roofline", "formula": "additive", "gemm_m": "requests"}}
     )
     m = build_cost_model(cfg)
     assert isinstance(m, RooflineCostModel) and isinstance(m.mfu, BuiltinMfu)
     assert (m.tp, m.formula, m.gemm_m, m.bw_efficiency, m.per_layer_overhead_us) == (2, "additive", "requests", 0.82, 100.0)
-    cfg2 = parse_run_config({"cost": {"bw_efficiency": 0.5, "per_layer_overhead_us": 0}})
+    cfg2 = _seed_config({"cost": {"bw_efficiency": 0.5, "per_layer_overhead_us": 0}})
     m2 = build_cost_model(cfg2)
     assert (m2.bw_efficiency, m2.per_layer_overhead_us) == (0.5, 0)
     assert m2.price(Batch.of([dec(0, 1)])).total_s > 0  # weights keep it positive without overhead
@@ -342,7 +350,7 @@ def test_factory_with_real_tables():
     bench = GROUND_TRUTH / "bench_data"
     if not bench.is_dir():
         pytest.skip(f"ground truth bench_data not found at {bench} (set SERVESIM_GROUND_TRUTH)")
-    cfg = parse_run_config({"model": "qwen2.5-7b", "cost": {"bench_data_dir": str(bench), "mfu_lookup": "interpolate"}})
+    cfg = _seed_config({"model": "qwen2.5-7b", "cost": {"bench_data_dir": str(bench), "mfu_lookup": "interpolate"}})
     m = build_cost_model(cfg)
     assert isinstance(m.mfu, TableMfu) and m.mfu.config == (28, 4, 128)
     assert m.price(_mixed_batch()).total_s > 0
@@ -358,14 +366,14 @@ def test_allreduce_term_is_closed_form_and_absent_without_tp():
     batch = Batch.of([BatchItem(0, 1, 700, True), BatchItem(1, 300, 0, False), BatchItem(2, 1, 90, True)])
     tokens = 302
     for model_name, tp in (("llama-2-70b", 4), ("llama-2-7b", 2)):
-        off = build_cost_model(parse_run_config({"model": model_name, "tensor_parallel_size": tp}))
-        on = build_cost_model(parse_run_config({"model": model_name, "tensor_parallel_size": tp, "cost": {"allreduce_bw_gbps": 100.0}}))
+        off = build_cost_model(_seed_config({"model": model_name, "tensor_parallel_size": tp}))
+        on = build_cost_model(_seed_config({"model": model_name, "tensor_parallel_size": tp, "cost": {"allreduce_bw_gbps": 100.0}}))
         spec = on.model
         expect_s = 2 * spec.num_layers * tokens * spec.hidden_size * spec.bytes_per_param * 2 * (tp - 1) / tp / 100e9
         assert on.price(batch).total_s - off.price(batch).total_s == pytest.approx(expect_s, rel=1e-9)
         assert on.price_decode(8, 4000, 900).total_s - off.price_decode(8, 4000, 900).total_s == pytest.approx(expect_s * 8 / tokens, rel=1e-9)
-    one = build_cost_model(parse_run_config({"cost": {"allreduce_bw_gbps": 100.0}}))
-    base = build_cost_model(parse_run_config({}))
+    one = build_cost_model(_seed_config({"cost": {"allreduce_bw_gbps": 100.0}}))
+    base = build_cost_model(_seed_config({}))
     assert one.price(batch).total_s == base.price(batch).total_s
 
 
@@ -377,9 +385,9 @@ def test_allreduce_latency_is_two_per_layer_and_step_only_with_tp():
     mixed = Batch.of([BatchItem(0, 1, 700, True), BatchItem(1, 300, 0, False)])
     for model_name, tp in (("llama-2-70b", 4), ("llama-2-7b", 2), ("llama-2-7b", 1)):
         base = {"model": model_name, "tensor_parallel_size": tp}
-        off = build_cost_model(parse_run_config(base))
-        zero = build_cost_model(parse_run_config({**base, "cost": {"allreduce_latency_us": 0.0}}))
-        on = build_cost_model(parse_run_config({**base, "cost": {"allreduce_latency_us": 7.5}}))
+        off = build_cost_model(_seed_config(base))
+        zero = build_cost_model(_seed_config({**base, "cost": {"allreduce_latency_us": 0.0}}))
+        on = build_cost_model(_seed_config({**base, "cost": {"allreduce_latency_us": 7.5}}))
         expect_s = 2 * on.model.num_layers * 7.5e-6 if tp > 1 else 0.0
         for price in (lambda m: m.price(mixed).total_s, lambda m: m.price_decode(16, 9000, 800).total_s, lambda m: m.decode_step_fn(16)(9000, 800)):
             assert price(on) - price(off) == pytest.approx(expect_s, rel=1e-9, abs=1e-15)
@@ -390,14 +398,14 @@ def test_allreduce_latency_rejects_negative():
     from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="allreduce_latency_us"):
-        parse_run_config({"cost": {"allreduce_latency_us": -1}})
+        _seed_config({"cost": {"allreduce_latency_us": -1}})
 
 
 def test_allreduce_rejects_non_positive_bandwidth():
     from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="allreduce_bw_gbps"):
-        parse_run_config({"cost": {"allreduce_bw_gbps": 0}})
+        _seed_config({"cost": {"allreduce_bw_gbps": 0}})
 
 
 def test_decode_attention_at_mean_context():
@@ -405,8 +413,8 @@ def test_decode_attention_at_mean_context():
     mean context; with equal contexts it is the seed's 'max'; with unequal ones it is cheaper
     than pricing every request at the longest context; the memory term is unchanged."""
     base = {"model": "llama-2-7b"}
-    mx = build_cost_model(parse_run_config(base))
-    mean = build_cost_model(parse_run_config({**base, "cost": {"decode_attention_context": "mean"}}))
+    mx = build_cost_model(_seed_config(base))
+    mean = build_cost_model(_seed_config({**base, "cost": {"decode_attention_context": "mean"}}))
     assert mx.decode_attention_context == "max" and mean.decode_attention_context == "mean"
     # equal contexts: the same step either way
     for n, p in ((1, 500), (32, 1000), (64, 3000)):
@@ -427,7 +435,7 @@ def test_decode_attention_context_rejects_unknown():
     from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="decode_attention_context"):
-        parse_run_config({"cost": {"decode_attention_context": "median"}})
+        _seed_config({"cost": {"decode_attention_context": "median"}})
     with pytest.raises(ConfigError, match="decode_attention_context"):
         build_roofline("llama-2-7b", decode_attention_context="median")  # type: ignore[arg-type]
 
@@ -436,9 +444,9 @@ def test_decode_kv_read_fraction_prices_the_kv_a_decode_step_streams():
     """κ scales only the KV re-read of decode steps: the memory term grows by
     τ·kv_bytes_per_token·(κ₁ − κ₀)·Σp/BW; unset is the seed's 0.8, bit for bit."""
     base = {"model": "llama-2-7b"}
-    seed = build_cost_model(parse_run_config(base))
-    k08 = build_cost_model(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 0.8}}))
-    k1 = build_cost_model(parse_run_config({**base, "cost": {"decode_kv_read_fraction": 1.0}}))
+    seed = build_cost_model(_seed_config(base))
+    k08 = build_cost_model(_seed_config({**base, "cost": {"decode_kv_read_fraction": 0.8}}))
+    k1 = build_cost_model(_seed_config({**base, "cost": {"decode_kv_read_fraction": 1.0}}))
     assert seed.decode_kv_read_fraction == 0.8 and k1.decode_kv_read_fraction == 1.0
     n, csum, cmax = 64, 64 * 1500, 2500
     assert k08.price_decode(n, csum, cmax) == seed.price_decode(n, csum, cmax)
@@ -459,9 +467,9 @@ def test_lm_head_reads_add_the_vocab_projection_to_every_steps_weight_bytes():
 
     for model, tp in (("qwen2.5-7b", 1), ("llama-2-70b", 4)):
         base = {"model": model, "tensor_parallel_size": tp}
-        seed = build_cost_model(parse_run_config(base))
-        off = build_cost_model(parse_run_config({**base, "cost": {"lm_head_reads": False}}))
-        on = build_cost_model(parse_run_config({**base, "cost": {"lm_head_reads": True}}))
+        seed = build_cost_model(_seed_config(base))
+        off = build_cost_model(_seed_config({**base, "cost": {"lm_head_reads": False}}))
+        on = build_cost_model(_seed_config({**base, "cost": {"lm_head_reads": True}}))
         spec = on.model
         assert spec.lm_head_bytes == spec.vocab_size * spec.hidden_size * spec.bytes_per_param
         extra_s = spec.lm_head_bytes / tp / on._bw_bytes_s
@@ -485,4 +493,4 @@ def test_decode_kv_read_fraction_rejects_out_of_range(bad):
     from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="decode_kv_read_fraction"):
-        parse_run_config({"cost": {"decode_kv_read_fraction": bad}})
+        _seed_config({"cost": {"decode_kv_read_fraction": bad}})

@@ -298,12 +298,12 @@ def test_cli_errors_exit_2(tmp_path):
 
 def test_cli_calibration_changes_the_simulated_values(tmp_path):
     args = ["--ground-truth", str(FIXTURE), "--executor", "serial", "--max-requests-per-point", "5", "-q", "--no-plots"]
-    assert CliRunner().invoke(validate, [*args, "-o", str(tmp_path / "a")]).exit_code == 0
+    assert CliRunner().invoke(validate, [*args, "--calibration", "none", "-o", str(tmp_path / "a")]).exit_code == 0
     r = CliRunner().invoke(validate, [*args, "--calibration", "h100", "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     a, b = (pd.read_csv(tmp_path / d / "points.csv") for d in ("a", "b"))
     assert len(a) == len(b) and not np.allclose(a["sim"], b["sim"], equal_nan=True)
-    # without --formula: the seed's weighted average, or the calibration's primary formula
+    # without --formula: the seed's weighted average (--calibration none), or the calibration's primary formula
     from sim.cost.calibration import load_calibration
 
     assert set(a["formula"]) == {"weighted-average"} and set(b["formula"]) == {load_calibration("h100")["formula"]}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,6 +47,9 @@ def dtype_bytes(dtype: str) -> float:
     raise ConfigError(f"unknown dtype {dtype!r}; expected one of float32, float16, bfloat16, int8, uint8, fp8*, int4, nf4")
 
 
+GEMM_PRECISIONS = ("bf16", "fp8", "int8")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """A decoder-only transformer, as the roofline sees it.
@@ -70,6 +73,17 @@ class ModelSpec:
     num_experts: int = 0
     num_experts_per_tok: int = 0
     source: str = ""
+    # --- precision (quantization) -----------------------------------------------------------
+    # bytes_per_param above is the weights' storage; activations and the KV cache keep the
+    # model's dtype unless said otherwise (None = bytes_per_param, the unquantised case)
+    activation_bytes: float | None = None
+    kv_cache_bytes: float | None = None
+    gemm_precision: str = "bf16"  # inputs of the linear layers' GEMMs: bf16 | fp8 | int8
+    quantization: str = ""  # scheme name as read ("" = none)
+    # --- MoE structure (0 = as a dense layer / none) -----------------------------------------
+    moe_intermediate_size: int = 0  # width of one expert; 0 = intermediate_size
+    shared_expert_intermediate_size: int = 0  # total width of the always-on shared expert(s)
+    num_dense_layers: int = 0  # layers whose MLP is dense (intermediate_size) in a MoE model
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
@@ -83,6 +97,16 @@ class ModelSpec:
             raise ConfigError(f"model {self.name!r}: expert counts must be >= 0")
         if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ConfigError(f"model {self.name!r}: num_experts_per_tok must be in 1..num_experts ({self.num_experts}), got {self.num_experts_per_tok}")
+        for field in ("activation_bytes", "kv_cache_bytes"):
+            v = getattr(self, field)
+            if v is not None and not v > 0:
+                raise ConfigError(f"model {self.name!r}: {field} must be > 0, got {v}")
+        if self.gemm_precision not in GEMM_PRECISIONS:
+            raise ConfigError(f"model {self.name!r}: gemm_precision must be one of {', '.join(GEMM_PRECISIONS)}, got {self.gemm_precision!r}")
+        if self.moe_intermediate_size < 0 or self.shared_expert_intermediate_size < 0:
+            raise ConfigError(f"model {self.name!r}: expert widths must be >= 0")
+        if not 0 <= self.num_dense_layers <= self.num_layers:
+            raise ConfigError(f"model {self.name!r}: num_dense_layers must be in 0..num_layers ({self.num_layers}), got {self.num_dense_layers}")
 
     # --- derived sizes ---------------------------------------------------------------------
     @property
@@ -109,44 +133,101 @@ class ModelSpec:
         """MLPs stored per layer: 1 for a dense model, ``num_experts`` for MoE."""
         return self.num_experts if self.is_moe else 1
 
+    @property
+    def act_bytes(self) -> float:
+        """Bytes per activation element (the model's dtype; quantised weights keep BF16 activations
+        between layers)."""
+        return self.bytes_per_param if self.activation_bytes is None else self.activation_bytes
+
+    @property
+    def kv_bytes_per_element(self) -> float:
+        """Bytes per KV-cache element: the activation dtype unless an FP8 KV cache is set."""
+        return self.act_bytes if self.kv_cache_bytes is None else self.kv_cache_bytes
+
+    @property
+    def expert_width(self) -> int:
+        """Width of one routed expert's MLP (``moe_intermediate_size``, else ``intermediate_size``)."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
+    def num_moe_layers(self) -> int:
+        """Layers with routed experts (0 for a dense model)."""
+        return self.num_layers - self.num_dense_layers if self.is_moe else 0
+
     def _attn_params_per_layer(self) -> int:
         # Q (d×H·dh) + O (H·dh×d) + K and V (d×Hk·dh each)
         return 2 * self.hidden_size * self.q_dim + 2 * self.hidden_size * self.kv_dim
 
     @property
+    def expert_params(self) -> int:
+        """Parameters of one routed expert (gate, up, down): 3·d·dff_e."""
+        return 3 * self.hidden_size * self.expert_width
+
+    @property
+    def non_expert_params(self) -> int:
+        """Layer parameters every step reads whatever the routing: attention, dense MLPs, shared
+        experts and routers (all layers)."""
+        d = self.hidden_size
+        if not self.is_moe:
+            return self.num_layers * (self._attn_params_per_layer() + 3 * d * self.intermediate_size)
+        moe_layer = 3 * d * self.shared_expert_intermediate_size + d * self.num_experts  # shared expert(s) + router
+        return self.num_layers * self._attn_params_per_layer() + self.num_dense_layers * 3 * d * self.intermediate_size + self.num_moe_layers * moe_layer
+
+    @property
     def weights_bytes(self) -> float:
         """Bytes of the transformer-layer weights in memory, whole model.
 
-        ``W = L·b·(2·d·H·dh + 2·d·Hk·dh + E·3·d·dff)`` — the reference's W
-        (blis-reference.md §1.1, ``L·b·(2d² + 2d·dkv + 3d·dff)`` when ``H·dh = d``), with ``E``
-        the number of stored experts (all of a MoE's experts occupy memory and, in a batch of
-        any size, are assumed all read). Embeddings, LM head, norms and MoE routers are
+        Dense: ``W = L·b·(2·d·H·dh + 2·d·Hk·dh + 3·d·dff)`` — the reference's W
+        (blis-reference.md §1.1, ``L·b·(2d² + 2d·dkv + 3d·dff)`` when ``H·dh = d``), b the
+        weights' storage bytes (quantised: the packed size with its scales). MoE: the
+        non-expert parameters plus every stored expert of every MoE layer (a step reads only
+        those it routes to: :meth:`weights_bytes_touched`). Embeddings, LM head and norms are
         excluded, as in the reference: they are <3 % of a 7B model's bytes and the LM head
         runs on sampled positions only.
         """
-        per_layer = self._attn_params_per_layer() + self.stored_experts * 3 * self.hidden_size * self.intermediate_size
-        return float(self.num_layers * per_layer) * self.bytes_per_param
+        if not self.is_moe:
+            per_layer = self._attn_params_per_layer() + 3 * self.hidden_size * self.intermediate_size
+            return float(self.num_layers * per_layer) * self.bytes_per_param
+        return float(self.non_expert_params + self.num_moe_layers * self.num_experts * self.expert_params) * self.bytes_per_param
+
+    def experts_touched(self, tokens: int) -> float:
+        """Expected distinct routed experts per MoE layer that ``tokens`` tokens reach, each
+        choosing ``k`` of ``E`` experts: ``E·(1 − (1 − k/E)^tokens)`` — uniform, independent
+        routing (balanced routers are trained towards it). 0 tokens touch none, 1 touches
+        ``k``, a large batch all ``E``."""
+        if not self.is_moe or tokens <= 0:
+            return 0.0
+        e, k = self.num_experts, self.num_experts_per_tok
+        return e * (1.0 - (1.0 - k / e) ** tokens)
+
+    def weights_bytes_touched(self, tokens: int) -> float:
+        """Layer-weight bytes a step of ``tokens`` tokens reads: everything for a dense model;
+        for MoE the non-expert weights plus the experts it routes to (:meth:`experts_touched`)."""
+        if not self.is_moe:
+            return self.weights_bytes
+        return float(self.non_expert_params + self.num_moe_layers * self.experts_touched(tokens) * self.expert_params) * self.bytes_per_param
 
     @property
     def lm_head_bytes(self) -> float:
         """Bytes of the LM head (vocab × hidden), whole model: the logits GEMM reads all of it on
         every step that samples, however few rows it has (tied embeddings share the storage,
-        but the read is the same)."""
-        return float(self.vocab_size * self.hidden_size) * self.bytes_per_param
+        but the read is the same). Quantised checkpoints keep it in the activation dtype."""
+        return float(self.vocab_size * self.hidden_size) * self.act_bytes
 
     @property
     def active_params_per_token(self) -> int:
         """Layer parameters one token multiplies by (MoE: active experts only); FLOPs ≈ 2× this."""
-        per_layer = self._attn_params_per_layer() + self.active_experts * 3 * self.hidden_size * self.intermediate_size
-        return self.num_layers * per_layer
+        if not self.is_moe:
+            return self.num_layers * (self._attn_params_per_layer() + 3 * self.hidden_size * self.intermediate_size)
+        return self.non_expert_params + self.num_moe_layers * self.num_experts_per_tok * self.expert_params
 
     @property
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes one token occupies in the whole model: ``2·L·Hk·dh·b``.
+        """KV-cache bytes one token occupies in the whole model: ``2·L·Hk·dh·b_kv``.
 
         Divide by the tensor-parallel size yourself for a per-GPU figure.
         """
-        return 2.0 * self.num_layers * self.num_kv_heads * self.head_dim * self.bytes_per_param
+        return 2.0 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes_per_element
 
 
 # --- Hugging Face config.json parsing -------------------------------------------------------
@@ -157,6 +238,124 @@ class ModelSpec:
 HF_MAX_SIZE = 2**31
 # vLLM's max_model_len when a config names no length (vllm/config.py, _get_and_verify_max_len)
 HF_DEFAULT_MAX_LEN = 2048
+
+
+# --- quantization -------------------------------------------------------------------------
+# A scheme as the roofline sees it: weight storage bytes per parameter (packed, with scales),
+# and the precision the GEMMs run in where the GPU has tensor cores for it.
+
+
+@dataclass(frozen=True, slots=True)
+class Quantization:
+    """How a quantised checkpoint is stored and computed. ``weight_bytes``: bytes per weight
+    parameter including per-group scales; ``gemm_precision``: bf16 for weight-only schemes
+    (dequantised to BF16 in the GEMM), fp8 or int8 for W8A8 schemes; ``scheme``: a label."""
+
+    scheme: str
+    weight_bytes: float
+    gemm_precision: str
+
+
+SUPPORTED_QUANTIZATION = "fp8, fbgemm_fp8, compressed-tensors (FP8/INT8 W8A8, W8A16, W4A16), awq, gptq, modelopt (FP8)"
+FP8_SCALE_BYTES = 0.0  # per-tensor / per-channel FP8 scales: a few bytes per row, < 0.1 % of the weights
+
+
+def _weight_only_bytes(bits: int, group_size: Any, where: str) -> float:
+    """Packed bytes per parameter of a ``bits``-bit weight-only scheme with one FP16 scale per
+    ``group_size`` weights (AWQ/GPTQ store scales and zeros: 2 B + bits/8 per group; -1 or
+    None = per channel, negligible)."""
+    if isinstance(bits, bool) or bits not in (2, 3, 4, 8):
+        raise ConfigError(f"{where}: weight bits must be 2, 3, 4 or 8, got {bits!r}")
+    per_group = 0.0
+    if isinstance(group_size, int) and not isinstance(group_size, bool) and group_size > 0:
+        per_group = (2.0 + bits / 8.0) / group_size  # FP16 scale + packed zero point per group
+    return bits / 8.0 + per_group
+
+
+def parse_quantization(qcfg: Any, name: str) -> Quantization:
+    """The :class:`Quantization` of a HF ``quantization_config`` mapping. ConfigError naming
+    the scheme for anything else (never BF16 by default)."""
+    where = f"model config {name!r}: quantization_config"
+    if not isinstance(qcfg, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(qcfg).__name__}")
+    method = str(qcfg.get("quant_method") or "").strip().lower()
+    if method in ("fp8", "fbgemm_fp8"):
+        return Quantization(method, 1.0 + FP8_SCALE_BYTES, "fp8")
+    if method == "modelopt":
+        algo = str(qcfg.get("quant_algo") or (qcfg.get("quantization") or {}).get("quant_algo") or "").upper()
+        if algo == "FP8":
+            return Quantization("modelopt-fp8", 1.0, "fp8")
+        raise ConfigError(f"{where}: modelopt quant_algo {algo or '(none)'!r} is not supported (only FP8); supported schemes: {SUPPORTED_QUANTIZATION}")
+    if method in ("awq", "gptq", "awq_marlin", "gptq_marlin"):
+        bits = qcfg.get("bits", qcfg.get("w_bit"))
+        group = qcfg.get("group_size", qcfg.get("q_group_size"))
+        return Quantization(f"{method.removesuffix('_marlin')}-w{bits}a16", _weight_only_bytes(bits, group, where), "bf16")
+    if method == "compressed-tensors":
+        groups = qcfg.get("config_groups")
+        if not isinstance(groups, Mapping) or not groups:
+            raise ConfigError(f"{where}: compressed-tensors config without config_groups")
+        found: set[Quantization] = set()
+        for gname, g in groups.items():
+            if not isinstance(g, Mapping) or not isinstance(g.get("weights"), Mapping):
+                raise ConfigError(f"{where}.config_groups.{gname}: no weights section")
+            w, a = g["weights"], g.get("input_activations")
+            wbits, wtype = w.get("num_bits"), str(w.get("type") or "int").lower()
+            if isinstance(a, Mapping) and a.get("num_bits") == 8 and wbits == 8:
+                atype = str(a.get("type") or "int").lower()
+                if atype != wtype:
+                    raise ConfigError(f"{where}.config_groups.{gname}: weights {wtype} with activations {atype} is not supported")
+                found.add(Quantization(f"compressed-tensors-w8a8-{'fp8' if wtype == 'float' else 'int8'}", 1.0, "fp8" if wtype == "float" else "int8"))
+            elif a is None and wbits in (4, 8):
+                scheme = f"compressed-tensors-w{wbits}a16" + ("-fp8" if wtype == "float" else "")
+                found.add(Quantization(scheme, _weight_only_bytes(wbits, w.get("group_size"), where), "bf16"))
+            else:
+                raise ConfigError(
+                    f"{where}.config_groups.{gname}: weights {wbits}-bit {wtype} with activations {a!r} is not a supported scheme; "
+                    f"supported: {SUPPORTED_QUANTIZATION}"
+                )
+        if len(found) != 1:
+            raise ConfigError(f"{where}: config groups with different schemes ({', '.join(sorted(q.scheme for q in found))}) are not supported")
+        return found.pop()
+    raise ConfigError(f"{where}: quant_method {method or '(missing)'!r} is not supported; supported schemes: {SUPPORTED_QUANTIZATION}")
+
+
+# vLLM --quantization values servesim prices, and what each means for a checkpoint that has
+# no quantization_config (only fp8 quantises a BF16 checkpoint online; the others need one)
+VLLM_QUANTIZATION = ("fp8", "fbgemm_fp8", "compressed-tensors", "awq", "awq_marlin", "gptq", "gptq_marlin", "modelopt")
+KV_CACHE_DTYPES = {"auto": None, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
+
+
+def served_model(spec: ModelSpec, quantization: str | None = None, kv_cache_dtype: str = "auto") -> ModelSpec:
+    """``spec`` as a vLLM server runs it with ``--quantization`` and ``--kv-cache-dtype``.
+
+    ``quantization`` None keeps the checkpoint's own scheme. ``fp8`` on an unquantised
+    checkpoint is vLLM's online (dynamic) FP8: FP8 weights, W8A8 GEMMs. Any other value must
+    match the checkpoint's ``quant_method`` (vLLM refuses a mismatch too). ``kv_cache_dtype``
+    ``fp8*`` stores the KV cache in one byte per element (capacity doubles, attention reads
+    halve). ConfigError naming the field otherwise.
+    """
+    out = spec
+    if quantization is not None:
+        q = quantization.strip().lower()
+        if q not in VLLM_QUANTIZATION:
+            raise ConfigError(f"server.quantization: {quantization!r} is not supported; choose one of {', '.join(VLLM_QUANTIZATION)} (or leave it unset)")
+        if not spec.quantization:
+            if q != "fp8":
+                raise ConfigError(
+                    f"server.quantization: {q!r} needs a checkpoint quantised that way, and {spec.name}'s config has no quantization_config; only fp8 quantises online"
+                )
+            out = replace(out, bytes_per_param=1.0, activation_bytes=spec.act_bytes, gemm_precision="fp8", quantization="fp8-online")
+        elif not spec.quantization.startswith(q.removesuffix("_marlin")):
+            raise ConfigError(
+                f"server.quantization: {q!r} does not match the checkpoint's scheme {spec.quantization!r}; leave it unset to use the checkpoint's"
+            )
+    kv_key = str(kv_cache_dtype).strip().lower()
+    if kv_key not in KV_CACHE_DTYPES:
+        raise ConfigError(f"server.kv_cache_dtype: {kv_cache_dtype!r} is not supported; choose one of {', '.join(KV_CACHE_DTYPES)}")
+    kv_bytes = KV_CACHE_DTYPES[kv_key]
+    if kv_bytes is not None and kv_bytes != out.kv_bytes_per_element:
+        out = replace(out, activation_bytes=out.act_bytes, kv_cache_bytes=kv_bytes)
+    return out
 
 
 def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
@@ -208,8 +407,35 @@ def model_spec_from_hf(mapping: Mapping[str, Any], name: str, source: str = "") 
     kv_heads = optional("num_key_value_heads", _first(cfg, "num_key_value_heads", "num_kv_heads", "multi_query_group_num"), heads)
     dff = optional("intermediate_size", _first(cfg, "intermediate_size", "ffn_hidden_size"), 4 * d)
     head_dim = optional("head_dim", cfg.get("head_dim"), d // heads)
-    experts = optional("num_local_experts", _first(cfg, "num_local_experts", "num_experts"), 0, minimum=0)
+    experts = optional("num_local_experts", _first(cfg, "num_local_experts", "num_experts", "n_routed_experts"), 0, minimum=0)
     experts_per_tok = optional("num_experts_per_tok", cfg.get("num_experts_per_tok"), 0, minimum=0) if experts else 0
+    moe_width = shared_width = dense_layers = 0
+    if experts:
+        # routed-expert width: Qwen-MoE / DeepSeek moe_intermediate_size; Mixtral and Llama 4
+        # use intermediate_size for the experts
+        moe_width = optional("moe_intermediate_size", cfg.get("moe_intermediate_size"), 0, minimum=0)
+        # shared experts: Qwen2-MoE shared_expert_intermediate_size; DeepSeek n_shared_experts ×
+        # moe_intermediate_size; Llama 4 one shared expert of intermediate_size
+        shared_width = optional("shared_expert_intermediate_size", cfg.get("shared_expert_intermediate_size"), 0, minimum=0)
+        n_shared = optional("n_shared_experts", cfg.get("n_shared_experts"), 0, minimum=0)
+        if n_shared and not shared_width:
+            shared_width = n_shared * (moe_width or dff)
+        step = cfg.get("interleave_moe_layer_step")
+        if step is not None:  # Llama 4: every step-th layer is MoE, the others dense of intermediate_size_mlp
+            step = whole("interleave_moe_layer_step", step)
+            shared_width = shared_width or dff
+            dense_layers = layers - layers // step
+            if dense_layers:
+                dff_dense = optional("intermediate_size_mlp", cfg.get("intermediate_size_mlp"), dff)
+                moe_width, dff = moe_width or dff, dff_dense
+        dense_layers += optional("first_k_dense_replace", cfg.get("first_k_dense_replace"), 0, minimum=0)
+        only = cfg.get("mlp_only_layers")
+        if isinstance(only, list):  # Qwen-MoE: these layers have a dense MLP
+            dense_layers += len(only)
+        sparse_step = cfg.get("decoder_sparse_step")
+        if sparse_step not in (None, 1) and not only:
+            dense_layers += layers - layers // whole("decoder_sparse_step", sparse_step)
+        dense_layers = min(dense_layers, layers)
     vocab = optional("vocab_size", cfg.get("vocab_size"), 0, minimum=0)
     # vLLM derives max_model_len from max_position_embeddings and falls back to 2048 when a
     # config has none of its length keys (vllm/config.py, _get_and_verify_max_len)
@@ -217,6 +443,9 @@ def model_spec_from_hf(mapping: Mapping[str, Any], name: str, source: str = "") 
     dtype = _first(cfg, "torch_dtype", "dtype")
     if dtype is None:
         raise ConfigError(f"model config {name!r}: no torch_dtype or dtype field; cannot size the weights")
+    act_bytes = dtype_bytes(str(dtype))
+    qcfg = _first(cfg, "quantization_config", "compression_config")
+    quant = parse_quantization(qcfg, name) if qcfg is not None else None
     return ModelSpec(
         name=name,
         num_layers=layers,
@@ -226,11 +455,17 @@ def model_spec_from_hf(mapping: Mapping[str, Any], name: str, source: str = "") 
         head_dim=head_dim,
         intermediate_size=dff,
         vocab_size=vocab,
-        bytes_per_param=dtype_bytes(str(dtype)),
+        bytes_per_param=act_bytes if quant is None else quant.weight_bytes,
         max_position_embeddings=max_pos,
         num_experts=experts,
         num_experts_per_tok=experts_per_tok,
         source=source or name,
+        activation_bytes=None if quant is None else act_bytes,
+        gemm_precision="bf16" if quant is None else quant.gemm_precision,
+        quantization="" if quant is None else quant.scheme,
+        moe_intermediate_size=moe_width,
+        shared_expert_intermediate_size=shared_width,
+        num_dense_layers=dense_layers,
     )
 
 

@@ -41,7 +41,10 @@ from sim.studies.calibrate_defaults import (
 
 @click.command()
 @click.option("--ground-truth", "ground_truth", help="Measured data directory (points.csv, requests/).")
-@click.option("--bench-data", type=click.Path(file_okay=False), help="bench_data/ for MFU tables (default: <ground-truth>/bench_data if present).")
+@click.option(
+    "--bench-data",
+    help="bench_data/ for MFU tables (default: <ground-truth>/bench_data if present); 'none' = the built-in MFU curves, which carry to every GPU.",
+)
 @click.option(
     "--formula",
     "formulas",
@@ -197,8 +200,12 @@ def calibrate(
         for f in fl:
             FORMULAS.get(f, "--formula")
         bd = bench_data
-        if bd is None and (Path(ground_truth) / "bench_data").is_dir():
+        if bd is not None and bd.strip().lower() == "none":
+            bd = None  # the built-in curves: what runs without cost.bench_data_dir use
+        elif bd is None and (Path(ground_truth) / "bench_data").is_dir():
             bd = str(Path(ground_truth) / "bench_data")
+        elif bd is not None and not Path(bd).is_dir():
+            raise ConfigError(f"--bench-data: directory not found: {bd} (or 'none' for the built-in MFU curves)")
         from sim.studies.executor import run_many
 
         def summaries(cfgs):
@@ -209,6 +216,7 @@ def calibrate(
                 "seed": seed,
                 "cost": {
                     "model": "roofline",
+                    "calibration": "none",  # fit from the seed: no shipped calibration fills unset knobs
                     "mfu_lookup": mfu_lookup,
                     "decode_attention_context": decode_attention_context,
                     "decode_kv_read_fraction": decode_kv_read_fraction,

@@ -30,7 +30,7 @@ def common_options(func):
     opts = [
         click.argument("config", required=False, type=click.Path(dir_okay=False)),
         click.option("--model", help="Model: catalogue name (see `servesim list`), HF id, or path to a config.json."),
-        click.option("--gpu", help="GPU catalogue name (H100, A100, H200, L40S)."),
+        click.option("--gpu", help="GPU: catalogue name (H100, A100, L40S, …; `servesim list`) or a GPU YAML file (docs/hardware.md)."),
         click.option("--tensor-parallel-size", "-tp", type=int, help="GPUs per replica (vLLM --tensor-parallel-size)."),
         click.option("--max-num-seqs", type=int, help="Max running requests per step (vLLM default 256)."),
         click.option("--max-num-batched-tokens", type=int, help="Token budget per step (vLLM: 8192 on >=70 GiB GPUs, else 2048)."),
@@ -46,6 +46,14 @@ def common_options(func):
         click.option("--gpu-memory-utilization", type=float, help="Share of GPU memory for weights+KV, in (0, 1] (vLLM default 0.9)."),
         click.option("--num-gpu-blocks-override", type=int, help="KV blocks per GPU instead of deriving them from memory."),
         click.option("--max-model-len", type=int, help="Longest prompt+output, tokens (default: the model's)."),
+        click.option(
+            "--quantization", help="vLLM --quantization: fp8 (online, of a BF16 checkpoint) or the checkpoint's own scheme; default: the checkpoint's."
+        ),
+        click.option(
+            "--kv-cache-dtype",
+            type=click.Choice(["auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"]),
+            help="vLLM --kv-cache-dtype: auto = the model's dtype; fp8 halves KV bytes.",
+        ),
         click.option("--policy", help="Scheduler policy (default vllm-v1; see `servesim list`)."),
         click.option("--cost-model", help="Step-cost model: roofline | linear | fixed."),
         click.option(
@@ -55,7 +63,10 @@ def common_options(func):
         click.option("--gemm-m", type=click.Choice(["tokens", "requests"]), help="GEMM M sizing: tokens (physical) or requests (seed study)."),
         click.option("--mfu-lookup", type=click.Choice(["nearest", "interpolate"]), help="MFU table lookup mode."),
         click.option("--bench-data", type=click.Path(file_okay=False), help="Microbenchmark directory (bench_data/) for MFU tables."),
-        click.option("--calibration", help="Fitted cost knobs: a shipped calibration name (h100) or a YAML path from `calibrate`."),
+        click.option(
+            "--calibration",
+            help="Fitted cost knobs: a shipped name (default h100, transferred to any GPU), a YAML path from `calibrate`, or none (the seed roofline).",
+        ),
         click.option("--seed", type=int, help="Run seed (all random streams derive from it)."),
         click.option("--num-requests", type=int, help="Requests to simulate (per point in sweeps)."),
         click.option(
@@ -66,6 +77,11 @@ def common_options(func):
         click.option("--rate", type=float, help="Request rate, requests per second (constant/poisson)."),
         click.option("--concurrency", type=int, help="Closed-loop users (concurrent) or in-flight cap (throughput)."),
         click.option("--horizon", type=float, help="Stop the simulated clock at this many seconds."),
+        click.option(
+            "--request-timeout",
+            type=float,
+            help="Client timeout per request, seconds from its send (inference-perf load.request_timeout): an unfinished request fails as timed_out and the server aborts it; default: wait forever.",
+        ),
         click.option(
             "--replicas",
             "--data-parallel-size",

@@ -161,6 +161,8 @@ FLAG_PATHS = {
     "gpu_memory_utilization": "server.gpu_memory_utilization",
     "num_gpu_blocks_override": "server.num_gpu_blocks",
     "max_model_len": "server.max_model_len",
+    "quantization": "server.quantization",
+    "kv_cache_dtype": "server.kv_cache_dtype",
     "policy": "scheduler.policy",
     "cost_model": "cost.model",
     "formula": "cost.formula",
@@ -174,6 +176,7 @@ FLAG_PATHS = {
     "rate": "arrival.rate_rps",
     "concurrency": "arrival.concurrency",
     "horizon": "horizon_s",
+    "request_timeout": "arrival.request_timeout_s",
 }
 
 

@@ -26,10 +26,14 @@ def list_cmd() -> None:
     from sim.scheduler import SCHEDULERS
 
     out_console.print("models:     " + ", ".join(catalogue_names()))
-    out_console.print("gpus (datasheet peaks; sources in sim/catalogue/hardware.py):")
+    out_console.print("gpus (dense datasheet peaks; sources in sim/catalogue/hardware.py; your own: --gpu FILE.yaml, docs/hardware.md):")
     for g in gpu_names():
         spec = resolve_gpu(g)
-        out_console.print(f"  {g:28s} BF16 {spec.peak_bf16_tflops:g} TFLOP/s dense, memory {spec.hbm_bw_tbs:g} TB/s, {spec.memory_gib:g} GiB")
+        fp8 = f"FP8 {spec.peak_fp8_tflops:g}" if spec.peak_fp8_tflops else "no FP8"
+        out_console.print(
+            f"  {g:12s} {spec.architecture:7s} BF16 {spec.peak_bf16_tflops:g} TFLOP/s, {fp8}; {spec.memory_type or 'memory'} {spec.hbm_bw_tbs:g} TB/s, "
+            f"{spec.memory_gib:.0f} GiB; TP over {spec.interconnect} {spec.interconnect_bw_gbps:g} GB/s per direction"
+        )
     for title, reg in (("policies", SCHEDULERS), ("cost models", COST_MODELS), ("arrivals", ARRIVALS)):
         out_console.print(f"{title}:")
         for name, doc in reg.describe().items():

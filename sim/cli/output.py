@@ -134,9 +134,23 @@ def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stab
     }
 
 
-def header(cfg) -> dict:
-    from sim.cost.calibration import effective_formula
+def cost_label(cfg) -> str:
+    """``roofline/smooth-wa, calibration h100`` — and ``(fitted on H100, transferred)`` when the
+    run's GPU is another — for table titles."""
+    from sim.cost.calibration import active_calibration, effective_formula, load_calibration, transferred_from
 
+    text = f"{cfg.cost.model}/{effective_formula(cfg)}" if cfg.cost.model == "roofline" else cfg.cost.model
+    name = active_calibration(cfg)
+    if name is None:
+        return text + (", seed knobs (no calibration)" if cfg.cost.model == "roofline" else "")
+    fitted = transferred_from(load_calibration(name), cfg.gpu)
+    return f"{text}, calibration {name}" + (f" (fitted on {fitted}, transferred)" if fitted else "")
+
+
+def header(cfg) -> dict:
+    from sim.cost.calibration import active_calibration, effective_formula, load_calibration, transferred_from
+
+    name = active_calibration(cfg)
     return {
         "servesim_version": __version__,
         "model": cfg.model,
@@ -145,6 +159,8 @@ def header(cfg) -> dict:
         "cost_model": cfg.cost.model,
         "formula": effective_formula(cfg),
         "gemm_m": cfg.cost.gemm_m,
+        "calibration": name,
+        "calibration_transferred_from": transferred_from(load_calibration(name), cfg.gpu) if name else None,
         "policy": cfg.scheduler.policy,
         "seed": cfg.seed,
         **(_cluster_header(cfg.cluster) if cfg.cluster is not None else {}),

@@ -20,10 +20,9 @@ from sim.cli.common import (
     out_dir,
 )
 from sim.cli.config_input import build_config, split_flags
-from sim.cli.output import write_config_yaml, write_guidellm
+from sim.cli.output import cost_label, write_config_yaml, write_guidellm
 from sim.cli.tables import deployment_label, interval_table, replica_table, summary_table
 from sim.config import OPEN_LOOP_STRATEGIES
-from sim.cost.calibration import effective_formula
 
 
 @click.command()
@@ -92,7 +91,7 @@ def run(config: str | None, **kwargs: Any) -> None:
     out_console.print(
         summary_table(
             [(label, offered, s, None)],
-            f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}",
+            f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cost_label(cfg)}",
             width=out_console.width,
         )
     )
@@ -100,14 +99,15 @@ def run(config: str | None, **kwargs: Any) -> None:
         out_console.print(replica_table(res.replicas, f"replicas — router {res.derived['router']}"))
         out_console.print(f"load imbalance (max/mean within a group): requests {s['load_imbalance_requests']:.2f}, busy time {s['load_imbalance_busy']:.2f}")
     if ivs:
-        out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals (calibration {cfg.cost.calibration})"))
+        out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals ({cost_label(cfg)})"))
     if res.replicas is None:
         limits = f"KV blocks {res.derived['num_gpu_blocks']}, budget {res.derived['max_num_batched_tokens']} tokens"
     else:  # replicas of different shapes differ in KV capacity
         per_group = res.replicas.drop_duplicates("group")
         limits = "KV blocks per replica " + ", ".join(f"{b} ({g})" for g, b in zip(per_group["group"], per_group["num_gpu_blocks"]))
+    timed_out = f", {s['num_timed_out']} timed out" if "num_timed_out" in s else ""
     out_console.print(
-        f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected, {s['num_in_flight']} in flight, {s['num_not_sent']} not sent; {limits}"
+        f"requests: {s['num_finished']} finished, {s['num_rejected']} rejected{timed_out}, {s['num_in_flight']} in flight, {s['num_not_sent']} not sent; {limits}"
     )
     out_console.print(f"results: {final_path(out)}/")
     err_console.print(f"simulated {s['num_requests']} requests, {s['num_steps']} steps in {wall:.2f} s wall")

@@ -20,7 +20,7 @@ from sim.cli.common import (
     out_dir,
 )
 from sim.cli.config_input import FLAG_PATHS, build_config, split_flags
-from sim.cli.output import write_config_yaml, write_guidellm
+from sim.cli.output import cost_label, write_config_yaml, write_guidellm
 from sim.cli.tables import deployment_label, interval_table, summary_table
 from sim.cost.calibration import effective_formula
 from sim.errors import ConfigError
@@ -109,13 +109,9 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         else:
             write_figure(out / "plots" / "replica_load.png", replica_load(busiest.result, f"load per replica: {busiest.label}"))
     rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
-    out_console.print(
-        summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cfg.cost.model}/{effective_formula(cfg)}", width=out_console.width)
-    )
+    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cost_label(cfg)}", width=out_console.width))
     if ivs:
-        out_console.print(
-            interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals (calibration {cfg.cost.calibration})")
-        )
+        out_console.print(interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals ({cost_label(cfg)})"))
     sat = "-" if result.saturation_rps is None else f"{result.saturation_rps:.3g} req/s"
     out_console.print(f"saturation point: {sat}; max throughput: {result.max_throughput_rps:.3g} req/s")
     for note in result.notes:

@@ -1,5 +1,5 @@
 """``servesim validate``: simulate every measured point of a ground-truth directory and report
-the errors .
+the errors.
 
 Outputs in OUTDIR (atomic writes, deterministic content)::
 
@@ -10,6 +10,12 @@ Outputs in OUTDIR (atomic writes, deterministic content)::
     step_check.csv   set B: simulated vs vLLM-span prefill/decode time per point (guidellm mode)
     plots/sim_vs_meas_<formula>.png, plots/latency_vs_rate_<experiment>.png
 
+A metric a point did not measure (blank or absent in the ground truth's points.csv, e.g. an
+aggregate-only point with means and percentiles but no per-request file) is a blank cell: not
+scored for that point and left out of that metric's MAPE. The tables and settings.json are
+written before report.md and the plots; should rendering those fail, the tables are kept (the
+result folder is committed) and the command exits with code 1.
+
 :func:`sim.studies.validate.run_validation` is the library form.
 """
 
@@ -17,7 +23,10 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -34,30 +43,49 @@ from sim.studies.validate import ValidationResult, run_validation
 from sim.studies.validate_report import mape_lookup, render_report
 
 
-def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
-    from sim.cli.output import atomic_write_bytes, safe_file_part, write_figure, write_json
+def write_tables(out: Path, v: ValidationResult) -> None:
+    """Write the validation's tables to ``out``: ``points.csv``, ``mape.csv``,
+    ``step_check.csv`` (when there are per-step rows) and ``settings.json``. Unknown values (a
+    metric a point did not measure) are blank cells. Uses none of the report or plot code, so
+    a rendering failure cannot keep these files from being written."""
+    from sim.cli.output import atomic_write_bytes, write_json
 
     def csv_bytes(df: pd.DataFrame) -> bytes:
         buf = io.StringIO()
         df.to_csv(buf, index=False, float_format="%.6g")
         return buf.getvalue().encode()
 
-    atomic_write_bytes(out / "report.md", render_report(v).encode())
     atomic_write_bytes(out / "points.csv", csv_bytes(v.long))
     atomic_write_bytes(out / "mape.csv", csv_bytes(v.mape))
     if len(v.steps):
         atomic_write_bytes(out / "step_check.csv", csv_bytes(v.steps))
     write_json(out / "settings.json", v.settings)
+
+
+def write_report(out: Path, v: ValidationResult, plots: bool = True) -> None:
+    """Write ``report.md`` and (with ``plots``) the PNG plots of ``v`` to ``out``."""
+    from sim.cli.output import atomic_write_bytes, safe_file_part, write_figure
+
+    atomic_write_bytes(out / "report.md", render_report(v).encode())
     if plots:
         for f, g in dict.fromkeys(zip(v.long["formula"], v.long["gemm_m"])):
             sub = v.long[(v.long["formula"] == f) & (v.long["gemm_m"] == g)]
-            write_figure(
-                out / "plots" / f"sim_vs_meas_{safe_file_part(f)}_{safe_file_part(g)}.png",
-                plot_sim_vs_meas(sub, f"simulated vs measured — {f}, gemm_m={g}, mode={v.settings['mode']}"),
-            )
+            with warnings.catch_warnings():
+                # a metric no point measured leaves its panel empty (and its legend without entries)
+                warnings.filterwarnings("ignore", message="No artists with labels found", category=UserWarning)
+                fig = plot_sim_vs_meas(sub, f"simulated vs measured — {f}, gemm_m={g}, mode={v.settings['mode']}")
+            write_figure(out / "plots" / f"sim_vs_meas_{safe_file_part(f)}_{safe_file_part(g)}.png", fig)
         counts = v.points.groupby("experiment").size()
         for exp in counts[counts > 1].index:
             write_figure(out / "plots" / f"latency_vs_rate_{safe_file_part(exp)}.png", plot_latency_vs_rate(v.long, exp))
+
+
+def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
+    """Write every file of the validation to ``out``: the tables first (:func:`write_tables`),
+    then the report and plots (:func:`write_report`), so that the tables exist even if
+    rendering fails afterwards (the error then propagates)."""
+    write_tables(out, v)
+    write_report(out, v, plots)
 
 
 @click.command()
@@ -85,8 +113,8 @@ def write_outputs(out: Path, v: ValidationResult, plots: bool = True) -> None:
 @click.option("--seed", type=int, default=42, show_default=True, help="Run seed.")
 @click.option(
     "--calibration",
-    help="Price with a calibration (shipped name or YAML path). In-sample for the data it was fitted on: "
-    "the cross-validated errors are in `calibrate`'s report.",
+    help="Price with a calibration (shipped name or YAML path; default: the shipped h100; none = the seed roofline). "
+    "In-sample for the data it was fitted on: the cross-validated errors are in `calibrate`'s report.",
 )
 @click.option(
     "--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True, help="Where the independent simulations run."
@@ -115,17 +143,20 @@ def validate(
 ) -> None:
     """Simulate every measured point of GROUND_TRUTH and report the errors (MAPE)."""
 
+    # Returns None on success, else the message of a report/plot rendering failure: the
+    # tables were written and the result folder is committed all the same, then exit 1.
     @handle_errors
-    def body() -> None:
+    def body() -> str | None:
         from sim.studies.executor import run_many
 
         if max_requests_per_point is not None and max_requests_per_point < 1:
             raise ConfigError(f"--max-requests-per-point: must be >= 1, got {max_requests_per_point}")
         cost: dict = {"model": "roofline"}
         if calibration:
-            from sim.cost.calibration import load_calibration
+            from sim.cost.calibration import NO_CALIBRATION, load_calibration
 
-            load_calibration(calibration)  # a clear error now for an unknown name or a bad file
+            if calibration.strip().lower() != NO_CALIBRATION:
+                load_calibration(calibration)  # a clear error now for an unknown name or a bad file
             cost["calibration"] = calibration
         base = parse_run_config({"seed": seed, "cost": cost})
         t0 = time.perf_counter()
@@ -148,12 +179,22 @@ def validate(
                 base=base,
             )
         out = out_dir({"output_dir": output_dir}, "validate")
-        write_outputs(out, v, plots=not no_plots)
+        write_tables(out, v)
+        try:
+            write_report(out, v, plots=not no_plots)
+        except OSError:
+            raise  # a full disk or the like: handled (and the folder discarded) by handle_errors
+        except Exception:  # a rendering bug must not lose the simulated tables: keep them, exit 1
+            return f"{traceback.format_exc()}report.md / plots could not be rendered; the tables are in {final_path(out)}/ (points.csv, mape.csv)"
         lk = mape_lookup(v.mape)
         for f, g in dict.fromkeys(zip(v.long["formula"], v.long["gemm_m"])):
             cells = ", ".join(f"{m} {pct_cell(lk.get((f, g, 'all', 'overall', 'all', m), (math.nan, 0))[0])}" for m in HEADLINE_METRICS)
             out_console.print(f"{f} (gemm_m={g}, mode={mode}): MAPE {cells}")
         out_console.print(f"results: {final_path(out)}/ (report.md, points.csv, mape.csv)")
-        err_console.print(f"{len(v.long) // 15} point simulations in {time.perf_counter() - t0:.1f} s wall")
+        err_console.print(f"{len(v.sim_summaries)} point simulations in {time.perf_counter() - t0:.1f} s wall")
+        return None
 
-    body()
+    failure = body()
+    if failure:
+        err_console.print(failure, markup=False, highlight=False)
+        sys.exit(1)

@@ -15,12 +15,19 @@ while step k runs (or exactly when it ends) therefore waits in a staging list an
 scheduler's queue only when step k+1 launches, i.e. it can run in step k+2 at the earliest. An
 idle engine admits a request at once; a planned step that would be empty admits the staged
 requests at once too (the real engine re-plans immediately).
+
+Client timeouts (:meth:`Engine.time_out`): when a client gives up on a request, the request
+leaves at that instant (recorded ``timed_out``, its closed-loop user sends the next one) with
+the output delivered so far. The scheduler drops it at once, unless the step running at that
+instant holds it: vLLM handles aborts between engine steps, so it then keeps its seat and KV
+until that step ends, and the token the step computes for it is never delivered. A request
+whose last token comes exactly at its deadline has finished.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import cast
 
 import numpy as np
@@ -30,7 +37,7 @@ from simpy.core import NORMAL
 from sim.cost.base import CostModel, DecodePricer, decode_step_fn
 from sim.entities import Request, RequestStatus
 from sim.errors import SimulationError
-from sim.records.metrics import MetricsSink
+from sim.records.metrics import MetricsSink, request_record
 from sim.scheduler.base import NO_CAPABILITIES
 
 
@@ -51,6 +58,40 @@ class SimEnvironment(simpy.Environment):
         event._value = None
         heappush(self._queue, (time_s, NORMAL, next(self._eid), event))
         return event
+
+
+class CancellableEnvironment(SimEnvironment):
+    """A :class:`SimEnvironment` whose :meth:`timeout_at` events can be withdrawn
+    (:meth:`cancel`): a withdrawn event leaves the queue unprocessed — it neither moves the
+    clock nor is the next event for :meth:`peek`, so it bounds no fast-forward window. For the
+    client timeouts' wake-ups; runs without a timeout use the plain class and do not pay the
+    check on every event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._withdrawn: set[simpy.Event] = set()
+
+    def cancel(self, event: simpy.Event) -> None:
+        """Withdraw ``event`` (made by :meth:`timeout_at`, not processed yet)."""
+        self._withdrawn.add(event)
+
+    def _drop_withdrawn(self) -> None:
+        queue, withdrawn = self._queue, self._withdrawn
+        while withdrawn and queue and queue[0][3] in withdrawn:
+            withdrawn.discard(heappop(queue)[3])
+
+    def peek(self) -> float:
+        self._drop_withdrawn()
+        return super().peek()
+
+    def step(self) -> None:
+        self._drop_withdrawn()
+        super().step()
+
+
+def timeout_reason(timeout_s: float, where: str) -> str:
+    """The ``reject_reason`` of a request its client gave up on (``where``: what it was doing)."""
+    return f"client timeout after {timeout_s:g} s {where}"
 
 
 class Engine:
@@ -90,6 +131,12 @@ class Engine:
         caps = getattr(scheduler, "capabilities", NO_CAPABILITIES)
         self.fast_forward = fast_forward and caps.plain_decodes
         self.deferred = fast_forward and caps.deferred_decodes and scheduler.defer_decodes()
+        # client timeouts: the running step's end (None between steps), and the requests whose
+        # client gave up while that step ran, which leave the scheduler when it ends
+        self._step_end_s: float | None = None
+        self._in_window = False  # a fast-forward window is being applied
+        self._aborted: list[Request] = []  # left already; their seat and KV go at the step's end
+        self._due: list[tuple[Request, float]] = []  # deadline = the running step's end: finished first?
         self.num_submitted = 0
         self.num_steps = 0
         self.process = env.process(self._loop())
@@ -152,6 +199,93 @@ class Engine:
         self.sink.on_request_done(req)
         self._signal_done(req)
 
+    # ---------------------------------------------------------- client timeouts
+    def time_out(self, req: Request, timeout_s: float) -> None:
+        """The client gave up on ``req`` now, ``timeout_s`` after it sent it (see the module
+        docstring). Precondition: ``req`` was submitted here and has not left."""
+        status = req.status
+        sched = self.scheduler
+        if status is RequestStatus.RUNNING:
+            if self._in_window:
+                # windows stop before every pending event, the clients' wake-ups included
+                raise SimulationError(f"request {req.request_id} timed out inside a fast-forward window at t={self.env.now:.6f}s")
+            if self._step_end_s is None:
+                sched.abort(req)  # settles a deferred request's progress
+                self.leave_timed_out(req, timeout_s, self._where_running(req.num_output_generated, req))
+            elif self._step_end_s == self.env.now:
+                self._due.append((req, timeout_s))  # the step ending now may finish it: decided then
+            else:
+                # the step running now keeps it; what the client received is the progress of
+                # the last step that ended (a deferred request's object is stale until then)
+                generated, max_itl_s = sched.progress_of(req) if self.deferred else (req.num_output_generated, req.max_itl_s)
+                self._aborted.append(req)
+                self._record_timeout(req, timeout_s, self._where_running(generated, req), generated, max_itl_s)
+        elif status is RequestStatus.WAITING:
+            sched.abort(req)  # holds no KV and is in no step: leaves now, even while a step runs
+            where = "while waiting after a preemption" if req.num_preemptions else "while waiting to be scheduled"
+            self.leave_timed_out(req, timeout_s, where)
+        else:  # reached the engine while a step ran (async scheduling): the scheduler never saw it
+            k = next((i for i, (_, r) in enumerate(self._staged) if r is req), None)
+            if k is None:
+                raise SimulationError(f"request {req.request_id} timed out in an engine that does not hold it (status {status.value})")
+            del self._staged[k]  # in place: the step loop holds this list
+            self.leave_timed_out(req, timeout_s, "before its first step (staged by async scheduling)")
+
+    @staticmethod
+    def _where_running(generated: int, req: Request) -> str:
+        if generated == 0:
+            return "while running, before its first token"
+        return f"while running, after {generated} of {req.output_tokens} output tokens"
+
+    def leave_timed_out(self, req: Request, timeout_s: float, where: str) -> None:
+        """Record ``req`` timed out now with what its object holds (it is in no scheduler) and
+        let it leave. For a request the engine never got (the API server's delay) too."""
+        req.status = RequestStatus.TIMED_OUT
+        self._record_timeout(req, timeout_s, where, req.num_output_generated, req.max_itl_s)
+
+    def _record_timeout(self, req: Request, timeout_s: float, where: str, generated: int, max_itl_s: float) -> None:
+        req.finish_s = self.env.now
+        req.reject_reason = timeout_reason(timeout_s, where)
+        rec = request_record(req, RequestStatus.TIMED_OUT.value)
+        rec.generated_tokens = generated
+        rec.max_itl_s = max_itl_s
+        self.sink.add_record(rec)
+        self._signal_done(req)
+
+    @property
+    def leaving(self) -> list[Request]:
+        """Requests that timed out during the running step: they left (recorded, signalled)
+        but hold their seat and KV blocks until the step ends."""
+        return self._aborted
+
+    def _drop_undelivered(self, out, sampled: list[Request], finished: list[Request]) -> tuple[list[Request], list[Request], int]:
+        """The running step's progress without the requests that timed out during it: the
+        tokens it computed for them are never delivered (no gap, no first token, no finish).
+        Returns ``(sampled, finished, deferred gaps to record)``."""
+        gone = set(self._aborted)
+        n_def = out.num_deferred
+        if n_def:
+            n_def -= sum(1 for r in out.requests[:n_def] if r in gone)
+        return [r for r in sampled if r not in gone], [r for r in finished if r not in gone], n_def
+
+    def _release_aborted(self) -> None:
+        """The step ended: the requests that timed out during it leave the scheduler (those it
+        finished left it already) and free their KV."""
+        for req in self._aborted:
+            if req.status is RequestStatus.RUNNING:
+                self.scheduler.abort(req)
+            req.status = RequestStatus.TIMED_OUT
+        self._aborted = []
+
+    def _resolve_due(self) -> None:
+        """The step that ended at some requests' deadlines: those it did not finish time out
+        now, with the tokens it delivered."""
+        due, self._due = self._due, []
+        for req, timeout_s in due:
+            if req.status is RequestStatus.RUNNING:
+                self.scheduler.abort(req)
+                self.leave_timed_out(req, timeout_s, self._where_running(req.num_output_generated, req))
+
     def _signal_done(self, req: Request) -> None:
         if self.on_leave is not None:
             self.on_leave(req)
@@ -180,6 +314,8 @@ class Engine:
                 self._idle = None
             if env.peek() == env.now:
                 yield env.timeout(0)  # let arrivals due now join this step (staged if async)
+                if not sched.has_work() and not staged:
+                    continue  # every request it held timed out meanwhile
             if staged:
                 # step k+1 was planned when step k launched: it holds what arrived before then
                 self._admit_staged(prev_start_s if sched.has_work() else None)
@@ -197,7 +333,9 @@ class Engine:
                 else:
                     window = self._decode_window()
                 if window is not None:
+                    self._in_window = True
                     yield from self._fast_forward(*window)
+                    self._in_window = False
                     self._step_start_s = prev_start_s = window[0][-2]  # the window's last step
                     continue
             start_s = env.now
@@ -221,11 +359,16 @@ class Engine:
             if not cost.total_s > 0:
                 raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {cost.total_s} s")
             self._step_start_s = prev_start_s = start_s
+            self._step_end_s = start_s + cost.total_s  # where env.timeout lands (same addition)
             yield env.timeout(cost.total_s)
+            self._step_end_s = None
             end_s = env.now
             sampled, finished = sched.update_from_output(out, end_s)
-            if out.num_deferred:
-                sink.on_uniform_gaps(out.deferred_gap_s, out.num_deferred)
+            num_deferred = out.num_deferred
+            if self._aborted:
+                sampled, finished, num_deferred = self._drop_undelivered(out, sampled, finished)
+            if num_deferred:
+                sink.on_uniform_gaps(out.deferred_gap_s, num_deferred)
             sink.on_tokens(sampled, end_s)
             batch = out.batch
             sink.on_step(
@@ -247,6 +390,10 @@ class Engine:
             self.num_steps += 1
             for req in finished:
                 self._record_finish(req, end_s)
+            if self._aborted:
+                self._release_aborted()
+            if self._due:
+                self._resolve_due()
 
     # ------------------------------------------------------------ fast-forward
     MAX_WINDOW_STEPS = 4096  # bounds the per-window arrays

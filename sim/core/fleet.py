@@ -15,7 +15,10 @@ the decode replica; the decode replica receives the prompt's KV and the first to
 steps hold the request as an ordinary decode. The request table has one row per request (its
 ``replica`` column: where it finished, or was refused / left at the horizon; -1 = never
 reached a replica; with disaggregation also ``prefill_replica``, where it prefilled);
-prefill-side rows of a disaggregated request are not separate requests. In the replica table
+prefill-side rows of a disaggregated request are not separate requests. A request its client
+gives up on (``arrival.request_timeout_s``) leaves wherever it is: the router, a replica (which
+aborts it), the KV link; timed out during its prefill, its prefill replica aborts the prefill
+and its row is the fleet's, with ``replica`` = the prefill replica. In the replica table
 a prefill replica's ``finished`` counts the prefills it completed (first tokens produced) and
 its ``ttft_p99_ms`` is theirs.
 
@@ -38,7 +41,8 @@ from sim.cluster.admission import build_admission
 from sim.cluster.router import ReplicaInfo, ReplicaView, build_router
 from sim.cluster.transfer import resolve_link
 from sim.config import InstanceGroupConfig, RunConfig, merge, parse_run_config
-from sim.core.engine import SimEnvironment
+from sim.core.client import ClientTimeouts
+from sim.core.engine import CancellableEnvironment, SimEnvironment, timeout_reason
 from sim.core.result import SimResult
 from sim.core.server import Server, percent_progress
 from sim.entities import Request, RequestStatus
@@ -46,7 +50,7 @@ from sim.errors import ConfigError
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import REQUEST_COLUMNS, LogHistogram, MetricsSink, StreamingSummary, request_record, requests_frame, steps_frame, summarize
+from sim.records.metrics import LogHistogram, MetricsSink, StreamingSummary, request_record, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 FLEET_SUMMARY_KEYS = ("num_replicas", "load_imbalance_requests", "load_imbalance_busy")
@@ -89,7 +93,8 @@ class Replica:
         self.group = group
         self.role = role
         self.cfg = cfg
-        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows)
+        timeouts = cfg.arrival.request_timeout_s is not None
+        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows, timeouts=timeouts)
         self.busy_s = 0.0  # streaming: stepping time and preemptions of the spilled steps
         self.preemptions = 0
         self.server = Server(cfg, env, self.sink, fast_forward=fast_forward, on_leave=on_leave)
@@ -98,7 +103,8 @@ class Replica:
         self.info = ReplicaInfo(index, group, role, cfg.server.max_num_seqs, self.server.limits["num_gpu_blocks"], cfg.server.block_size)
 
     def live_view(self) -> ReplicaView:
-        running = len(self.server.scheduler.running)
+        # requests timed out during the running step left (num_left) but are still in running
+        running = len(self.server.scheduler.running) - len(self.server.engine.leaving)
         kv = self.server.kv
         return ReplicaView(self.index, self.num_routed - self.num_left - running, running, kv.num_used_blocks / kv.num_blocks)
 
@@ -127,7 +133,9 @@ class FleetSimulation:
     """A configured, runnable fleet simulation (the config has a ``cluster`` section).
 
     Attributes: ``env``, ``replicas`` (:class:`Replica`, in group order), ``router``,
-    ``admission``, ``workload``, ``sink`` (requests that never reached a replica).
+    ``admission``, ``workload``, ``sink`` (requests refused by admission, or that left or were
+    in flight outside a replica's engine), ``timeouts`` (the client's
+    :class:`~sim.core.client.ClientTimeouts`, None without ``arrival.request_timeout_s``).
     """
 
     def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536, fast_forward: bool = True) -> None:
@@ -141,7 +149,14 @@ class FleetSimulation:
         self.spill = spill
         cl = cfg.cluster
         self.streams = RandomStreams(cfg.seed)
-        self.env = env = SimEnvironment()
+        timeout_s = cfg.arrival.request_timeout_s
+        self.timeouts: ClientTimeouts | None = None
+        if timeout_s is None:
+            self.env = env = SimEnvironment()
+        else:
+            self.env = env = CancellableEnvironment()
+            self.timeouts = ClientTimeouts(env, timeout_s, self._time_out)
+        timeouts = self.timeouts is not None
         self.replicas: list[Replica] = []
         for gi, group in enumerate(cl.groups):
             name = group_name(group, gi)
@@ -164,7 +179,7 @@ class FleetSimulation:
         self.count_own_sends = cl.router.count_own_sends
         self.link = resolve_link(cl.kv_transfer) if self.disaggregated else None
         model = self.replicas[0].server.model
-        self.kv_bytes_per_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim * model.bytes_per_param
+        self.kv_bytes_per_token = model.kv_bytes_per_token  # bytes that cross the P/D link per prompt token
         self.workload = build_workload(cfg.workload, self.streams)
         if cfg.workload.prompt_pool_warm:
             pool = self.workload.pool_prompts().values()
@@ -174,11 +189,11 @@ class FleetSimulation:
                         r.server.kv.prewarm(req)
         self.replica_of = np.full(len(self.workload), -1, dtype=np.int64)
         self.prefill_of = np.full(len(self.workload), -1, dtype=np.int64)  # disaggregated: where each request prefilled
-        # refused by admission, or at the horizon outside a replica's engine
-        self.sink = MetricsSink(record_itls=False, spill=self._emit if spill is not None else None, chunk_rows=chunk_rows)
+        # refused by admission; timed out, or at the horizon, outside a replica's engine
+        self.sink = MetricsSink(record_itls=False, spill=self._emit if spill is not None else None, chunk_rows=chunk_rows, timeouts=timeouts)
         if spill is not None:
-            self.fleet_summary = StreamingSummary()
-            self.group_summaries = {r.group: StreamingSummary() for r in self.replicas}
+            self.fleet_summary = StreamingSummary(timeouts)
+            self.group_summaries = {r.group: StreamingSummary(timeouts) for r in self.replicas}
             self._group_names = list(dict.fromkeys((r.group, r.role) for r in self.replicas))
             position = {name: i for i, (name, _) in enumerate(self._group_names)}
             self._group_index_of_replica = np.array([position[r.group] for r in self.replicas], dtype=np.int64)
@@ -188,6 +203,8 @@ class FleetSimulation:
         self.progress: Callable[[int], None] | None = None
         self.in_router: dict[int, Request] = {}  # admitted, routing decision pending (router latency)
         self.in_prefill: dict[int, Request] = {}  # disaggregated: the client's request, by id, while its prefill runs
+        self.prefill_phase: dict[int, Request] = {}  # with a client timeout: the prefill phase of each of those
+        self.gave_up_in_prefill: set[int] = set()  # their clients gave up: the prefill phase's fate decides the row
         self.in_transfer: dict[int, Request] = {}  # disaggregated: KV on the link
         self.snapshot: list[ReplicaView] | None = None
         if self.refresh_s > 0:
@@ -252,6 +269,8 @@ class FleetSimulation:
         """The client sends ``req`` now."""
         self.num_sent += 1
         now = self.env.now
+        if self.timeouts is not None:
+            self.timeouts.sent(req, now)
         reason = self.admission.admit(req, now)
         if reason:
             req.arrival_s = now
@@ -268,7 +287,8 @@ class FleetSimulation:
 
     def _route_later(self, req: Request, sent_s: float):
         yield self.env.timeout(self.route_latency_s)
-        del self.in_router[req.request_id]
+        if self.in_router.pop(req.request_id, None) is None:
+            return  # its client gave up meanwhile
         self._dispatch(req, sent_s)
 
     def _dispatch(self, req: Request, sent_s: float) -> None:
@@ -287,6 +307,8 @@ class FleetSimulation:
             prompt_id=req.prompt_id,
         )
         self.in_prefill[req.request_id] = req
+        if self.timeouts is not None:
+            self.prefill_phase[req.request_id] = pre
         self.prefill_of[req.request_id] = rep.index
         rep.server.submit(pre, sent_s)
 
@@ -303,6 +325,8 @@ class FleetSimulation:
         return on_leave
 
     def _fleet_leave(self, req: Request, admitted: bool) -> None:
+        if self.timeouts is not None:
+            self.timeouts.left(req)
         if admitted:
             self.admission.on_leave(req)
         self.num_done += 1
@@ -315,19 +339,30 @@ class FleetSimulation:
 
     def _prefill_done(self, pre: Request) -> None:
         """The prefill phase of a disaggregated request left its replica: refused, the whole
-        request (one output token), or the first token — then the KV goes to a decode replica."""
+        request (one output token), or the first token — then the KV goes to a decode replica.
+        If its client gave up (:meth:`_time_out`), the prefill phase timed out too, or its first
+        token came exactly at the deadline: the whole request if that was its only token, else
+        the client has that token and times out at that instant."""
         req = self.in_prefill.pop(pre.request_id)
+        self.prefill_phase.pop(pre.request_id, None)
+        gave_up = False
+        if self.gave_up_in_prefill:
+            gave_up = pre.request_id in self.gave_up_in_prefill
+            self.gave_up_in_prefill.discard(pre.request_id)
         req.arrival_s = pre.arrival_s
         if pre.status is RequestStatus.REJECTED:
             req.status, req.reject_reason = RequestStatus.REJECTED, pre.reject_reason
             self.sink.on_request_done(req)
             self._fleet_leave(req, admitted=True)
             return
-        # the client has its first token
         req.first_scheduled_s = pre.first_scheduled_s
-        req.first_token_s = req.last_token_s = pre.first_token_s
         req.cached_prompt_tokens = pre.cached_prompt_tokens
         req.num_preemptions = pre.num_preemptions
+        if gave_up and pre.status is not RequestStatus.FINISHED:  # the prefill phase timed out too
+            self._leave_outside(req, f"{pre.reject_reason} (its prefill phase, on replica {int(self.prefill_of[pre.request_id])})")
+            return
+        # the client has its first token
+        req.first_token_s = req.last_token_s = pre.first_token_s
         req.num_computed_tokens = req.prompt_tokens
         req.num_output_generated = 1
         if req.output_tokens == 1:
@@ -336,6 +371,10 @@ class FleetSimulation:
             self.sink.on_request_done(req)
             self._fleet_leave(req, admitted=True)
             return
+        if gave_up:
+            assert self.timeouts is not None  # only a client timeout gives up
+            self._leave_outside(req, timeout_reason(self.timeouts.timeout_s, "as its first token came, before the KV transfer"))
+            return
         # the decode replica gets the prompt's KV and that token
         self.in_transfer[req.request_id] = req
         self.env.process(self._transfer(req))
@@ -343,10 +382,41 @@ class FleetSimulation:
     def _transfer(self, req: Request):
         assert self.link is not None
         yield self.env.timeout(self.link.seconds(self.kv_bytes_per_token * req.prompt_tokens))
-        del self.in_transfer[req.request_id]
+        if self.in_transfer.pop(req.request_id, None) is None:
+            return  # its client gave up meanwhile
         rep = self._pick(req, self.decode_pool)
         self.replica_of[req.request_id] = rep.index
-        rep.server.submit(req, req.arrival_s)
+        # straight to the engine: the KV arrives over the link from the prefill replica, not
+        # through the decode replica's API server (the client's request passed one already)
+        rep.server.engine.submit(req, req.arrival_s)
+
+    # ------------------------------------------------------- client timeouts
+    def _time_out(self, req: Request, sent_s: float) -> None:
+        """The client gives up on ``req``, sent at ``sent_s`` (its timeout expired now)."""
+        assert self.timeouts is not None  # only the timeouts call this
+        timeout_s = self.timeouts.timeout_s
+        rid = req.request_id
+        if self.in_router.pop(rid, None) is not None:
+            req.arrival_s = sent_s
+            self._leave_outside(req, timeout_reason(timeout_s, "in the router"))
+        elif rid in self.in_prefill:
+            # the prefill replica aborts the prefill phase (its row there is a prefill phase);
+            # the client's row is the fleet's, written when that phase leaves (_prefill_done):
+            # now, or when the step ending now shows whether it produced the first token
+            self.gave_up_in_prefill.add(rid)
+            self.replicas[int(self.prefill_of[rid])].server.time_out(self.prefill_phase[rid], timeout_s, sent_s)
+        elif self.in_transfer.pop(rid, None) is not None:
+            self._leave_outside(req, timeout_reason(timeout_s, "during the KV transfer to a decode replica"))
+        else:  # in the replica it was sent (or handed over) to
+            self.replicas[int(self.replica_of[rid])].server.time_out(req, timeout_s, sent_s)
+
+    def _leave_outside(self, req: Request, reason: str) -> None:
+        """``req`` times out now outside any replica's engine: the fleet records it."""
+        req.status = RequestStatus.TIMED_OUT
+        req.finish_s = self.env.now
+        req.reject_reason = reason
+        self.sink.on_request_done(req)
+        self._fleet_leave(req, admitted=True)
 
     # ------------------------------------------------------------------- run
     def run(self, progress=None) -> SimResult:
@@ -379,10 +449,11 @@ class FleetSimulation:
             "mean_batch_tokens": batch_tokens / num_steps if num_steps else math.nan,
         }
         streamed = self.spill is not None
+        timeouts = self.timeouts is not None
         if streamed:
             for sink in [*(rep.sink for rep in self.replicas), self.sink]:
                 sink.finish()  # the last chunks go out through _emit / the replicas' spills
-            req_df = requests_frame({name: [] for name in REQUEST_COLUMNS})
+            req_df = requests_frame({name: [] for name in self.sink.columns})
             req_df["replica"] = np.empty(0, dtype=np.int64)
             if self.disaggregated:
                 req_df["prefill_replica"] = np.empty(0, dtype=np.int64)
@@ -407,10 +478,10 @@ class FleetSimulation:
         else:
             # one row per client request: from the replicas that served them (a prefill
             # replica's rows are prefill phases, not client requests) and from the fleet's sink
-            columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
+            columns: dict[str, list] = {name: [] for name in self.sink.columns}
             for sink in [*(rep.sink for rep in self.replicas if rep.role != "prefill"), self.sink]:
                 sink.finish()
-                for name in REQUEST_COLUMNS:
+                for name in self.sink.columns:
                     columns[name].extend(sink.request_columns[name])
             req_df = requests_frame(columns)
             ids = req_df["request_id"].to_numpy(dtype=np.int64)
@@ -424,7 +495,7 @@ class FleetSimulation:
                 step_frames.append(st)
             step_df = pd.concat(step_frames, ignore_index=True)
             itls = np.concatenate([np.asarray(rep.sink.itls_s, dtype=float) for rep in self.replicas]) if cfg.record_itls else np.empty(0)
-            summary = summarize(req_df, step_stats, itls if cfg.record_itls else None)
+            summary = summarize(req_df, step_stats, itls if cfg.record_itls else None, timeouts=timeouts)
             replicas = self._replica_table(req_df, step_df, summary)
             groups = {g: self._group_summary(req_df, step_df, replicas, g) for g in dict.fromkeys(replicas["group"])}
         summary["num_replicas"] = len(self.replicas)
@@ -451,7 +522,7 @@ class FleetSimulation:
         members = replicas.loc[replicas["group"] == group, "replica"]
         role = replicas.loc[replicas["group"] == group, "role"].iloc[0]
         column = "prefill_replica" if role == "prefill" else "replica"
-        return summarize(req_df[req_df[column].isin(members)], _group_steps(step_df, replicas, group))
+        return summarize(req_df[req_df[column].isin(members)], _group_steps(step_df, replicas, group), timeouts=self.timeouts is not None)
 
     def _replica_table_streamed(self, summary: dict) -> pd.DataFrame:
         """The replica table from what streaming kept: counters, the replicas' own streaming

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import simpy
 
 from sim.catalogue.hardware import GpuSpec, resolve_gpu
-from sim.catalogue.models import ModelSpec, resolve_model
+from sim.catalogue.models import ModelSpec, resolve_model, served_model
 from sim.config import (
     VLLM_DEFAULT_BATCHED_TOKENS_LARGE_GPU,
     VLLM_DEFAULT_BATCHED_TOKENS_SMALL_GPU,
@@ -47,13 +47,14 @@ RUNTIME_RESERVE_GIB_TP_MULTI = 1.6
 
 def kv_block_bytes_per_gpu(model: ModelSpec, tp: int, block_size: int) -> int:
     kv_heads = max(1, model.num_kv_heads // tp)
-    return int(2 * model.num_layers * kv_heads * model.head_dim * model.bytes_per_param * block_size)
+    return int(2 * model.num_layers * kv_heads * model.head_dim * model.kv_bytes_per_element * block_size)
 
 
 def derive_num_gpu_blocks(model: ModelSpec, gpu: GpuSpec, tp: int, utilization: float, block_size: int) -> int:
     """KV blocks that fit per GPU (see module docstring). ConfigError if none fit."""
-    # embeddings and LM head occupy memory too (weights_bytes counts transformer layers only)
-    weights = model.weights_bytes + 2 * model.vocab_size * model.hidden_size * model.bytes_per_param
+    # embeddings and LM head occupy memory too (weights_bytes counts transformer layers only);
+    # quantised checkpoints keep them in the activation dtype
+    weights = model.weights_bytes + 2 * model.vocab_size * model.hidden_size * model.act_bytes
     reserve_gib = RUNTIME_RESERVE_GIB_TP1 if tp == 1 else RUNTIME_RESERVE_GIB_TP_MULTI
     avail = gpu.memory_gib * GIB * utilization - weights / tp - reserve_gib * GIB
     blocks = math.floor(avail / kv_block_bytes_per_gpu(model, tp, block_size))
@@ -83,12 +84,12 @@ def resolve_limits(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> dict:
             f"choose a divisor such as {', '.join(str(d) for d in (1, 2, 4, 8) if model.num_heads % d == 0)}"
         )
     blocks = s.num_gpu_blocks or derive_num_gpu_blocks(model, gpu, tp, s.gpu_memory_utilization, s.block_size)
-    if s.max_model_len is not None and s.max_model_len > model.max_position_embeddings:
+    if s.max_model_len is not None and s.max_model_len > model.max_position_embeddings and not s.allow_long_max_model_len:
         # vLLM refuses this too (ModelConfig: "User-specified max_model_len ... is greater than
         # the derived max_model_len"), unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set
         raise ConfigError(
             f"server.max_model_len: {s.max_model_len} exceeds {model.name}'s max_position_embeddings ({model.max_position_embeddings}); "
-            "lower it, or give a model config with a longer context"
+            "lower it, give a model config with a longer context, or set server.allow_long_max_model_len (vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN)"
         )
     max_len = s.max_model_len or model.max_position_embeddings
     budget = s.max_num_batched_tokens or default_max_num_batched_tokens(gpu)
@@ -120,7 +121,7 @@ class Server:
     ``engine``. :meth:`submit` is the server's front door: the API server's delay (the
     calibration's ``frontend_latency_ms`` + ``frontend_us_per_prompt_token`` × prompt tokens),
     then the engine. ``on_leave(req)`` (optional) is called when a request leaves the engine
-    (finished or rejected), at that simulated instant.
+    (finished, rejected or timed out), at that simulated instant.
     """
 
     def __init__(
@@ -134,7 +135,7 @@ class Server:
     ) -> None:
         self.cfg = cfg
         self.env = env
-        self.model = resolve_model(cfg.model)
+        self.model = served_model(resolve_model(cfg.model), cfg.server.quantization, cfg.server.kv_cache_dtype)
         self.gpu = resolve_gpu(cfg.gpu)
         self.limits = resolve_limits(cfg, self.model, self.gpu)
         # the calibration is read once, here, and handed to the cost model and the frontend
@@ -181,8 +182,20 @@ class Server:
 
     def _deliver(self, req: Request, sent_s: float):
         yield self.env.timeout(self.frontend_latency_s + self.frontend_s_per_prompt_token * req.prompt_tokens)
-        del self.in_frontend[req.request_id]
+        if self.in_frontend.pop(req.request_id, None) is None:
+            return  # its client gave up while the API server held it
         self.engine.submit(req, sent_s)
+
+    def time_out(self, req: Request, timeout_s: float, sent_s: float) -> None:
+        """The client gave up on ``req`` now, ``timeout_s`` after sending it at ``sent_s``: it
+        leaves the API server or the engine (:meth:`Engine.time_out`), recorded ``timed_out``.
+        Precondition: ``req`` was sent here and has not left."""
+        if self.in_frontend.get(req.request_id) is req:
+            del self.in_frontend[req.request_id]
+            req.arrival_s = sent_s  # the engine, which records arrivals, never saw it
+            self.engine.leave_timed_out(req, timeout_s, "in the API server, before the engine saw it")
+        else:
+            self.engine.time_out(req, timeout_s)
 
     def sync(self) -> None:
         """Bring deferred decode bookkeeping up to date (before reading request state)."""
@@ -193,7 +206,11 @@ class Server:
     def requests_inside(self) -> list[Request]:
         """Requests sent to this server that have not left: in the API server, staged (async
         scheduling), waiting or running. Call :meth:`sync` first for up-to-date token counts."""
-        return [*self.scheduler.waiting, *self.scheduler.running, *self.engine.staged_requests, *self.in_frontend.values()]
+        running = self.scheduler.running
+        leaving = self.engine.leaving  # timed out during the running step: left already
+        if leaving:
+            running = [r for r in running if r not in leaving]
+        return [*self.scheduler.waiting, *running, *self.engine.staged_requests, *self.in_frontend.values()]
 
 
 def percent_progress(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:

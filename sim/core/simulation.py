@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from sim.config import RunConfig
-from sim.core.engine import SimEnvironment
+from sim.core.client import ClientTimeouts
+from sim.core.engine import CancellableEnvironment, SimEnvironment
 from sim.core.fleet import FleetSimulation
 from sim.core.result import SimResult
 from sim.core.server import (  # noqa: F401  (re-exported: the sizing rules are part of this module's API)
@@ -29,7 +30,7 @@ from sim.entities import Request
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import REQUEST_COLUMNS, MetricsSink, request_record, requests_frame, steps_frame, summarize
+from sim.records.metrics import MetricsSink, request_record, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 __all__ = ["SimResult", "Simulation", "FleetSimulation", "make_simulation", "simulate"]
@@ -40,7 +41,8 @@ class Simulation:
 
     Attributes (for inspection and tests): ``env``, ``server``, and the server's parts ``model``,
     ``gpu``, ``limits`` (effective server limits), ``cost_settings``, ``cost_model``, ``kv``,
-    ``scheduler``, ``engine``; ``workload``, ``sink``.
+    ``scheduler``, ``engine``; ``workload``, ``sink``; ``timeouts`` (the client's
+    :class:`~sim.core.client.ClientTimeouts`, None without ``arrival.request_timeout_s``).
     """
 
     def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536, fast_forward: bool = True) -> None:
@@ -52,9 +54,16 @@ class Simulation:
             raise ValueError("Simulation runs one server; use make_simulation (or FleetSimulation) for a config with a cluster section")
         self.cfg = cfg
         self.streams = RandomStreams(cfg.seed)
-        self.env = SimEnvironment()
-        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows)
-        self.server = server = Server(cfg, self.env, self.sink, fast_forward=fast_forward)
+        timeout_s = cfg.arrival.request_timeout_s
+        self.timeouts: ClientTimeouts | None = None
+        if timeout_s is None:
+            self.env = SimEnvironment()
+        else:
+            self.env = env = CancellableEnvironment()
+            self.timeouts = ClientTimeouts(env, timeout_s, self._time_out)
+        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows, timeouts=self.timeouts is not None)
+        on_leave = self.timeouts.left if self.timeouts is not None else None
+        self.server = server = Server(cfg, self.env, self.sink, fast_forward=fast_forward, on_leave=on_leave)
         self.model, self.gpu, self.limits = server.model, server.gpu, server.limits
         self.cost_settings, self.cost_model = server.cost_settings, server.cost_model
         self.kv, self.scheduler, self.engine = server.kv, server.scheduler, server.engine
@@ -69,16 +78,23 @@ class Simulation:
     def _send(self, req: Request) -> None:
         """The client sends ``req`` now (counted for the horizon's bookkeeping)."""
         self.num_sent += 1
+        if self.timeouts is not None:
+            self.timeouts.sent(req, self.env.now)
         self.server.submit(req)
+
+    def _time_out(self, req: Request, sent_s: float) -> None:
+        """The client gives up on ``req``, sent at ``sent_s`` (its timeout expired now)."""
+        assert self.timeouts is not None  # only the timeouts call this
+        self.server.time_out(req, self.timeouts.timeout_s, sent_s)
 
     def run(self, progress=None) -> SimResult:
         """Run to the horizon (or until every request left) and tabulate. Call once.
 
         ``progress(done, total)`` is called as requests leave (about every 1 %). Requests
         still in the server at the horizon are recorded ``in_flight``, those never sent
-        ``not_sent``. In streaming mode the returned ``requests`` and ``steps`` tables are
-        empty (the records went to ``spill``) and latency percentiles in the summary come from
-        0.5 %-wide histogram bins.
+        ``not_sent``; with a client timeout, those given up ``timed_out``. In streaming mode
+        the returned ``requests`` and ``steps`` tables are empty (the records went to
+        ``spill``) and latency percentiles in the summary come from 0.5 %-wide histogram bins.
         """
         cfg = self.cfg
         sink = self.sink
@@ -98,8 +114,9 @@ class Simulation:
             progress(total, total)
         streamed = sink.spill is not None
         sink.finish()
+        timeouts = self.timeouts is not None
         if streamed:
-            req_df = requests_frame({name: [] for name in REQUEST_COLUMNS})
+            req_df = requests_frame({name: [] for name in sink.columns})
             step_df = steps_frame([])
             itls = np.empty(0)
             assert sink.streaming_summary is not None  # streaming mode keeps one
@@ -108,7 +125,7 @@ class Simulation:
             req_df = requests_frame(sink.request_columns)
             step_df = sink.steps_frame()
             itls = np.asarray(sink.itls_s, dtype=float)
-            summary = summarize(req_df, sink.step_stats(), itls if cfg.record_itls else None)
+            summary = summarize(req_df, sink.step_stats(), itls if cfg.record_itls else None, timeouts=timeouts)
         derived = dict(
             self.limits,
             cost_model=self.cost_model.name,

@@ -9,8 +9,9 @@ fraction of the GPU's dense peak in (0, 1]. Two kinds exist:
   ``mha/decode/<gpu>/{H}-{Hk}-{dh}-tp{N}.csv`` (dtype,kv_dtype,batch_size,kv_len,latency_us,mfu),
   ``mha/prefill/<gpu>/{H}-{Hk}-{dh}.csv`` (dtype,seq_len,latency_us,mfu); ``<gpu>`` lowercase.
   Lookups are ``nearest`` (the seed "v2-pre" semantics) or ``interpolate`` (the "v2" ones).
-* :class:`BuiltinMfu` — smooth saturating curves fitted to the H100 tables (no files needed);
-  the default when no bench_data directory is configured.
+* :class:`BuiltinMfu` — smooth saturating curves fitted to the H100 tables (no files needed),
+  carried to every GPU through its datasheet ratios (:func:`builtin_mfu_for`); the default when
+  no bench_data directory is configured.
 
 Loading reads files (only :func:`load_mfu_database`); lookups are pure and cached.
 """
@@ -18,6 +19,7 @@ Loading reads files (only :func:`load_mfu_database`); lookups are pure and cache
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
+from sim.catalogue.hardware import GPU_CATALOGUE
 from sim.errors import ConfigError
 
 MFU_FLOOR = 1e-4
@@ -87,6 +90,10 @@ def _hill(x: float, p: float, x0: float) -> float:
     return 1.0 / (1.0 + r)
 
 
+class MfuTableWarning(UserWarning):
+    """A table lookup had to borrow another shape (a head config or TP the tables lack)."""
+
+
 @dataclass(frozen=True)
 class BuiltinMfu:
     """Analytic MFU curves fitted to the H100 microbenchmarks (constants above).
@@ -95,24 +102,72 @@ class BuiltinMfu:
     ``attn_decode = DECODE_MFU_PER_GROUP·g·hill(batch·kv)`` with g = H/Hk, because decode
     attention is memory bound and its FLOPs per KV byte grow with the GQA group;
     ``attn_prefill = PREFILL_MFU_MAX·hill(seq)``. Each is increasing in its argument, so the
-    attention/GEMM time (FLOPs/MFU) never falls when work grows. The H100 curves are used for
-    every GPU (MFU is a fraction of that GPU's peak; no other GPU has tables).
+    attention/GEMM time (FLOPs/MFU) never falls when work grows. ``gemm_m0`` and
+    ``decode_mfu_per_group`` default to the H100 BF16 fit; :func:`builtin_mfu_for` scales them
+    to another GPU or precision.
     """
 
     num_heads: int
     num_kv_heads: int
+    gemm_m0: float = GEMM_M0
+    decode_mfu_per_group: float = DECODE_MFU_PER_GROUP
 
     def gemm(self, m: int, k: int, n: int) -> float:
         # below the tables' smallest M the MFU is held (time then scales ∝ m, like the tables)
-        return max(MFU_FLOOR, GEMM_MFU_MAX * _hill(max(m, GEMM_M_MIN), GEMM_HILL_P, GEMM_M0))
+        return max(MFU_FLOOR, GEMM_MFU_MAX * _hill(max(m, GEMM_M_MIN), GEMM_HILL_P, self.gemm_m0))
 
     def attn_decode(self, batch_size: int, kv_len: int) -> float:
         group = self.num_heads / self.num_kv_heads
         x = max(batch_size, 1) * max(kv_len, 1)
-        return min(1.0, max(MFU_FLOOR, DECODE_MFU_PER_GROUP * group * _hill(x, DECODE_HILL_Q, DECODE_X0)))
+        return min(1.0, max(MFU_FLOOR, self.decode_mfu_per_group * group * _hill(x, DECODE_HILL_Q, DECODE_X0)))
 
     def attn_prefill(self, seq_len: int) -> float:
         return max(MFU_FLOOR, PREFILL_MFU_MAX * _hill(max(seq_len, 1), PREFILL_HILL_R, PREFILL_S0))
+
+
+# The GPU the built-in curves were fitted on (H100 SXM; datasheet figures in the catalogue,
+# read from it so that the H100's own values reproduce the fit exactly)
+_REF_PEAK_FLOPS = GPU_CATALOGUE["H100"].peak_flops
+_REF_BW_BYTES_S = GPU_CATALOGUE["H100"].peak_bw_bytes_s
+
+
+def _gemm_ridge_rows(peak_flops: float, bw_bytes_s: float, weight_bytes: float) -> float:
+    """M at which a GEMM's FLOPs (2·M·k·n) per weight byte (b·k·n) reach the GPU's ridge."""
+    return peak_flops * weight_bytes / (2.0 * bw_bytes_s)
+
+
+def builtin_mfu_for(
+    num_heads: int,
+    num_kv_heads: int,
+    gemm_peak_flops: float = _REF_PEAK_FLOPS,
+    attn_peak_flops: float = _REF_PEAK_FLOPS,
+    bw_bytes_s: float = _REF_BW_BYTES_S,
+    weight_bytes: float = 2.0,
+    kv_bytes: float = 2.0,
+) -> BuiltinMfu:
+    """The built-in curves carried from the H100 fit to another GPU or precision by physics,
+    with no table (docs/cost-model.md, "MFU on other GPUs"):
+
+    * **GEMM knee** ∝ the GEMM's ridge in rows, ``peak · b_w / (2 · BW)``: the H100 fit's knee
+      (329 rows) sits at 1.11× H100's ridge (295 rows), so small-M GEMMs cost about the time
+      of streaming their weights at any peak/bandwidth ratio (A100: knee 170 rows; L40S 475;
+      FP8 weights on H100: the same 329, since both the peak and the bytes change by 2).
+    * **Decode attention** is memory-bound: its MFU is achieved bandwidth × FLOPs per KV byte
+      / peak, so the H100 coefficient scales by ``(BW/peak) / (BW/peak)_H100 · 2/b_kv`` (FP8 KV
+      doubles the FLOPs per byte).
+    * **Prefill attention** and the GEMMs' plateau (``GEMM_MFU_MAX``) are fractions of the
+      GPU's own peak, kept as fitted: FlashAttention-2 reaches ~70 % of A100's peak and
+      FlashAttention-3 ~75 % of H100's (Dao 2023, Shah et al. 2024), cuBLAS large-GEMM
+      efficiency is similar across these generations.
+
+    At the H100's own BF16 figures this returns exactly the fitted constants."""
+    ref_rows = _gemm_ridge_rows(_REF_PEAK_FLOPS, _REF_BW_BYTES_S, 2.0)
+    rows = _gemm_ridge_rows(gemm_peak_flops, bw_bytes_s, weight_bytes)
+    m0 = GEMM_M0 if rows == ref_rows else GEMM_M0 * rows / ref_rows
+    intensity = (bw_bytes_s / attn_peak_flops) * (2.0 / kv_bytes)
+    ref_intensity = _REF_BW_BYTES_S / _REF_PEAK_FLOPS
+    per_group = DECODE_MFU_PER_GROUP if intensity == ref_intensity else DECODE_MFU_PER_GROUP * intensity / ref_intensity
+    return BuiltinMfu(num_heads, num_kv_heads, m0, per_group)
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -193,7 +248,14 @@ class MfuDatabase:
         target = (num_heads, num_kv_heads, head_dim)
         if target in self.prefill:
             return target
-        return min(self.prefill, key=lambda c: (sum((a - b) ** 2 for a, b in zip(c, target)), c))
+        best = min(self.prefill, key=lambda c: (sum((a - b) ** 2 for a, b in zip(c, target)), c))
+        warnings.warn(
+            f"MFU tables in {self.root} have no head config {'-'.join(map(str, target))} for {self.gpu}; "
+            f"using the nearest, {'-'.join(map(str, best))} (leave cost.bench_data_dir unset for the built-in curves)",
+            MfuTableWarning,
+            stacklevel=2,
+        )
+        return best
 
     def match_decode(self, config: tuple[int, int, int], tp: int) -> tuple[int, int, int, int]:
         """Decode table key for ``config`` at ``tp``; falls back to the nearest available TP."""
@@ -204,6 +266,12 @@ class MfuDatabase:
                 f"(prefill table exists but mha/decode/{self.gpu}/{'-'.join(map(str, config))}-tp*.csv is missing)"
             )
         best = min(tps, key=lambda t: (abs(t - tp), t))
+        if best != tp:
+            warnings.warn(
+                f"MFU tables in {self.root} have no decode table {'-'.join(map(str, config))}-tp{tp} for {self.gpu}; using tp{best}",
+                MfuTableWarning,
+                stacklevel=2,
+            )
         return (*config, best)
 
     def for_model(self, num_heads: int, num_kv_heads: int, head_dim: int, tp: int, lookup: Lookup) -> "TableMfu":
@@ -406,13 +474,20 @@ def make_mfu_provider(
     gpu: str,
     bench_data_dir: str | Path | None,
     lookup: Lookup,
+    *,
+    gemm_peak_flops: float = _REF_PEAK_FLOPS,
+    attn_peak_flops: float = _REF_PEAK_FLOPS,
+    bw_bytes_s: float = _REF_BW_BYTES_S,
+    weight_bytes: float = 2.0,
+    kv_bytes: float = 2.0,
 ) -> MfuProvider:
-    """Tables from ``bench_data_dir`` for ``gpu`` if given, else the built-in model.
+    """Tables from ``bench_data_dir`` for ``gpu`` if given, else the built-in curves carried to
+    that GPU and precision (:func:`builtin_mfu_for`, from the keyword arguments).
 
     Tables are loaded once per (directory, GPU) per process (cached: they are immutable).
     """
     if bench_data_dir is None:
-        return BuiltinMfu(num_heads, num_kv_heads)
+        return builtin_mfu_for(num_heads, num_kv_heads, gemm_peak_flops, attn_peak_flops, bw_bytes_s, weight_bytes, kv_bytes)
     db = _cached_database(str(Path(bench_data_dir).expanduser().resolve()), gpu.lower())
     return db.for_model(num_heads, num_kv_heads, head_dim, tp, lookup)
 
@@ -427,8 +502,10 @@ __all__ = [
     "BuiltinMfu",
     "MfuDatabase",
     "MfuProvider",
+    "MfuTableWarning",
     "TableMfu",
     "builtin_fit_errors",
+    "builtin_mfu_for",
     "load_mfu_database",
     "make_mfu_provider",
 ]

@@ -9,12 +9,19 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
 * **GEMMs**, per GPU at TP-split shapes (v2-pre ``computeTransformerGEMMTimes``):
   ``G(m) = L·Σ 2·m·k·n / (P·mfu_gemm(m,k,n))`` over Q (d → H/tp·dh), K and V
   (d → max(1, Hk/tp)·dh), O (H/tp·dh → d), gate and up (d → dff/tp), down (dff/tp → d).
-  No τ (shapes are already split), no weight floor (v2-pre). MoE: gate/up/down are paid once
-  per active expert (``num_experts_per_tok``) at M = m.
+  No τ (shapes are already split), no weight floor (v2-pre). P is the peak of the GEMMs' input
+  precision (``ModelSpec.gemm_precision``: FP8/INT8 W8A8 checkpoints at the GPU's FP8/INT8
+  peak where it has those tensor cores; weight-only schemes and GPUs without them at BF16).
+* **MoE** (docs/hardware.md): attention projections, router (d → E) and shared expert at
+  M = m; the routed experts' gate/up/down carry the FLOPs of m·k token-expert rows at the MFU
+  of ``m·k / E_t(m)`` rows (the rows one expert gets), with ``E_t(m) = E·(1 − (1 − k/E)^m)``
+  the experts touched. Weights read per step W(T) are the non-expert weights plus ``E_t(T)``
+  experts per MoE layer (all of them for large T).
 * **Attention core** ``A(B, ctx) = 4·H·B·ctx·dh`` FLOPs per layer (QKᵀ and AV; the tables'
   MFU excludes softmax), divided across GPUs by τ.
 * **Dynamic bytes** per request with context s and t new tokens (§1.1):
-  ``D(s,t) = 2·L·Hk·dh·b·(t + κ·s) + L·d·b·t·a`` with κ = 0.80, a = 0.75 if t = 1, else
+  ``D(s,t) = 2·L·Hk·dh·b_kv·(t + κ·s) + L·d·b_act·t·a`` (b_kv: the KV cache's bytes per
+  element, 1 with ``kv_cache_dtype: fp8``; b_act: the model's dtype, whatever the weights') with κ = 0.80, a = 0.75 if t = 1, else
   κ = 0.92, a = 0.85 (the seed's calibration of cache re-use and activation traffic). The
   decode κ is ``decode_kv_read_fraction`` (default the seed's 0.80): a decode step's attention
   streams every request's whole KV from HBM (it is far larger than L2), so 1 is the physical
@@ -40,7 +47,8 @@ parameter, P peak FLOP/s, BW = peak bandwidth·η (B/s).
   ``'tokens'``, prefill requests under ``'requests'``); the GEMM subtracted from Cp is
   G(#prefill requests) under ``'requests'`` (as v2-pre) and the actual per-bucket GEMM sum
   under ``'tokens'``; mixed memory τ·(W + all D)/BW.
-* **Tensor-parallel communication** (knob ``allreduce_bw_gbps``, off by default as in the
+* **Tensor-parallel communication** (knob ``allreduce_efficiency`` × the GPU's interconnect
+  bandwidth per direction — NVLink or PCIe — or an absolute ``allreduce_bw_gbps``; off in the
   seed): with tp > 1 every layer all-reduces the attention and the MLP outputs, T·d·b bytes
   each for T tokens in the step (prefill tokens + decodes); a ring all-reduce moves
   2(tp − 1)/tp of that per GPU, so ``Cc = 2·L·T·d·b·2(tp−1)/tp / BWar``, added to the
@@ -134,6 +142,7 @@ class RooflineCostModel:
         mixed_penalty: float | None = None,
         allreduce_bw_gbps: float | None = None,
         allreduce_latency_us: float | None = None,
+        allreduce_efficiency: float | None = None,
         decode_attention_context: DecodeAttentionContext = "max",
         decode_kv_read_fraction: float | None = None,
         lm_head_reads: bool = False,
@@ -182,10 +191,19 @@ class RooflineCostModel:
         self.mixed_penalty = pen
         if allreduce_bw_gbps is not None and not allreduce_bw_gbps > 0:
             raise ConfigError(f"cost.allreduce_bw_gbps must be > 0, got {allreduce_bw_gbps}")
+        if allreduce_efficiency is not None and not 0 < allreduce_efficiency <= 1:
+            raise ConfigError(f"cost.allreduce_efficiency must be in (0, 1], got {allreduce_efficiency}")
+        # the all-reduce bus bandwidth: an absolute figure wins (allreduce_bw_gbps), else the
+        # share of this GPU's own interconnect (allreduce_efficiency: what a calibration carries
+        # to another GPU); neither = no communication term (the seed's)
+        if allreduce_bw_gbps is None and allreduce_efficiency is not None:
+            allreduce_bw_gbps = allreduce_efficiency * gpu.interconnect_bw_gbps
         self.allreduce_bw_gbps = allreduce_bw_gbps
-        # seconds of all-reduce per token in the step (0 without TP or without the knob)
+        self.allreduce_efficiency = allreduce_efficiency
+        # seconds of all-reduce per token in the step (0 without TP or without the knob);
+        # the reduced tensors are activations (BF16 even when the weights are quantised)
         self._comm_s_per_token = (
-            2.0 * model.num_layers * model.hidden_size * model.bytes_per_param * 2.0 * (tp - 1) / tp / (allreduce_bw_gbps * 1e9)
+            2.0 * model.num_layers * model.hidden_size * model.act_bytes * 2.0 * (tp - 1) / tp / (allreduce_bw_gbps * 1e9)
             if allreduce_bw_gbps is not None and tp > 1
             else 0.0
         )
@@ -206,14 +224,17 @@ class RooflineCostModel:
         self._attn_at_mean = decode_attention_context == "mean"
 
         self._tau = 1.0 / tp
+        # attention runs in BF16 (FP8 KV is dequantised in the kernel); the linear layers'
+        # GEMMs at the peak of their input precision where the GPU has those tensor cores
         self._peak_flops = gpu.peak_flops
+        self._gemm_peak_flops = gpu.peak_flops_for(model.gemm_precision)
         self._bw_bytes_s = gpu.peak_bw_bytes_s * eta
         self._overhead_s = overhead_us * model.num_layers / tp * 1e-6 + step_us * 1e-6 + comm_fixed_s
         self.lm_head_reads = bool(lm_head_reads)
         # bytes every step streams from HBM besides KV and activations (the seed: layers only)
         self._weights_bytes = model.weights_bytes + (model.lm_head_bytes if self.lm_head_reads else 0.0)
         self._kv_bytes_per_token = model.kv_bytes_per_token  # 2·L·Hk·dh·b, whole model
-        self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.bytes_per_param
+        self._act_bytes_per_token = float(model.num_layers * model.hidden_size) * model.act_bytes
         # attention FLOPs per (query token × context token), all layers: L·4·H·dh
         self._attn_flops_per_pair = 4.0 * model.num_heads * model.head_dim * model.num_layers
 
@@ -221,7 +242,7 @@ class RooflineCostModel:
         q_pg = (model.num_heads // tp) * dh
         kv_pg = max(1, model.num_kv_heads // tp) * dh
         dff_pg = model.intermediate_size // tp
-        experts = model.active_experts
+        experts = 1  # MoE layers are priced by _moe_gemm_s
         # (k, n, multiplicity) of each GEMM in one layer, per GPU
         self._gemm_shapes: tuple[tuple[int, int, int], ...] = (
             (d, q_pg, 1),  # Q
@@ -230,6 +251,17 @@ class RooflineCostModel:
             (d, dff_pg, 2 * experts),  # gate, up
             (dff_pg, d, experts),  # down
         )
+        self._moe = model.is_moe
+        if self._moe:
+            e_pg = model.expert_width // tp
+            s_pg = model.shared_expert_intermediate_size // tp
+            # per MoE layer, per GPU: (k, n, multiplicity) at M = m (router replicated, shared
+            # expert split by TP) and the routed experts' shapes at M = per-expert tokens
+            self._moe_dense_shapes: tuple[tuple[int, int, int], ...] = ((d, model.num_experts, 1),) + (((d, s_pg, 2), (s_pg, d, 1)) if s_pg else ())
+            self._moe_expert_shapes: tuple[tuple[int, int, int], ...] = ((d, e_pg, 2), (e_pg, d, 1))
+            self._attn_shapes = self._gemm_shapes[:3]
+            self._dense_mlp_shapes = ((d, dff_pg, 2), (dff_pg, d, 1))
+            self._weights_memo: dict[int, float] = {}
         self._gemm_memo: dict[int, float] = {}
         self._decode_memo: dict[tuple[int, int, int], StepCost] = {}
         self._lone_step_memo: dict[int, float] = {}  # decode_step_fn(1): context -> seconds
@@ -242,12 +274,45 @@ class RooflineCostModel:
         hit = self._gemm_memo.get(m)
         if hit is not None:
             return hit
-        per_layer = 0.0
-        for k, n, mult in self._gemm_shapes:
-            per_layer += mult * 2.0 * m * k * n / (self._peak_flops * self.mfu.gemm(m, k, n))
-        total = per_layer * self.model.num_layers
+        if self._moe:
+            total = self._moe_gemm_s(m)
+        else:
+            per_layer = 0.0
+            for k, n, mult in self._gemm_shapes:
+                per_layer += mult * 2.0 * m * k * n / (self._gemm_peak_flops * self.mfu.gemm(m, k, n))
+            total = per_layer * self.model.num_layers
         self._gemm_memo[m] = total
         return total
+
+    def _moe_gemm_s(self, m: int) -> float:
+        """G(m) of a MoE model: attention projections, router and shared expert at M = m; the
+        routed experts' FLOPs are those of m·k token-expert rows, at the MFU of the rows one
+        expert gets, m·k / (experts touched) — many small GEMMs, not one of M = m."""
+        peak, mfu = self._gemm_peak_flops, self.mfu.gemm
+        spec = self.model
+
+        def shapes_s(rows: float, shapes, mfu_m: int) -> float:
+            return sum(mult * 2.0 * rows * k * n / (peak * mfu(mfu_m, k, n)) for k, n, mult in shapes)
+
+        attn = shapes_s(m, self._attn_shapes, m) * spec.num_layers
+        dense = shapes_s(m, self._dense_mlp_shapes, m) * spec.num_dense_layers if spec.num_dense_layers else 0.0
+        rows = m * spec.num_experts_per_tok
+        per_expert = max(1, round(rows / spec.experts_touched(m)))
+        moe = (shapes_s(m, self._moe_dense_shapes, m) + shapes_s(rows, self._moe_expert_shapes, per_expert)) * spec.num_moe_layers
+        return attn + dense + moe
+
+    def weights_read_bytes(self, tokens: int) -> float:
+        """Weight bytes a step of ``tokens`` tokens streams, whole model (before /TP): every layer
+        weight for a dense model; a MoE model's non-expert weights and the experts its tokens
+        route to (:meth:`ModelSpec.weights_bytes_touched`); plus the LM head with
+        ``lm_head_reads``."""
+        if not self._moe:
+            return self._weights_bytes
+        hit = self._weights_memo.get(tokens)
+        if hit is None:
+            extra = self.model.lm_head_bytes if self.lm_head_reads else 0.0
+            hit = self._weights_memo[tokens] = self.model.weights_bytes_touched(tokens) + extra
+        return hit
 
     def dynamic_bytes(self, context_tokens: int, new_tokens: int) -> float:
         """D(s, t): KV writes + discounted KV reads + activations, whole model, bytes."""
@@ -257,8 +322,11 @@ class RooflineCostModel:
             kappa, act = KV_REUSE_PREFILL, ACT_PREFILL
         return self._kv_bytes_per_token * (new_tokens + kappa * context_tokens) + self._act_bytes_per_token * new_tokens * act
 
-    def _memory_s(self, dynamic_bytes: float, weight_loads: int = 1) -> float:
-        return self._tau * (weight_loads * self._weights_bytes + dynamic_bytes) / self._bw_bytes_s
+    def _memory_s(self, dynamic_bytes: float, tokens: int = 0) -> float:
+        """Memory time of a step (or phase) of ``tokens`` tokens: weights once + ``dynamic_bytes``
+        (``tokens`` matters for MoE only: which experts are read)."""
+        weights = self.weights_read_bytes(tokens) if self._moe else self._weights_bytes
+        return self._tau * (weights + dynamic_bytes) / self._bw_bytes_s
 
     # --- phases ------------------------------------------------------------------------------
     def decode_terms(self, contexts: list[int]) -> tuple[float, float, float]:
@@ -267,7 +335,7 @@ class RooflineCostModel:
         gemm = self.gemm_s(n) * self._ds
         attn = self._decode_attention_s(n, sum(contexts), max(contexts))
         dyn = sum(self.dynamic_bytes(p, 1) for p in contexts)
-        return gemm + attn, self._memory_s(dyn), gemm
+        return gemm + attn, self._memory_s(dyn, n), gemm
 
     def _decode_attention_s(self, n: int, context_sum: int, context_max: int) -> float:
         """Attention-core time of a decode step of ``n`` requests, seconds (scaled): FLOPs
@@ -293,7 +361,7 @@ class RooflineCostModel:
         gemm = self.gemm_s(n) * self._ds
         attn = self._decode_attention_s(n, context_sum, context_max)
         dyn = self._kv_bytes_per_token * (n + self.decode_kv_read_fraction * context_sum) + self._act_bytes_per_token * n * ACT_DECODE
-        return gemm + attn, self._memory_s(dyn), gemm
+        return gemm + attn, self._memory_s(dyn, n), gemm
 
     def prefill_terms(self, items: list[tuple[int, int]]) -> tuple[float, float, float]:
         """(Cp, Mp, GEMM part of Cp) for prefill items ``(context, new)`` (see module docstring)."""
@@ -317,7 +385,7 @@ class RooflineCostModel:
         gemm_total *= self._ps
         attn_total *= self._as * self._ps
         dyn = sum(self.dynamic_bytes(ctx, new) for ctx, new in items)
-        return gemm_total + attn_total, self._memory_s(dyn), gemm_total
+        return gemm_total + attn_total, self._memory_s(dyn, sum(new for _, new in items)), gemm_total
 
     # --- the step -----------------------------------------------------------------------------
     def phase_terms(self, batch: Batch) -> PhaseTerms:
@@ -352,7 +420,7 @@ class RooflineCostModel:
             prefill_gemm_s=pre_gemm_sub,
             decode_gemm_s=gd,
             fused_gemm_s=self.gemm_s(pre_rows + n_dec) * (self._ps if pre_rows else self._ds),
-            mixed_memory_s=self._memory_s(dyn_all) if (dec or pre) else 0.0,
+            mixed_memory_s=self._memory_s(dyn_all, np_tokens + n_dec) if (dec or pre) else 0.0,
         )
 
     def price_decode(self, n: int, context_sum: int, context_max: int) -> StepCost:
@@ -387,7 +455,7 @@ class RooflineCostModel:
         kv_b = self._kv_bytes_per_token
         act_n = self._act_bytes_per_token * n * ACT_DECODE
         kappa = self.decode_kv_read_fraction
-        weights = 1 * self._weights_bytes  # _memory_s with one weight load
+        weights = self.weights_read_bytes(n)  # _memory_s's weights
         bw = self._bw_bytes_s
         comm = self._comm_s_per_token * n
         oh = self._overhead_s

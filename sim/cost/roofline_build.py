@@ -6,7 +6,7 @@ term-by-term price that the fast paths of :meth:`RooflineCostModel.price` are te
 from __future__ import annotations
 
 from sim.catalogue.hardware import GpuSpec, resolve_gpu
-from sim.catalogue.models import ModelSpec, resolve_model
+from sim.catalogue.models import ModelSpec, resolve_model, served_model
 from sim.cost.base import COST_MODELS, DecodeAttentionContext, GemmM
 from sim.cost.combine import PhaseTerms, combine
 from sim.cost.mfu import make_mfu_provider
@@ -41,7 +41,7 @@ def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
         prefill_gemm_s=pre_gemm_sub,
         decode_gemm_s=gd,
         fused_gemm_s=model.gemm_s(pre_rows + len(dec)) * (model.prefill_compute_scale if pre_rows else model.decode_compute_scale),
-        mixed_memory_s=model._memory_s(dyn_all),
+        mixed_memory_s=model._memory_s(dyn_all, np_tokens + len(dec)),
     )
     oh = model._overhead_s
     gpu_s = combine(model.formula, terms)
@@ -49,7 +49,7 @@ def price_reference(model: RooflineCostModel, batch: Batch) -> StepCost:
         gpu_s *= 1.0 + model.mixed_penalty
     if model.allreduce_bw_gbps is not None and model.tp > 1:
         tokens = np_tokens + len(dec)
-        layer_bytes = tokens * model.model.hidden_size * model.model.bytes_per_param
+        layer_bytes = tokens * model.model.hidden_size * model.model.act_bytes
         gpu_s += 2 * model.model.num_layers * layer_bytes * 2 * (model.tp - 1) / model.tp / (model.allreduce_bw_gbps * 1e9)
     return StepCost(
         total_s=gpu_s + oh, compute_s=terms.mixed_compute_s, memory_s=terms.mixed_memory_s, overhead_s=oh, prefill_s=terms.prefill_s, decode_s=terms.decode_s
@@ -83,6 +83,11 @@ def build_roofline(
         hw.name,
         bench_data_dir,
         mfu_lookup,  # type: ignore[arg-type]
+        gemm_peak_flops=hw.peak_flops_for(spec.gemm_precision),
+        attn_peak_flops=hw.peak_flops,
+        bw_bytes_s=hw.peak_bw_bytes_s,
+        weight_bytes=spec.bytes_per_param,
+        kv_bytes=spec.kv_bytes_per_element,
     )
     return RooflineCostModel(
         spec,
@@ -108,8 +113,9 @@ def _roofline_factory(cfg, settings) -> RooflineCostModel:
     k = dict(settings.knobs)
     k.pop("frontend_latency_ms", None)  # not step costs: the simulation applies them to arrivals
     k.pop("frontend_us_per_prompt_token", None)
+    efficiency = k.pop("allreduce_efficiency", None)
     return build_roofline(
-        cfg.model,
+        served_model(resolve_model(cfg.model), cfg.server.quantization, cfg.server.kv_cache_dtype),
         cfg.gpu,
         cfg.tensor_parallel_size,
         settings.formula,
@@ -121,5 +127,6 @@ def _roofline_factory(cfg, settings) -> RooflineCostModel:
         settings.decode_attention_context,
         settings.decode_kv_read_fraction,
         settings.lm_head_reads,
+        allreduce_efficiency=efficiency,
         **k,
     )

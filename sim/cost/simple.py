@@ -67,7 +67,7 @@ def _no_roofline_settings(cfg, name: str) -> None:
     """The fixed and linear models price a step without phases or kernels: a mixed-batch
     formula or roofline setting given with them would be silently ignored, so it is an error."""
     c = cfg.cost
-    given = [k for k in ("formula", "calibration") if getattr(c, k) is not None]
+    given = [k for k in ("formula", "calibration") if getattr(c, k) is not None and not (k == "calibration" and str(c.calibration).strip().lower() == "none")]
     if given:
         raise ConfigError(
             f"cost.{given[0]}: the {name} cost model has no mixed-batch formula or calibration (it prices a step as a whole); "

@@ -18,7 +18,15 @@ that is deep-merged over a base config; server limits come from the base config 
   sends them in a cycle, so they become ``workload.prompt_pool`` (repeats hit the prefix
   cache); multi-turn sessions (``enable_multi_turn_chat``) are rejected. Stages become a sweep
   over their rates with ``rate·duration`` requests each, each run on a fresh server (a cold
-  prefix cache; inference-perf runs its stages back to back on one).
+  prefix cache; inference-perf runs its stages back to back on one). ``load.request_timeout``
+  (seconds; aiohttp's total timeout of a request) becomes ``arrival.request_timeout_s``; when it
+  is null inference-perf falls back on aiohttp's default total timeout (5 minutes), which is not
+  applied here (servesim then waits forever).
+
+guidellm's own timeout is not read: its OpenAI backend's ``timeout`` (``backend-args``, or
+``GUIDELLM__REQUEST_TIMEOUT``) is httpx's *read* timeout, a bound on each wait for the next
+bytes of a response, not on a request's whole time; give ``--request-timeout`` for a bound on
+the whole request.
 
 Pure functions of mappings (no I/O).
 """
@@ -230,6 +238,8 @@ def from_inference_perf(cfg: dict[str, Any]) -> dict[str, Any]:
     if len(set(durations)) > 1:
         raise ConfigError("inference-perf load.stages: stages of different durations are not supported; give them one duration")
     out["arrival"] = {"strategy": kind, "rate_rps": rates[0]}
+    if load.get("request_timeout") is not None:
+        out["arrival"]["request_timeout_s"] = _num(load["request_timeout"], "load.request_timeout")
     out["sweep"] = {"rates_rps": rates, "rate_strategy": kind, "duration_s": durations[0]}
     return out
 

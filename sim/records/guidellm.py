@@ -21,9 +21,10 @@ Mapping
 -------
 * One :class:`~sim.core.simulation.SimResult` → one ``GenerativeBenchmark``; its index is
   ``config.run_index``; ids are deterministic (``servesim-<index>``), not random UUIDs.
-* Status: finished → ``successful``; rejected → ``errored``; in_flight (cut by the horizon) →
-  ``incomplete``; not_sent requests were never issued and appear nowhere (guidellm never
-  records unsent requests either).
+* Status: finished → ``successful``; rejected → ``errored``; timed_out (the client's timeout,
+  ``arrival.request_timeout_s``) → ``errored``, as guidellm records a request its HTTP client
+  gave up on; in_flight (cut by the horizon) → ``incomplete``; not_sent requests were never
+  issued and appear nowhere (guidellm never records unsent requests either).
 * Time: simulated seconds are written as epoch timestamps with epoch 0 (so ``start_time`` is
   ``0.0`` plus the first arrival, not wall-clock time). The measurement window is first
   arrival → last finish (servesim's ``duration_s``); no warm-up/cool-down is cut.
@@ -31,7 +32,8 @@ Mapping
   client/network), ``first_token_iteration`` = first token, ``last_token_iteration`` =
   ``request_end`` = finish, ``token_iterations`` = output tokens (vLLM streams one token per
   step per request). Rejected requests carry ``request_end`` = ``resolve_end`` = arrival (the
-  simulator rejects on admission), in-flight ones = the simulation end.
+  simulator rejects on admission), in-flight ones = the simulation end; timed-out ones end when
+  the client gave up, with the first token (if it came) and the output tokens delivered before.
 * Strategies: synchronous, constant, poisson, throughput, concurrent map 1:1
   (``rate_rps`` → ``rate``; ``concurrency`` → ``streams`` / ``max_concurrency``).
   ``replay`` → guidellm ``trace`` (send at recorded offsets, ``time_scale`` 1).
@@ -72,8 +74,8 @@ from sim.version import __version__ as SERVESIM_VERSION
 __all__ = ["GUIDELLM_SCHEMA_VERSION", "GUIDELLM_VERSION", "build_report", "distribution_summary"]
 GUIDELLM_VERSION = "0.8.1"
 GUIDELLM_SCHEMA_VERSION = 2
-_STATUS_GROUP = {"finished": "successful", "in_flight": "incomplete", "rejected": "errored"}
-_GUIDELLM_STATUS = {"finished": "completed", "in_flight": "cancelled", "rejected": "errored"}
+_STATUS_GROUP = {"finished": "successful", "in_flight": "incomplete", "rejected": "errored", "timed_out": "errored"}
+_GUIDELLM_STATUS = {"finished": "completed", "in_flight": "cancelled", "rejected": "errored", "timed_out": "errored"}
 
 
 def _f(x: Any) -> float | None:
@@ -99,6 +101,11 @@ class _Req:
             self.end = finish if finish is not None else self.start  # a finished request has a finish time
         elif row.status == "rejected":
             self.output = 0
+            self.last = None
+            self.end = finish if finish is not None else self.start
+        elif row.status == "timed_out":  # the client gave up at finish_s, keeping what it received
+            self.first = _f(row.first_token_s)
+            self.output = int(row.generated_tokens)
             self.last = None
             self.end = finish if finish is not None else self.start
         else:  # in flight at the horizon: cancelled by the end of the run, as guidellm does
@@ -182,11 +189,18 @@ class _Req:
                 "scheduler_process_id": 0,
                 "scheduler_start_time": 0.0,
                 "timings": timings,
-                "error": None if self.status != "rejected" else f"rejected by the simulated server: {self.reason or 'unknown'}",
+                "error": self._error(),
             },
             "input_metrics": {"text_tokens": self.prompt, "cached_tokens": self.cached},
-            "output_metrics": {"text_tokens": self.output if finished else 0},
+            "output_metrics": {"text_tokens": self.output if finished or self.status == "timed_out" else 0},
         }
+
+    def _error(self) -> str | None:
+        if self.status == "rejected":
+            return f"rejected by the simulated server: {self.reason or 'unknown'}"
+        if self.status == "timed_out":
+            return f"timed out by the simulated client: {self.reason}"
+        return None
 
 
 def _strategy(arrival: Any) -> dict[str, Any]:

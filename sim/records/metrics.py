@@ -6,6 +6,9 @@ Definitions (times in seconds in records, milliseconds in summaries, as ``_ms`` 
 * ITL = every gap between consecutive output tokens of a request (preemption gaps included).
 * TPOT = (E2E − TTFT) / (output − 1), vLLM's definition; undefined (NaN) for 1-token outputs.
 * ``time_per_output_token`` = E2E / output, guidellm's ``time_per_output_token_ms``.
+* Latency statistics are over finished requests only. A timed-out request (the client gave
+  up, ``arrival.request_timeout_s``) is counted (``num_timed_out``) and has its row, with the
+  instant it failed as ``finish_s`` and the output it received (``generated_tokens``).
 * Percentiles interpolate linearly between order statistics (numpy ``linear``), as vLLM's
   benchmark scripts do. (guidellm 0.8.1 instead takes the first value whose cumulative share
   reaches the percentile; the guidellm-compatible report applies guidellm's own rule.)
@@ -34,16 +37,18 @@ def _nan_if_neg(x: float) -> float:
 
 
 def request_record(req: Request, status: str | None = None) -> RequestRecord:
-    """The outcome record of ``req`` (finished, rejected or still in flight)."""
+    """The outcome record of ``req`` (finished, rejected, timed out or still in flight)."""
+    status = status or req.status.value
     arrival = req.arrival_s
     first = _nan_if_neg(req.first_token_s)
     finish = _nan_if_neg(req.finish_s)
     ttft = first - arrival
     e2e = finish - arrival
-    tpot = (e2e - ttft) / (req.output_tokens - 1) if req.output_tokens > 1 else math.nan
+    # a timed-out request's finish is when the client gave up, not a last token
+    tpot = (e2e - ttft) / (req.output_tokens - 1) if req.output_tokens > 1 and status != RequestStatus.TIMED_OUT.value else math.nan
     return RequestRecord(
         request_id=req.request_id,
-        status=status or req.status.value,
+        status=status,
         arrival_s=arrival,
         prompt_tokens=req.prompt_tokens,
         output_tokens=req.output_tokens,
@@ -59,12 +64,21 @@ def request_record(req: Request, status: str | None = None) -> RequestRecord:
         max_itl_s=req.max_itl_s,
         num_preemptions=req.num_preemptions,
         reject_reason=req.reject_reason,
+        generated_tokens=req.num_output_generated,
     )
 
 
-REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
+# Columns only runs with a client timeout have: a run without one writes the tables it wrote
+# before timeouts existed (as inference-perf omits its retry fields when nothing retried).
+TIMEOUT_COLUMNS = ("generated_tokens",)
+REQUEST_COLUMNS = [f.name for f in fields(RequestRecord) if f.name not in TIMEOUT_COLUMNS]
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]
-_request_row = attrgetter(*REQUEST_COLUMNS)
+
+
+def request_columns(timeouts: bool) -> list[str]:
+    """The request table's columns: :data:`REQUEST_COLUMNS`, and with a client timeout
+    (``timeouts``) :data:`TIMEOUT_COLUMNS` after them."""
+    return [*REQUEST_COLUMNS, *TIMEOUT_COLUMNS] if timeouts else list(REQUEST_COLUMNS)
 
 
 class LogHistogram:
@@ -113,9 +127,11 @@ class LogHistogram:
 
 class StreamingSummary:
     """The run summary accumulated chunk by chunk (streaming mode): status counts, sums and
-    extremes exactly, latency percentiles from :class:`LogHistogram` s. Memory is constant."""
+    extremes exactly, latency percentiles from :class:`LogHistogram` s. Memory is constant.
+    ``timeouts``: the run has a client timeout (the summary counts ``num_timed_out``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeouts: bool = False) -> None:
+        self.timeouts = timeouts
         self.hist = {name: LogHistogram() for name in ("ttft", "tpot", "e2e", "queue_delay")}
         self.status_counts: dict[str, int] = {}
         self.num_requests = 0
@@ -150,9 +166,11 @@ class StreamingSummary:
             "num_requests": self.num_requests,
             "num_finished": fin,
             "num_rejected": c.get(RequestStatus.REJECTED.value, 0),
-            "num_in_flight": c.get("in_flight", 0),
-            "num_not_sent": c.get("not_sent", 0),
         }
+        if self.timeouts:
+            out["num_timed_out"] = c.get(RequestStatus.TIMED_OUT.value, 0)
+        out["num_in_flight"] = c.get("in_flight", 0)
+        out["num_not_sent"] = c.get("not_sent", 0)
         for name, h in self.hist.items():
             out.update(h.stats_ms(name))
         out["time_per_output_token_mean_ms"] = self.sum_time_per_output_token_s / fin * 1e3 if fin else math.nan
@@ -176,17 +194,21 @@ class MetricsSink:
     caller, e.g. a Parquet writer of the CLI), full chunks of ``chunk_rows`` records of kind
     ``"requests"`` or ``"steps"`` are handed over and dropped from memory after being folded
     into a :class:`StreamingSummary`; ITLs go to a :class:`LogHistogram`. Memory then stays
-    bounded by the chunk size, whatever the number of requests.
+    bounded by the chunk size, whatever the number of requests. ``timeouts``: the run has a
+    client timeout (request records gain :data:`TIMEOUT_COLUMNS`, see :func:`request_columns`).
     """
 
-    def __init__(self, record_itls: bool = True, spill=None, chunk_rows: int = 65536) -> None:
+    def __init__(self, record_itls: bool = True, spill=None, chunk_rows: int = 65536, timeouts: bool = False) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be >= 1")
         self.record_itls = record_itls
         self.spill = spill
         self.chunk_rows = chunk_rows
-        self.request_columns: dict[str, list] = {name: [] for name in REQUEST_COLUMNS}
-        self.streaming_summary = StreamingSummary() if spill is not None else None
+        self.timeouts = timeouts
+        self.columns = request_columns(timeouts)  # of the request records, in table order
+        self._request_row = attrgetter(*self.columns)
+        self.request_columns: dict[str, list] = {name: [] for name in self.columns}
+        self.streaming_summary = StreamingSummary(timeouts) if spill is not None else None
         self.step_rows: list[tuple] = []  # steps not yet in a column chunk, StepRecord field order
         self._step_chunks: list[dict[str, np.ndarray]] = []  # earlier steps, column-wise
         self._chunked_rows = 0
@@ -318,12 +340,12 @@ class MetricsSink:
         return pd.DataFrame({name: np.concatenate([c[name] for c in chunks]) for name in STEP_COLUMNS}, columns=STEP_COLUMNS)
 
     def on_request_done(self, req: Request, status: str | None = None) -> None:
-        """``req`` left the server (finished or rejected), or is reported at the horizon."""
+        """``req`` left the server (finished, rejected or timed out), or is reported at the horizon."""
         self.add_record(request_record(req, status))
 
     def add_record(self, rec: RequestRecord) -> None:
         cols = self.request_columns
-        for name, value in zip(REQUEST_COLUMNS, _request_row(rec)):
+        for name, value in zip(self.columns, self._request_row(rec)):
             cols[name].append(value)
         self.num_requests_done += 1
         if self.progress is not None:
@@ -334,11 +356,11 @@ class MetricsSink:
     def _spill_requests(self) -> None:
         cols = self.request_columns
         if cols["request_id"]:
-            frame = pd.DataFrame(cols, columns=REQUEST_COLUMNS)
+            frame = pd.DataFrame(cols, columns=self.columns)
             assert self.streaming_summary is not None  # spilling implies streaming mode
             self.streaming_summary.add(frame)
             self.spill("requests", frame)
-            self.request_columns = {name: [] for name in REQUEST_COLUMNS}
+            self.request_columns = {name: [] for name in self.columns}
 
     def _spill_steps(self) -> None:
         if self.step_rows or self._step_chunks:
@@ -364,8 +386,9 @@ class MetricsSink:
 
 
 def requests_frame(columns: dict[str, list]) -> pd.DataFrame:
-    """Per-request table from record columns, sorted by request id (stable ⇒ byte-identical)."""
-    df = pd.DataFrame(columns, columns=REQUEST_COLUMNS)
+    """Per-request table from record columns (in table order, e.g. a sink's ``request_columns``),
+    sorted by request id (stable ⇒ byte-identical)."""
+    df = pd.DataFrame(columns, columns=list(columns))
     return df.sort_values("request_id", kind="stable").reset_index(drop=True)
 
 
@@ -392,13 +415,16 @@ def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def summarize(requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array | LogHistogram | None = None) -> dict[str, float | int]:
+def summarize(
+    requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array | LogHistogram | None = None, timeouts: bool = False
+) -> dict[str, float | int]:
     """Aggregate metrics of one run (latencies over finished requests).
 
     ``requests`` is the per-request table; ``step_stats`` holds ``num_steps``,
     ``num_mixed_steps`` and ``mean_batch_tokens``; ``itls`` are all inter-token gaps (seconds)
     or their histogram. Throughput is measured over the run's span, first arrival to last
-    finish.
+    finish. ``timeouts``: the run has a client timeout, and the summary counts
+    ``num_timed_out`` (so that ``num_requests`` is the sum of the five counts).
     """
     status = requests["status"]
     fin = requests[status == RequestStatus.FINISHED.value]
@@ -406,9 +432,11 @@ def summarize(requests: pd.DataFrame, step_stats: dict, itls: np.ndarray | array
         "num_requests": int(len(requests)),
         "num_finished": int(len(fin)),
         "num_rejected": int((status == RequestStatus.REJECTED.value).sum()),
-        "num_in_flight": int((status == "in_flight").sum()),
-        "num_not_sent": int((status == "not_sent").sum()),
     }
+    if timeouts:
+        out["num_timed_out"] = int((status == RequestStatus.TIMED_OUT.value).sum())
+    out["num_in_flight"] = int((status == "in_flight").sum())
+    out["num_not_sent"] = int((status == "not_sent").sum())
     for col, name in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e"), ("queue_delay_s", "queue_delay")):
         out.update(_stats_ms(fin[col].to_numpy(dtype=float), name))
     if len(fin):

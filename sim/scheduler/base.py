@@ -11,6 +11,8 @@ and plans one step at a time:
 * ``update_from_output(out, end_s) -> (first_token, finished)`` applies the step's progress
   once the engine has advanced the clock to ``end_s``: computed tokens, sampled tokens, and
   frees the KV of finished requests.
+* ``abort(req)`` removes a waiting or running request and frees its KV (its client gave up,
+  ``arrival.request_timeout_s``), between steps; a waiting request also while a step runs.
 
 Work conservation: if the wait queue or running list is non-empty and something fits,
 ``schedule`` returns a non-empty batch.
@@ -82,7 +84,9 @@ class SchedulerCapabilities:
 
     ``deferred_decodes``: the scheduler implements ``defer_decodes() -> bool`` (turn deferred
     decode bookkeeping on if it applies; returns whether it is on), ``sync()`` (bring every
-    request object up to date) and ``deferred_finish_within(num_steps) -> bool``; while on,
+    request object up to date, between steps), ``progress_of(req) -> (generated tokens, max
+    gap s)`` (a running request's progress, readable while a step runs) and
+    ``deferred_finish_within(num_steps) -> bool``; while on,
     ``update_from_output`` reports deferred decodes through ``SchedulerOutput.num_deferred`` /
     ``deferred_gap_s`` (see :meth:`sim.scheduler.vllm_v1.VllmV1Scheduler.defer_decodes`).
     """

@@ -155,6 +155,33 @@ class VllmV1Scheduler:
             if gap > req.max_itl_s:
                 req.max_itl_s = gap
 
+    def progress_of(self, req: Request) -> tuple[int, float]:
+        """``(output tokens generated, largest inter-token gap in s)`` of running ``req`` as of
+        the last step that ended, read without settling anything: valid while a step runs,
+        when :meth:`sync` is not (the running step's plan relies on the deferred state)."""
+        offs = self._lz_off
+        if offs:
+            k = self.running.index(req)  # identity: Request compares by identity
+            if k < len(offs):  # deferred: its object holds the progress of when it became so
+                base = self._gap_base
+                gaps = self._gaps_s[self._lz_join[k] - base : self._tick - base]
+                computed = self._tick + offs[k]
+                return computed - req.prompt_tokens + 1, max(req.max_itl_s, max(gaps, default=0.0))
+        return req.num_output_generated, req.max_itl_s
+
+    def abort(self, req: Request) -> None:
+        """Remove ``req`` (waiting or running) and free its KV blocks, as vLLM's
+        ``finish_requests(..., FINISHED_ABORTED)`` when a client disconnects. Call it between
+        steps; a waiting request (which holds no KV) may also leave while a step runs."""
+        if req.status is RequestStatus.RUNNING:
+            k = self.running.index(req)
+            if k < len(self._lz_off):
+                self._sync_from(k)  # the deferred requests stay a prefix of running
+            del self.running[k]
+        else:
+            self.waiting.remove(req)
+        self.kv.free(req)
+
     def has_work(self) -> bool:
         return bool(self.waiting) or bool(self.running)
 

@@ -17,7 +17,7 @@ DEFAULT_FIT_KNOBS = (
     "prefill_compute_scale",
     "decode_compute_scale",
     "mixed_penalty",
-    "allreduce_bw_gbps",
+    "allreduce_efficiency",
     "frontend_latency_ms",
     "frontend_us_per_prompt_token",
     "allreduce_latency_us",

@@ -122,7 +122,8 @@ def compare(
     seeds = [cfg.seed + i for i in range(num_seeds)]
     plan = arm_configs(cfg, arms, seeds, rates, set_formula=vary_f or cfg.cost.formula is not None)
     results = run_many([c for *_, c in plan])
-    metrics = METRICS + COUNTS + (FLEET_METRICS if cfg.cluster is not None else ())
+    counts = COUNTS + (("num_timed_out",) if cfg.arrival.request_timeout_s is not None else ())
+    metrics = METRICS + counts + (FLEET_METRICS if cfg.cluster is not None else ())
     rows = []
     for (arm, rate, seed, _), res in zip(plan, results):
         row = {"rate_rps": rate, "arm": arm.label(vary_p, vary_f, vary_r), "policy": arm.policy, "formula": arm.formula, "seed": seed}

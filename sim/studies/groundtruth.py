@@ -123,7 +123,9 @@ def load_points(gt_dir: str | Path) -> pd.DataFrame:
 
     Adds ``point_id`` (``<experiment>#<benchmark_index>``) and ``load_level`` (synchronous,
     rate = constant or Poisson, throughput). Optional columns missing from the file are added
-    as NaN. ConfigError for a missing directory or file, a missing required column, an unknown
+    as NaN, exactly like blank cells: every measured metric and ``per_request_file`` are
+    optional, so aggregate-only points (a workload description and whichever means and
+    percentiles were measured) load. ConfigError for a missing directory or file, a missing required column, an unknown
     strategy or a duplicate point.
     """
     root = _gt_dir(gt_dir)

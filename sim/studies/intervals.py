@@ -6,21 +6,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from sim.config import RunConfig
-from sim.cost.calibration import calibration_for
+from sim.cost.calibration import TRANSFER_LOG_SIGMA, active_calibration, calibration_for
 from sim.errors import ConfigError
 from sim.studies.fit import finite_or_nan, with_knobs
 
+# Points of a standard normal at the midpoints of 15 equal-probability slices: a discrete
+# stand-in for N(0, σ²) convolved with the residuals (the transfer spread).
+_NORMAL_GRID = np.array([NormalDist().inv_cdf((j + 0.5) / 15) for j in range(15)])
+
 
 def interval_from_samples(
-    center: float, log_spread: Sequence[float] | np.ndarray, log_resid: Sequence[float] | np.ndarray, level: float = 0.9
+    center: float,
+    log_spread: Sequence[float] | np.ndarray,
+    log_resid: Sequence[float] | np.ndarray,
+    level: float = 0.9,
+    extra_log_sigma: float = 0.0,
 ) -> tuple[float, float]:
-    """(lo, hi): quantiles (1∓level)/2 of center·exp(r + d) over every pair of a parameter
-    /seed spread sample r and a residual d (either set may be empty → treated as {0})."""
+    """(lo, hi): quantiles (1∓level)/2 of center·exp(r + d + t) over every combination of a
+    parameter/seed spread sample r, a residual d (either set may be empty → treated as {0})
+    and, when ``extra_log_sigma`` > 0, a draw t of N(0, extra_log_sigma²) (a calibration
+    carried to a GPU it was not fitted on: :data:`~sim.cost.calibration.TRANSFER_LOG_SIGMA`)."""
     if not (0 < level < 1):
         raise ValueError(f"level must be in (0, 1), got {level}")
     c = finite_or_nan(center)
@@ -29,6 +40,8 @@ def interval_from_samples(
     r = np.asarray([x for x in log_spread if math.isfinite(x)] or [0.0], float)
     d = np.asarray([x for x in log_resid if math.isfinite(x)] or [0.0], float)
     s = (r[:, None] + d[None, :]).ravel()
+    if extra_log_sigma > 0:
+        s = (s[:, None] + extra_log_sigma * _NORMAL_GRID[None, :]).ravel()
     q = np.quantile(s, [(1 - level) / 2, (1 + level) / 2])
     return float(c * math.exp(q[0])), float(c * math.exp(q[1]))
 
@@ -80,13 +93,16 @@ def summary_intervals(
     center: Mapping, replicates: Sequence[Mapping], calibration: Mapping[str, Any] | None, level: float = 0.9
 ) -> dict[str, tuple[float, float]]:
     """Interval per summary key (:data:`INTERVAL_KEYS`) from the point run ``center``, the
-    bootstrap replicate runs and the calibration's cross-validated log residuals."""
+    bootstrap replicate runs and the calibration's cross-validated log residuals; widened by
+    :data:`~sim.cost.calibration.TRANSFER_LOG_SIGMA` when the calibration says
+    ``transferred_from`` (run on a GPU it was not fitted on)."""
     resid = (calibration or {}).get("residuals_log") or {}
+    extra = TRANSFER_LOG_SIGMA if (calibration or {}).get("transferred_from") else 0.0
     out = {}
     for key, rmetric in INTERVAL_KEYS.items():
         c = finite_or_nan(center.get(key))
         spread = [math.log(finite_or_nan(r.get(key)) / c) for r in replicates if finite_or_nan(r.get(key)) > 0] if c > 0 else []
-        out[key] = interval_from_samples(c, spread, resid.get(rmetric, []) if rmetric else [], level)
+        out[key] = interval_from_samples(c, spread, resid.get(rmetric, []) if rmetric else [], level, extra)
     return out
 
 
@@ -98,8 +114,8 @@ def intervals_for_configs(
     batch) and the calibration's CV residuals. ConfigError if a config names no calibration."""
     reps_cfgs, owner, cals = [], [], []
     for i, cfg in enumerate(cfgs):
-        if not cfg.cost.calibration:
-            raise ConfigError("--intervals needs a calibration (cost.calibration, e.g. --set cost.calibration=h100)")
+        if not active_calibration(cfg):
+            raise ConfigError("--intervals needs a calibration (cost.calibration: the shipped h100 by default; not 'none', not a fixed or linear cost model)")
         cal = calibration_for(cfg)
         cals.append(cal)
         for c in interval_configs(cfg, cal, n_boot):

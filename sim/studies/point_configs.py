@@ -266,6 +266,8 @@ def point_to_config(
         cost["gemm_m"] = gemm_m
     if bench_data_dir is not None:
         cost["bench_data_dir"] = str(bench_data_dir)
+    if mode == "study" and base.cost.calibration is None:
+        cost["calibration"] = "none"  # the study's harness ran the seed roofline
     if cost:
         d["cost"] = cost
     prefix_tokens, prefix_groups = _prefix(point)
@@ -286,6 +288,7 @@ def point_to_config(
             "enable_prefix_caching": True,
             "enable_chunked_prefill": True,
             "max_model_len": STUDY_MAX_MODEL_LEN,
+            "allow_long_max_model_len": True,
             "long_prefill_token_threshold": 0,
         }
         d["workload"] = _configured_workload(point, cap(n), prefix_tokens, prefix_groups, pid)

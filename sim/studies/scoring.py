@@ -16,7 +16,8 @@ requests_per_s                requests_per_s                   requests_per_s
 ============================  ===============================  ============================
 
 MAPE of a group = mean APE over its points with a finite APE (the study's definition:
-averaged over points). Groups: experiment, workload, strategy, load level, dataset, overall;
+averaged over points); a point that did not measure a metric (NaN) is left out of that metric's
+MAPE and count, never scored as zero error. Groups: experiment, workload, strategy, load level, dataset, overall;
 each also without the points flagged ``overloaded`` (see :func:`overload_flags`).
 
 The per-step check (:func:`step_check`) compares, request by request, the simulated prefill
@@ -146,7 +147,9 @@ def compare_points(
 
 def mape_table(long: pd.DataFrame, by: Sequence[str] = GROUP_BYS, keys: Sequence[str] = ()) -> pd.DataFrame:
     """MAPE (fraction) and point counts per group, metric and subset (``all`` /
-    ``not_overloaded``). ``keys`` are extra columns to keep apart (e.g. formula, gemm_m)."""
+    ``not_overloaded``). ``keys`` are extra columns to keep apart (e.g. formula, gemm_m).
+    Only finite APEs count: ``n`` is the number of points scored on that metric, and a
+    (group, metric) with none has no row."""
     out = []
     keys = list(keys)
     for subset, df in (("all", long), ("not_overloaded", long[~long["overloaded"].astype(bool)])):

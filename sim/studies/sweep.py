@@ -23,7 +23,8 @@ guidellm's points alone rarely show the overloaded side.
   peak number of running requests. Below the seat and KV limits a vLLM-like server does not
   queue but grows its batch, and every step slows with it; the batch converges only when the
   rate is below the full-batch completion rate, and the approach takes about E2E/(1 − ρ), often
-  longer than a finite run. The queue criteria alone would call such points stable.
+  longer than a finite run. The queue criteria alone would call such points stable; and
+* with a client timeout (``arrival.request_timeout_s``), no request timed out.
 
 The *saturation point* is the highest swept rate such that it and every lower rate point are
 stable. Finite runs blur the edge: use enough requests per point (several hundred).
@@ -164,8 +165,8 @@ def _full_batch_rps(st, df) -> float:
 def is_stable(res: SimResult, capacity_rps: float = float("nan")) -> bool:
     """Whether an open-loop point keeps up with its offered rate (see module docstring);
     ``capacity_rps`` is the full-batch capacity (NaN: unknown, criterion skipped)."""
-    if res.summary["num_in_flight"] or res.summary["num_not_sent"]:
-        return False
+    if res.summary["num_in_flight"] or res.summary["num_not_sent"] or res.summary.get("num_timed_out"):
+        return False  # left unfinished, or clients gave up waiting
     rate = res.config.arrival.rate_rps
     if rate and capacity_rps == capacity_rps and rate > capacity_rps:
         return False
@@ -246,6 +247,8 @@ def slo_violations(summary: dict, slo: SloConfig) -> list[str]:
                 out.append(f"{key} {v:.1f} > {bound:g}")
     if summary.get("num_in_flight") or summary.get("num_rejected"):
         out.append("requests unfinished or rejected")
+    if summary.get("num_timed_out"):
+        out.append("requests timed out")
     return out
 
 

@@ -46,7 +46,13 @@ def run_validation(
     experiments: Sequence[str] = (),
     base: RunConfig | None = None,
 ) -> ValidationResult:
-    """Simulate every point for every (formula, gemm_m); compare with the measurements."""
+    """Simulate every point for every (formula, gemm_m); compare with the measurements.
+
+    Points may be aggregate-only (no per-request file: the configured length distributions of
+    points.csv are simulated) and may lack any measured metric (blank cell, or the column absent
+    from points.csv): such a (point, metric) has ``meas`` and ``ape`` NaN in ``long`` and is left
+    out of that metric's MAPE and count in ``mape``; the other metrics of the point are scored.
+    """
     points = load_points(gt_dir)
     if experiments:
         unknown = sorted(set(experiments) - set(points["experiment"]))

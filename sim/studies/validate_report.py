@@ -1,5 +1,9 @@
 """The Markdown report of a validation (``report.md``): overall / per-dataset / per-load-level /
-per-experiment MAPE, the per-point table, the per-step check and the caveats."""
+per-experiment MAPE, the per-point table, the per-step check and the caveats.
+
+Rendering never requires a metric to be present: a (point, metric) that is missing from the
+long table, or whose simulated or measured value is unknown, is shown as ``–`` (a metric that
+no point measured, e.g. in an aggregate-only ground truth, gives a column of ``–``)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,19 @@ from sim.studies.validate import ValidationResult
 
 def mape_lookup(mt: pd.DataFrame) -> dict:
     return {(r.formula, r.gemm_m, r.subset, r.group_by, r.group, r.metric): (r.mape, r.n) for r in mt.itertuples()}
+
+
+_UNKNOWN = (math.nan, math.nan, math.nan)
+
+
+def point_cells(long: pd.DataFrame) -> dict[tuple, tuple[float, float, float]]:
+    """``(formula, gemm_m, point_id, metric) -> (sim, meas, ape)`` of a validation's long table
+    (the first row of each key). A key absent from the result means the metric was not scored
+    for that point; callers fall back to unknown (NaN) values."""
+    out: dict[tuple, tuple[float, float, float]] = {}
+    for r in long.itertuples(index=False):
+        out.setdefault((r.formula, r.gemm_m, r.point_id, r.metric), (r.sim, r.meas, r.ape))
+    return out
 
 
 def render_report(v: ValidationResult) -> str:
@@ -31,6 +48,8 @@ def render_report(v: ValidationResult) -> str:
         "APE = |sim − meas| / meas; MAPE = mean APE over points. `not_overloaded` excludes throughput points,"
         " open-loop points that achieved < 90 % of their rate, and points whose TTFT exceeds 5× their synchronous TTFT.",
         "`tpot_mean` is vLLM's decode-only TPOT; `tpot_incl_ttft_mean` is guidellm's E2E/output (the only TPOT of set A).",
+        "`–` = unknown: a metric a point did not measure (blank or absent in points.csv) is not scored for that point"
+        " and is left out of that metric's MAPE and its n.",
         "",
         "## Overall MAPE",
         "",
@@ -71,16 +90,17 @@ def render_report(v: ValidationResult) -> str:
                 )
         lines += [md_table(hdr, rows), ""]
     lines += ["## Per point (means, ms; sim / meas)", ""]
-    wide = v.long.pivot_table(index=["formula", "gemm_m", "point_id"], columns="metric", values=["sim", "meas"], aggfunc="first")
+    by_point = point_cells(v.long)
     first = v.long.drop_duplicates(["formula", "gemm_m", "point_id"]).set_index(["formula", "gemm_m", "point_id"])
     hdr = ["point", "formula", "gemm_m", "strategy", "overloaded", "n sim", "meas source", "TTFT", "TPOT", "E2E/out", "E2E", "E2E APE"]
     rows = []
     for (f, g, pid), r in first.iterrows():
 
-        def sm(metric, d=1):
-            return f"{num_cell(wide.loc[(f, g, pid), ('sim', metric)], d)} / {num_cell(wide.loc[(f, g, pid), ('meas', metric)], d)}"
+        def sm(metric: str, d: int = 1) -> str:
+            sim, meas, _ = by_point.get((f, g, pid, metric), _UNKNOWN)
+            return f"{num_cell(sim, d)} / {num_cell(meas, d)}"
 
-        e2e_ape = v.long[(v.long.formula == f) & (v.long.gemm_m == g) & (v.long.point_id == pid) & (v.long.metric == "e2e_mean")]["ape"].iloc[0]
+        e2e_ape = by_point.get((f, g, pid, "e2e_mean"), _UNKNOWN)[2]
         rows.append(
             [
                 pid,
