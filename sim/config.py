@@ -79,6 +79,9 @@ class ServerConfig(_Strict):
         VLLM_DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="--gpu-memory-utilization: share of GPU memory vLLM may use"
     )
     max_model_len: int | None = Field(None, gt=0, description="--max-model-len: longest prompt+output; None = the model's")
+    api_server_count: int = Field(
+        1, gt=0, le=1024, description="--api-server-count: API-server processes; each tokenizes one request at a time (the calibration's per-prompt-token time)"
+    )
     allow_long_max_model_len: bool = Field(
         False, description="allow max_model_len beyond the model's max_position_embeddings (vLLM's VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)"
     )
@@ -92,6 +95,16 @@ class ServerConfig(_Strict):
     async_scheduling: bool = Field(
         False,
         description="--async-scheduling: the scheduler plans step k+1 when step k launches, so a request that reaches the engine during step k joins step k+2 at the earliest (vLLM's default since late 2025; off in 0.11)",
+    )
+    kv_offloading_size_gib: float | None = Field(
+        None,
+        gt=0,
+        description="--kv-offloading-size: CPU tier for KV blocks the GPU prefix cache evicts, GiB summed over the TP ranks (vLLM's native OffloadingConnector); needs enable_prefix_caching; None = off",
+    )
+    kv_offloading_bw_gbps: float | None = Field(
+        None,
+        gt=0,
+        description="host<->GPU link per GPU and direction for loads from the CPU tier, 1e9 B/s; None = PCIe x16: 64 (Gen5) on Hopper/Blackwell, else 32 (Gen4)",
     )
 
 

@@ -326,3 +326,32 @@ def test_a100_decode_is_faster_than_the_seed_model_says():
     t_cal, t_seed = cal.price(_decode_batch(1, 512)).total_s, seed.price(_decode_batch(1, 512)).total_s
     floor = resolve_model("llama-2-7b").weights_bytes / resolve_gpu("A100").peak_bw_bytes_s
     assert floor < t_cal < 1.6 * floor < t_seed
+
+
+# ------------------------------------------------------------------ the API server under a burst
+
+
+def test_a_burst_queues_for_tokenization_one_request_at_a_time():
+    """Ten 1,000-token prompts sent at once, 10 µs per prompt token, 2 ms fixed latency: the
+    k-th reaches the engine after 2 ms + k × 10 ms (FIFO, one API-server process); with two
+    processes the queue drains twice as fast."""
+
+    def run(count):
+        cfg = parse_run_config(
+            {
+                # a near-instant engine, so that the waits are the API server's
+                "cost": {"model": "fixed", "fixed_step_s": 1e-6, "frontend_latency_ms": 2.0, "frontend_us_per_prompt_token": 10.0},
+                "server": {"api_server_count": count},
+                "workload": {"num_requests": 10, "prompt_tokens": {"dist": "fixed", "value": 1000}, "output_tokens": {"dist": "fixed", "value": 2}},
+                "arrival": {"strategy": "throughput", "rate_rps": None},
+            }
+        )
+        return simulate(cfg).requests.sort_values("request_id")
+
+    one, two = run(1), run(2)
+    # queue delay = time from send to the engine's first step for it, at least the API server's
+    waits_one = (one["first_scheduled_s"] - one["arrival_s"]).to_numpy()
+    expected = [2e-3 + (k + 1) * 10e-3 for k in range(10)]
+    assert waits_one == pytest.approx(expected, abs=1e-5)  # plus at most a few 1 µs steps
+    waits_two = (two["first_scheduled_s"] - two["arrival_s"]).to_numpy()
+    assert waits_two == pytest.approx([2e-3 + (k // 2 + 1) * 10e-3 for k in range(10)], abs=1e-5)

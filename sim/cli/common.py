@@ -42,6 +42,7 @@ def common_options(func):
             default=None,
             help="Plan step k+1 while step k runs: a new request joins step k+2 at the earliest (default off).",
         ),
+        click.option("--kv-offloading-size", type=float, help="CPU KV-offloading tier, GiB over all TP ranks (needs prefix caching; default off)."),
         click.option("--block-size", type=int, help="Tokens per KV block (vLLM default 16)."),
         click.option("--gpu-memory-utilization", type=float, help="Share of GPU memory for weights+KV, in (0, 1] (vLLM default 0.9)."),
         click.option("--num-gpu-blocks-override", type=int, help="KV blocks per GPU instead of deriving them from memory."),

@@ -157,6 +157,7 @@ FLAG_PATHS = {
     "enable_prefix_caching": "server.enable_prefix_caching",
     "enable_chunked_prefill": "server.enable_chunked_prefill",
     "async_scheduling": "server.async_scheduling",
+    "kv_offloading_size": "server.kv_offloading_size_gib",
     "block_size": "server.block_size",
     "gpu_memory_utilization": "server.gpu_memory_utilization",
     "num_gpu_blocks_override": "server.num_gpu_blocks",

@@ -4,8 +4,10 @@ the errors.
 Outputs in OUTDIR (atomic writes, deterministic content)::
 
     report.md        overall / per-dataset / per-load-level / per-experiment MAPE, per-point table,
-                     per-step check (set B), caveats
+                     failed requests (sim vs meas), per-step check (set B), caveats
     points.csv       one row per (formula, point, metric): sim, meas, ape, overloaded, meas_source
+    failures.csv     one row per (formula, point): simulated failed requests (timed out + rejected)
+                     vs measured (n_errored + n_incomplete), their abs_err, the client timeout used
     mape.csv         MAPE per (formula, subset, group_by, group, metric)
     step_check.csv   set B: simulated vs vLLM-span prefill/decode time per point (guidellm mode)
     plots/sim_vs_meas_<formula>.png, plots/latency_vs_rate_<experiment>.png
@@ -40,12 +42,13 @@ from sim.studies.markdown import pct_cell
 from sim.studies.point_configs import DEFAULT_MAX_REQUESTS_PER_POINT, MODES
 from sim.studies.scoring import HEADLINE_METRICS
 from sim.studies.validate import ValidationResult, run_validation
-from sim.studies.validate_report import mape_lookup, render_report
+from sim.studies.validate_report import failure_summary, mape_lookup, render_report
 
 
 def write_tables(out: Path, v: ValidationResult) -> None:
-    """Write the validation's tables to ``out``: ``points.csv``, ``mape.csv``,
-    ``step_check.csv`` (when there are per-step rows) and ``settings.json``. Unknown values (a
+    """Write the validation's tables to ``out``: ``points.csv``, ``failures.csv`` (when the
+    result has failure rows), ``mape.csv``, ``step_check.csv`` (when there are per-step rows)
+    and ``settings.json``. Unknown values (a
     metric a point did not measure) are blank cells. Uses none of the report or plot code, so
     a rendering failure cannot keep these files from being written."""
     from sim.cli.output import atomic_write_bytes, write_json
@@ -56,6 +59,8 @@ def write_tables(out: Path, v: ValidationResult) -> None:
         return buf.getvalue().encode()
 
     atomic_write_bytes(out / "points.csv", csv_bytes(v.long))
+    if len(v.failures):
+        atomic_write_bytes(out / "failures.csv", csv_bytes(v.failures))
     atomic_write_bytes(out / "mape.csv", csv_bytes(v.mape))
     if len(v.steps):
         atomic_write_bytes(out / "step_check.csv", csv_bytes(v.steps))
@@ -190,7 +195,9 @@ def validate(
         for f, g in dict.fromkeys(zip(v.long["formula"], v.long["gemm_m"])):
             cells = ", ".join(f"{m} {pct_cell(lk.get((f, g, 'all', 'overall', 'all', m), (math.nan, 0))[0])}" for m in HEADLINE_METRICS)
             out_console.print(f"{f} (gemm_m={g}, mode={mode}): MAPE {cells}")
-        out_console.print(f"results: {final_path(out)}/ (report.md, points.csv, mape.csv)")
+        for (f, g), text in failure_summary(v.failures).items() if len(v.failures) else ():
+            out_console.print(f"{f} (gemm_m={g}): {text}", markup=False, highlight=False)
+        out_console.print(f"results: {final_path(out)}/ (report.md, points.csv, failures.csv, mape.csv)")
         err_console.print(f"{len(v.sim_summaries)} point simulations in {time.perf_counter() - t0:.1f} s wall")
         return None
 

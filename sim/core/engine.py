@@ -110,6 +110,7 @@ class Engine:
         fast_forward: bool = True,
         async_scheduling: bool = False,
         on_leave: Callable[[Request], None] | None = None,
+        kv_load_s_per_block: float = 0.0,
     ) -> None:
         self.env = env
         self.scheduler = scheduler
@@ -121,6 +122,9 @@ class Engine:
         self._idle: simpy.Event | None = None
         self.async_scheduling = async_scheduling
         self.on_leave = on_leave  # called when a request leaves (finished or rejected), e.g. a fleet's load counters
+        # CPU KV-offloading tier: a step that admits requests with blocks loaded from it lasts
+        # longer by the transfer (blocks x seconds per block over the host link)
+        self.kv_load_s_per_block = kv_load_s_per_block
         # async scheduling: requests that reached the engine while a step ran, in arrival order,
         # with the start time of the step they arrived in (they may join the step after next)
         self._staged: list[tuple[float, Request]] = []
@@ -358,9 +362,12 @@ class Engine:
             cost = price(out.batch)
             if not cost.total_s > 0:
                 raise SimulationError(f"cost model {self.cost_model.name!r} priced a non-empty step at {cost.total_s} s")
+            step_s = cost.total_s
+            if out.kv_loads:
+                step_s += self._kv_loads(out.kv_loads)
             self._step_start_s = prev_start_s = start_s
-            self._step_end_s = start_s + cost.total_s  # where env.timeout lands (same addition)
-            yield env.timeout(cost.total_s)
+            self._step_end_s = start_s + step_s  # where env.timeout lands (same addition)
+            yield env.timeout(step_s)
             self._step_end_s = None
             end_s = env.now
             sampled, finished = sched.update_from_output(out, end_s)
@@ -375,7 +382,7 @@ class Engine:
                 (
                     self.num_steps,
                     start_s,
-                    cost.total_s,
+                    step_s,
                     batch.num_prefill_tokens,
                     batch.num_decode_reqs,
                     batch.num_prefill_reqs,
@@ -395,6 +402,19 @@ class Engine:
             if self._due:
                 self._resolve_due()
 
+    def _kv_loads(self, loads: list[tuple[Request, int]]) -> float:
+        """Record the step's loads from the CPU offloading tier (per request, in tokens) and
+        return their transfer time: the blocks go over the host link before the step's forward
+        pass can read them (one link per GPU; each GPU loads its share of every block)."""
+        block_size = self.scheduler.kv.block_size
+        blocks = 0
+        for req, n in loads:
+            self.sink.on_kv_load(req.request_id, n * block_size)
+            blocks += n
+        load_s = blocks * self.kv_load_s_per_block
+        self.sink.on_kv_load_time(load_s)
+        return load_s
+
     # ------------------------------------------------------------ fast-forward
     MAX_WINDOW_STEPS = 4096  # bounds the per-window arrays
     MIN_WINDOW_STEPS = 2
@@ -410,7 +430,10 @@ class Engine:
         running request, one token each, every step. Requests may finish inside (the batch
         then shrinks) unless something reacts to the finish at that instant: a closed-loop
         client waiting on it, or the prefix cache, whose block hashes the step loop updates on
-        every step; the window then stops before that request's last step.
+        every step; the window then stops before that request's last step. Nothing is loaded
+        from a CPU offloading tier inside a window: loads happen only when a waiting request is
+        admitted, and a window needs an empty wait queue (the allocations' evictions store to the
+        tier in step-loop order, as the step loop would).
 
         Returns ``(times, costs, decodes, computed, held, left)``: step boundaries (k + 1
         instants from now), step prices, requests decoded per step, and per running request

@@ -32,7 +32,7 @@ from sim.entities import Request
 from sim.errors import ConfigError
 from sim.records.metrics import MetricsSink
 from sim.scheduler import SCHEDULERS
-from sim.scheduler.base import SchedulerLimits
+from sim.scheduler.base import NO_CAPABILITIES, SchedulerLimits
 from sim.scheduler.kv import KVCacheManager
 
 GIB = 2**30
@@ -65,6 +65,38 @@ def derive_num_gpu_blocks(model: ModelSpec, gpu: GpuSpec, tp: int, utilization: 
             "raise tensor_parallel_size or server.gpu_memory_utilization, or set server.num_gpu_blocks"
         )
     return blocks
+
+
+# Host<->GPU link per GPU and direction, 1e9 B/s, for loads from the CPU offloading tier: PCIe
+# x16 at 32 GT/s (Gen5, Hopper and Blackwell; H100 SXM5 datasheet: "PCIe Gen5: 128 GB/s", both
+# directions) or 16 GT/s (Gen4, earlier parts: an assumption for GPUs without a Gen5 host link).
+HOST_LINK_GBPS_PCIE_GEN5 = 64.0
+HOST_LINK_GBPS_PCIE_GEN4 = 32.0
+
+
+def default_host_link_gbps(gpu: GpuSpec) -> float:
+    """The host<->GPU PCIe rate per direction (1e9 B/s) of ``gpu``'s architecture."""
+    return HOST_LINK_GBPS_PCIE_GEN5 if gpu.architecture in ("hopper", "blackwell") else HOST_LINK_GBPS_PCIE_GEN4
+
+
+def kv_offloading(cfg: RunConfig, model: ModelSpec, gpu: GpuSpec) -> tuple[int, float]:
+    """``(CPU-tier blocks per GPU, seconds to load one block)`` of ``server.kv_offloading_size_gib``
+    (``(0, 0.0)`` when off). vLLM's size is summed over the TP ranks; each GPU holds its share of
+    every block and loads it over its own host link, in parallel with the other ranks."""
+    s = cfg.server
+    if s.kv_offloading_size_gib is None:
+        return 0, 0.0
+    if not s.enable_prefix_caching:
+        raise ConfigError("server.kv_offloading_size_gib: CPU KV offloading extends the prefix cache; set server.enable_prefix_caching too")
+    tp = cfg.tensor_parallel_size
+    block_bytes = kv_block_bytes_per_gpu(model, tp, s.block_size)
+    blocks = math.floor(s.kv_offloading_size_gib * GIB / tp / block_bytes)
+    if blocks <= 0:
+        raise ConfigError(
+            f"server.kv_offloading_size_gib: {s.kv_offloading_size_gib} GiB over {tp} GPU(s) holds no KV block of {block_bytes} bytes per GPU; raise it"
+        )
+    bw_gbps = s.kv_offloading_bw_gbps or default_host_link_gbps(gpu)
+    return blocks, block_bytes / (bw_gbps * 1e9)
 
 
 def default_max_num_batched_tokens(gpu: GpuSpec) -> int:
@@ -141,7 +173,8 @@ class Server:
         # the calibration is read once, here, and handed to the cost model and the frontend
         self.cost_settings = resolve_cost_settings(cfg)
         self.cost_model = build_cost_model(cfg, self.cost_settings)
-        self.kv = KVCacheManager(self.limits["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching)
+        num_cpu_blocks, self.kv_load_s_per_block = kv_offloading(cfg, self.model, self.gpu)
+        self.kv = KVCacheManager(self.limits["num_gpu_blocks"], cfg.server.block_size, cfg.server.enable_prefix_caching, num_cpu_blocks)
         sched_limits = SchedulerLimits(
             max_num_seqs=cfg.server.max_num_seqs,
             max_num_batched_tokens=self.limits["max_num_batched_tokens"],
@@ -153,6 +186,10 @@ class Server:
         )
         self.scheduler = SCHEDULERS.get(cfg.scheduler.policy, "scheduler.policy")(sched_limits, self.kv)
         self.sink = sink
+        if num_cpu_blocks:
+            if not getattr(self.scheduler, "capabilities", NO_CAPABILITIES).kv_offload_loads:
+                raise ConfigError(f"scheduler.policy: {cfg.scheduler.policy!r} does not load from a CPU KV-offloading tier; use vllm-v1, priority or sjf")
+            sink.enable_kv_offload(self.kv)
         self.engine = Engine(
             env,
             self.scheduler,
@@ -164,24 +201,34 @@ class Server:
             fast_forward=fast_forward,
             async_scheduling=cfg.server.async_scheduling,
             on_leave=on_leave,
+            kv_load_s_per_block=self.kv_load_s_per_block,
         )
         frontend_ms = self.cost_settings.knob("frontend_latency_ms") or 0.0
         per_token_us = self.cost_settings.knob("frontend_us_per_prompt_token") or 0.0
         self.frontend_latency_s = float(frontend_ms) * 1e-3
         self.frontend_s_per_prompt_token = float(per_token_us) * 1e-6
         self.in_frontend: dict[int, Request] = {}  # sent, not yet handed to the engine
+        # vLLM's API server tokenizes in its event loop, one request at a time per API-server
+        # process (--api-server-count): the per-token part is a FIFO queue, so a burst of long
+        # prompts waits in line before the engine sees them; the fixed latency overlaps
+        self._tokenizer_free_s = [0.0] * cfg.server.api_server_count
         self.submit: Callable[..., None] = self.engine.submit if not (frontend_ms or per_token_us) else self._frontend_submit
 
     def _frontend_submit(self, req: Request, sent_s: float | None = None) -> None:
-        """Hand ``req`` to the engine ``latency + per_token × prompt tokens`` after now (the API
-        server's HTTP handling, tokenization and hand-off), with now as its arrival: TTFT, E2E
-        and queue delay include the delay. Equal delays keep the send order; a longer prompt
-        sent earlier can reach the engine after a shorter one, as it would."""
+        """Hand ``req`` to the engine after the API server: ``latency`` (HTTP handling, hand-off;
+        requests overlap in it), then ``per_token × prompt tokens`` of tokenization on the first
+        free API-server process, first come first served (a burst queues there). TTFT, E2E and
+        queue delay include both; the send time stays the request's arrival."""
         self.in_frontend[req.request_id] = req
-        self.env.process(self._deliver(req, self.env.now if sent_s is None else sent_s))
+        ready_s = self.env.now + self.frontend_latency_s
+        free = self._tokenizer_free_s
+        worker = min(range(len(free)), key=free.__getitem__)
+        done_s = max(ready_s, free[worker]) + self.frontend_s_per_prompt_token * req.prompt_tokens
+        free[worker] = done_s
+        self.env.process(self._deliver(req, self.env.now if sent_s is None else sent_s, done_s - self.env.now))
 
-    def _deliver(self, req: Request, sent_s: float):
-        yield self.env.timeout(self.frontend_latency_s + self.frontend_s_per_prompt_token * req.prompt_tokens)
+    def _deliver(self, req: Request, sent_s: float, delay_s: float):
+        yield self.env.timeout(delay_s)
         if self.in_frontend.pop(req.request_id, None) is None:
             return  # its client gave up while the API server held it
         self.engine.submit(req, sent_s)

@@ -75,6 +75,13 @@ REQUEST_COLUMNS = [f.name for f in fields(RequestRecord) if f.name not in TIMEOU
 STEP_COLUMNS = [f.name for f in fields(StepRecord)]
 
 
+# The column only runs with a CPU KV-offloading tier have (server.kv_offloading_size_gib): prompt
+# tokens each request loaded from the tier instead of computing them, over all its admissions
+# (a preempted request may load again). Summary keys of such runs start with KV_OFFLOAD_PREFIX.
+KV_OFFLOAD_COLUMN = "kv_offload_loaded_tokens"
+KV_OFFLOAD_PREFIX = "kv_offload_"
+
+
 def request_columns(timeouts: bool) -> list[str]:
     """The request table's columns: :data:`REQUEST_COLUMNS`, and with a client timeout
     (``timeouts``) :data:`TIMEOUT_COLUMNS` after them."""
@@ -184,7 +191,13 @@ class StreamingSummary:
         out["num_steps"] = int(step_stats["num_steps"])
         out["num_mixed_steps"] = int(step_stats["num_mixed_steps"])
         out["mean_batch_tokens"] = float(step_stats["mean_batch_tokens"])
+        out.update(_kv_offload_stats(step_stats))
         return out
+
+
+def _kv_offload_stats(step_stats: dict) -> dict[str, float | int]:
+    """The CPU KV-offloading counters of ``step_stats`` (none without offloading)."""
+    return {k: v for k, v in step_stats.items() if k.startswith(KV_OFFLOAD_PREFIX)}
 
 
 class MetricsSink:
@@ -209,6 +222,10 @@ class MetricsSink:
         self._request_row = attrgetter(*self.columns)
         self.request_columns: dict[str, list] = {name: [] for name in self.columns}
         self.streaming_summary = StreamingSummary(timeouts) if spill is not None else None
+        self._record_columns = self.columns  # the columns read from a RequestRecord
+        self._kv_loaded: dict[int, int] | None = None  # offloading: request id -> tokens loaded so far
+        self._kv = None  # offloading: the KV manager whose tier counters the summary reports
+        self.kv_load_s = 0.0
         self.step_rows: list[tuple] = []  # steps not yet in a column chunk, StepRecord field order
         self._step_chunks: list[dict[str, np.ndarray]] = []  # earlier steps, column-wise
         self._chunked_rows = 0
@@ -219,6 +236,30 @@ class MetricsSink:
         self.sum_batch_tokens = 0
         self.num_requests_done = 0
         self.progress: Callable[[int], None] | None = None  # optional callable(done) for long runs
+
+    def enable_kv_offload(self, kv) -> None:
+        """The server has a CPU KV-offloading tier: :meth:`step_stats` gains the tier's counters
+        (read from ``kv``, a :class:`~sim.scheduler.kv.KVCacheManager`, when asked) and, in
+        memory (no ``spill``), request records gain :data:`KV_OFFLOAD_COLUMN`. Streamed chunks
+        keep the common columns: a fleet's streamed table mixes them with records of its own
+        sink, which has no offloading. Call before the first record."""
+        if self.num_requests_done:
+            raise ValueError("enable_kv_offload after records were added")
+        self._kv = kv
+        if self.spill is None:
+            self._kv_loaded = {}
+            self.columns = [*self._record_columns, KV_OFFLOAD_COLUMN]
+            self.request_columns[KV_OFFLOAD_COLUMN] = []
+
+    def on_kv_load(self, request_id: int, tokens: int) -> None:
+        """Request ``request_id`` loaded ``tokens`` prompt tokens from the CPU tier in this step."""
+        loaded = self._kv_loaded
+        if loaded is not None:
+            loaded[request_id] = loaded.get(request_id, 0) + tokens
+
+    def on_kv_load_time(self, load_s: float) -> None:
+        """A step was lengthened by ``load_s`` of CPU-tier transfers."""
+        self.kv_load_s += load_s
 
     def on_token(self, req: Request, t_s: float) -> None:
         """``req`` produced an output token at ``t_s``."""
@@ -345,8 +386,10 @@ class MetricsSink:
 
     def add_record(self, rec: RequestRecord) -> None:
         cols = self.request_columns
-        for name, value in zip(self.columns, self._request_row(rec)):
+        for name, value in zip(self._record_columns, self._request_row(rec)):
             cols[name].append(value)
+        if self._kv_loaded is not None:
+            cols[KV_OFFLOAD_COLUMN].append(self._kv_loaded.pop(rec.request_id, 0))
         self.num_requests_done += 1
         if self.progress is not None:
             self.progress(self.num_requests_done)
@@ -378,11 +421,22 @@ class MetricsSink:
                 self._fold_itls()
 
     def step_stats(self) -> dict:
-        return {
+        """Step counters; with a CPU KV-offloading tier also its counters (keys starting with
+        :data:`KV_OFFLOAD_PREFIX`, which the summaries copy)."""
+        stats: dict = {
             "num_steps": self.num_steps,
             "num_mixed_steps": self.num_mixed_steps,
             "mean_batch_tokens": self.sum_batch_tokens / self.num_steps if self.num_steps else math.nan,
         }
+        kv = self._kv
+        if kv is not None:
+            stats[KV_OFFLOAD_PREFIX + "cpu_blocks"] = kv.num_cpu_blocks
+            stats[KV_OFFLOAD_PREFIX + "stored_blocks"] = kv.num_offload_stored_blocks
+            stats[KV_OFFLOAD_PREFIX + "loaded_blocks"] = kv.num_offload_loaded_blocks
+            stats[KV_OFFLOAD_PREFIX + "loaded_tokens"] = kv.num_offload_loaded_blocks * kv.block_size
+            stats[KV_OFFLOAD_PREFIX + "dropped_blocks"] = kv.num_offload_dropped_blocks
+            stats[KV_OFFLOAD_PREFIX + "load_s"] = self.kv_load_s
+        return stats
 
 
 def requests_frame(columns: dict[str, list]) -> pd.DataFrame:
@@ -455,4 +509,5 @@ def summarize(
     out["num_steps"] = int(step_stats["num_steps"])
     out["num_mixed_steps"] = int(step_stats["num_mixed_steps"])
     out["mean_batch_tokens"] = float(step_stats["mean_batch_tokens"])
+    out.update(_kv_offload_stats(step_stats))
     return out

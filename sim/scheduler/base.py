@@ -34,6 +34,10 @@ from sim.registry import Registry
 class SchedulerOutput:
     """One planned step: the batch, the scheduled requests in batch order, and preemptions.
 
+    ``kv_loads`` lists the requests admitted with blocks loaded from the KV manager's CPU
+    offloading tier, with the number of blocks each (empty without offloading); the engine adds
+    their transfer time to the step.
+
     ``deferred_mode`` and ``num_deferred`` are set by a scheduler in deferred-decode mode
     (:meth:`~sim.scheduler.vllm_v1.VllmV1Scheduler.defer_decodes`): the first
     ``num_deferred`` requests are decodes whose progress is deferred. ``deferred_gap_s`` is
@@ -46,6 +50,7 @@ class SchedulerOutput:
     deferred_mode: bool = False
     num_deferred: int = 0
     deferred_gap_s: float = 0.0
+    kv_loads: list[tuple[Request, int]] | tuple[()] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -89,10 +94,15 @@ class SchedulerCapabilities:
     ``deferred_finish_within(num_steps) -> bool``; while on,
     ``update_from_output`` reports deferred decodes through ``SchedulerOutput.num_deferred`` /
     ``deferred_gap_s`` (see :meth:`sim.scheduler.vllm_v1.VllmV1Scheduler.defer_decodes`).
+
+    ``kv_offload_loads``: admission looks past the GPU prefix-cache hits into the KV manager's
+    CPU offloading tier and reports the blocks it loads in ``SchedulerOutput.kv_loads``. A
+    server with offloading refuses a scheduler without it (its admission would never load).
     """
 
     plain_decodes: bool = False
     deferred_decodes: bool = False
+    kv_offload_loads: bool = False
 
 
 NO_CAPABILITIES = SchedulerCapabilities()

@@ -13,8 +13,17 @@ pool prompt (``prompt_id`` >= 0, the same tokens sent again) is shared with ever
 pool prompt; any other block is unique to its request, and still reusable by that same request
 after a preemption (as in vLLM, whose hashes cover output tokens).
 
+CPU offloading tier (``num_cpu_blocks`` > 0, vLLM's ``--kv-offloading-size``; prefix caching
+only): when the allocator evicts a free block that is the cached copy of its hash, that hash
+moves to a CPU tier of ``num_cpu_blocks`` blocks, least recently used evicted first. A request
+whose leading blocks miss the GPU cache but are in the tier loads them back
+(:meth:`get_offloaded_run`, then ``allocate_slots(..., num_loaded_blocks=...)``): they get
+fresh GPU blocks, count as computed, and the caller charges the transfer. Stores are free here
+(the copy runs asynchronously over PCIe; see docs/architecture.md).
+
 Invariants (checked by :meth:`check`): ``0 <= used <= num_blocks``; a block is either free
-(ref count 0, in the free queue) or owned (ref count > 0, not in the queue).
+(ref count 0, in the free queue) or owned (ref count > 0, not in the queue); the CPU tier holds
+at most ``num_cpu_blocks`` hashes.
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ from sim.entities import Request, prompt_block_key
 class KVCacheManager:
     """Allocates KV blocks to requests. All methods are O(blocks touched)."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False, num_cpu_blocks: int = 0) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError(f"num_blocks and block_size must be > 0, got {num_blocks}, {block_size}")
+        if num_cpu_blocks < 0 or (num_cpu_blocks and not enable_prefix_caching):
+            raise ValueError(f"num_cpu_blocks must be >= 0, and > 0 only with prefix caching, got {num_cpu_blocks}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -41,6 +52,13 @@ class KVCacheManager:
         self._owned: dict[int, list[int]] = {}
         self.num_cache_hit_tokens = 0
         self.num_cache_query_tokens = 0
+        # CPU offloading tier: hashes in LRU order (head = evicted first); values unused
+        self.num_cpu_blocks = num_cpu_blocks
+        self._cpu: OrderedDict[object, None] = OrderedDict()
+        self._cpu_pinned: frozenset[object] = frozenset()  # being loaded by the running allocation
+        self.num_offload_stored_blocks = 0  # hashes copied GPU -> CPU
+        self.num_offload_loaded_blocks = 0  # blocks copied CPU -> GPU
+        self.num_offload_dropped_blocks = 0  # CPU-tier hashes evicted, or stores refused while a load held the tier
 
     # ----------------------------------------------------------------- queries
     @property
@@ -56,6 +74,16 @@ class KVCacheManager:
     def usage(self) -> float:
         """Fraction of blocks owned by requests, in [0, 1]."""
         return self.num_used_blocks / self.num_blocks
+
+    @property
+    def offloading(self) -> bool:
+        """Whether a CPU tier is behind the GPU cache."""
+        return self.num_cpu_blocks > 0
+
+    @property
+    def num_cpu_cached_blocks(self) -> int:
+        """Hashes held by the CPU tier (<= ``num_cpu_blocks``)."""
+        return len(self._cpu)
 
     def blocks_of(self, request_id: int) -> int:
         return len(self._owned.get(request_id, ()))
@@ -87,13 +115,47 @@ class KVCacheManager:
             hits.append(block)
         return hits
 
+    def get_offloaded_run(self, req: Request, num_gpu_hits: int) -> int:
+        """How many of ``req``'s blocks after its ``num_gpu_hits`` GPU hits (from
+        :meth:`get_computed_blocks`, same precondition) the CPU tier holds, consecutively. Capped
+        like the GPU hits, so the last prompt token is always computed. Reads only (no LRU touch:
+        the allocation that loads them does that)."""
+        if not self._cpu or req.num_computed_tokens:
+            return 0
+        cpu, limit = self._cpu, (req.num_tokens - 1) // self.block_size
+        n = num_gpu_hits
+        while n < limit and self._block_key(req, n) in cpu:
+            n += 1
+        return n - num_gpu_hits
+
+    def _offload_store(self, key: object) -> None:
+        """The GPU evicts the cached copy of ``key``: copy it to the CPU tier (most recently
+        used), evicting the tier's least recently used hash when full. A store that would evict
+        a hash being loaded right now is dropped (vLLM's CPU manager refuses to evict blocks
+        with pending loads)."""
+        cpu = self._cpu
+        if key in cpu:
+            cpu.move_to_end(key)
+            return
+        if len(cpu) >= self.num_cpu_blocks:
+            oldest = next(iter(cpu))
+            if oldest in self._cpu_pinned:
+                self.num_offload_dropped_blocks += 1
+                return
+            del cpu[oldest]
+            self.num_offload_dropped_blocks += 1
+        cpu[key] = None
+        self.num_offload_stored_blocks += 1
+
     # -------------------------------------------------------------- mutations
-    def allocate_slots(self, req: Request, num_new_tokens: int, computed_blocks: list[int] | None = None) -> bool:
+    def allocate_slots(self, req: Request, num_new_tokens: int, computed_blocks: list[int] | None = None, num_loaded_blocks: int = 0) -> bool:
         """Make room for ``num_new_tokens`` beyond what ``req`` has computed.
 
         ``computed_blocks`` (from :meth:`get_computed_blocks`) are prefix-cache hits to take over
-        first; ``req.num_computed_tokens`` must not yet include them. Transactional: returns
-        False and changes nothing when the free blocks do not suffice.
+        first; ``req.num_computed_tokens`` must not yet include them. ``num_loaded_blocks`` (from
+        :meth:`get_offloaded_run`) blocks after them are loaded from the CPU tier: they get fresh
+        GPU blocks, hashed at once; ``num_new_tokens`` must not include them. Transactional:
+        returns False and changes nothing when the free blocks do not suffice.
         """
         owned = self._owned.get(req.request_id)
         have = len(owned) if owned else 0
@@ -113,11 +175,19 @@ class KVCacheManager:
                 owned.append(b)
             return True
         hits = computed_blocks or []
-        total_tokens = req.num_computed_tokens + len(hits) * self.block_size + num_new_tokens
+        total_tokens = req.num_computed_tokens + (len(hits) + num_loaded_blocks) * self.block_size + num_new_tokens
         need = self.blocks_for_tokens(total_tokens) - have - len(hits)
         reviving = sum(1 for b in hits if self._ref[b] == 0)
         if need + reviving > len(self._free):
             return False
+        if num_loaded_blocks:
+            # touch the loaded hashes (most recently used) and keep this allocation's own
+            # evictions from pushing them out of the tier
+            loaded = [self._block_key(req, len(hits) + i) for i in range(num_loaded_blocks)]
+            for key in loaded:
+                self._cpu.move_to_end(key)
+            self._cpu_pinned = frozenset(loaded)
+            self.num_offload_loaded_blocks += num_loaded_blocks
         if owned is None:
             owned = self._owned[req.request_id] = []
         for b in hits:
@@ -133,9 +203,13 @@ class KVCacheManager:
             if h is not None:
                 if self._cached.get(h) == b:
                     del self._cached[h]
+                    if self.num_cpu_blocks:
+                        self._offload_store(h)  # the last GPU copy of these tokens
                 self._hash[b] = None
             self._ref[b] = 1
             owned.append(b)
+        if num_loaded_blocks:
+            self._cpu_pinned = frozenset()
         if self.enable_prefix_caching:
             self._cache_full_blocks(req, owned, total_tokens)
         return True
@@ -228,3 +302,4 @@ class KVCacheManager:
             assert (self._ref[b] == 0) == (b in self._free), f"block {b}: free-queue membership wrong"
         for h, b in self._cached.items():
             assert self._hash[b] == h
+        assert len(self._cpu) <= self.num_cpu_blocks, f"CPU tier holds {len(self._cpu)} > {self.num_cpu_blocks} blocks"

@@ -11,7 +11,10 @@ One step, as vLLM V1 plans it:
    queue) until the allocation fits or the request itself was the victim.
 2. **Then waiting requests**, from the head of the queue, unless a preemption happened this
    step, while the budget is > 0 and fewer than ``max_num_seqs`` run. Prefix-cache hits are
-   taken first (they cost no budget); the rest is chunked like above. Without chunked prefill a
+   taken first (they cost no budget), then, with a CPU offloading tier, the blocks after them
+   that the tier holds (loaded back: no budget either; the step reports them in
+   ``SchedulerOutput.kv_loads`` and the engine charges the transfer); the rest is chunked like
+   above. Without chunked prefill a
    prompt that does not fit the remaining budget waits (it is skipped this step). A failed KV
    allocation stops admission (head-of-line blocking, as vLLM).
 
@@ -83,6 +86,7 @@ class VllmV1Scheduler:
         return SchedulerCapabilities(
             plain_decodes=type(self).schedule is VllmV1Scheduler.schedule and self._plain_decodes,
             deferred_decodes=True,
+            kv_offload_loads=type(self).schedule is VllmV1Scheduler.schedule,
         )
 
     # ------------------------------------------------------------------ state
@@ -356,23 +360,29 @@ class VllmV1Scheduler:
             ctx_sum = sum(dec_ctx)
             ctx_max = max(dec_ctx)
 
+        kv_loads: list[tuple[Request, int]] = []
         if self.waiting and self.admit_waiting(len(reqs), bool(preempted)):
             self.order_waiting(now_s)
             skipped: list[Request] = []
             waiting = self.waiting
+            offloading = kv.num_cpu_blocks > 0
             while waiting and budget > 0 and len(running) < self.limits.max_num_seqs:
                 req = waiting[0]
                 hits = kv.get_computed_blocks(req) if req.num_computed_tokens == 0 else []
-                num_computed = req.num_computed_tokens + len(hits) * block_size
+                # blocks after the GPU hits that the CPU tier holds: loaded, not recomputed
+                loaded = kv.get_offloaded_run(req, len(hits)) if offloading else 0
+                num_computed = req.num_computed_tokens + (len(hits) + loaded) * block_size
                 n = self.waiting_chunk(req, num_computed, budget)
                 if n <= 0:
                     skipped.append(waiting.popleft())
                     continue
-                if not kv.allocate_slots(req, n, hits):
+                if not kv.allocate_slots(req, n, hits, loaded):
                     break
                 waiting.popleft()
-                if hits and req.num_computed_tokens == 0 and req.first_scheduled_s < 0:
-                    req.cached_prompt_tokens = min(len(hits) * block_size, req.prompt_tokens)
+                if loaded:
+                    kv_loads.append((req, loaded))
+                if (hits or loaded) and req.num_computed_tokens == 0 and req.first_scheduled_s < 0:
+                    req.cached_prompt_tokens = min((len(hits) + loaded) * block_size, req.prompt_tokens)
                 req.num_computed_tokens = num_computed
                 req.status = RequestStatus.RUNNING
                 if req.first_scheduled_s < 0:
@@ -395,7 +405,10 @@ class VllmV1Scheduler:
                 waiting.extendleft(reversed(skipped))
 
         batch = Batch(tuple(items), pre_tok, n_dec, n_pre, n_dec, ctx_sum, ctx_max)
-        return SchedulerOutput(batch, reqs, preempted, num_deferred=n_def, deferred_mode=deferred)
+        out = SchedulerOutput(batch, reqs, preempted, num_deferred=n_def, deferred_mode=deferred)
+        if kv_loads:
+            out.kv_loads = kv_loads
+        return out
 
     @staticmethod
     def _item(req: Request, n: int) -> BatchItem:

@@ -6,6 +6,7 @@ Reads a ground-truth directory laid out as ``../shared/ground_truth`` (see
     points.csv                  one row per measured benchmark point
     requests/<exp>.csv          client-side per-request records (lengths, send offsets, latencies)
     requests_server/<exp>.csv   vLLM per-request spans (queue / prefill / decode), set B
+    experiments/<exp>/          raw harness configs (profile.yaml, exp-config.yaml, results/config.yaml)
     model_configs/<dir>/config.json, bench_data/ (MFU microbenchmarks)
 
 This module only reads files; :mod:`sim.studies.point_configs` turns a measured point into a
@@ -14,12 +15,16 @@ simulation config and recomputes the measured metrics it is scored against.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from sim.errors import ConfigError
+from sim.load.formats import detect_format
 from sim.load.workload import load_trace
 
 REQUIRED_POINT_COLUMNS = (
@@ -66,6 +71,7 @@ OPTIONAL_POINT_COLUMNS = (
     "n_successful",
     "n_errored",
     "n_incomplete",
+    "request_timeout_s",
     "ttft_mean_ms",
     "ttft_p50_ms",
     "ttft_p90_ms",
@@ -111,6 +117,12 @@ STRATEGIES = ("synchronous", "throughput", "constant", "poisson")
 SERVER_SPAN_COLUMNS = ("request_index", "benchmark_index", "prefill_ms", "decode_ms")
 
 
+# Raw harness configs of experiments/<exp>/ that may state the client's request timeout, in the
+# order consulted: inference-perf's resolved config (what it ran with), then its input profile,
+# then the deployment description.
+HARNESS_CONFIG_FILES = ("results/config.yaml", "profile.yaml", "exp-config.yaml")
+
+
 def _gt_dir(gt_dir: str | Path) -> Path:
     p = Path(gt_dir).expanduser()
     if not p.is_dir():
@@ -153,12 +165,63 @@ def load_points(gt_dir: str | Path) -> pd.DataFrame:
             row = int(np.flatnonzero(vals.isna().to_numpy() | (vals < 0).to_numpy())[0])
             raise ConfigError(f"{path}: column {col} must hold integers >= 0; row {row} has {df[col].iloc[row]!r}")
         df[col] = vals.astype(int)
+    df["request_timeout_s"] = _timeouts_column(df["request_timeout_s"], path)
     df["point_id"] = df["experiment"].astype(str) + "#" + df["benchmark_index"].astype(str)
     dup = df["point_id"][df["point_id"].duplicated()]
     if len(dup):
         raise ConfigError(f"{path}: duplicate point (experiment, benchmark_index): {dup.iloc[0]}")
     df["load_level"] = df["strategy"].map({"synchronous": "synchronous", "throughput": "throughput", "constant": "rate", "poisson": "rate"})
     return df.reset_index(drop=True)
+
+
+def _timeouts_column(col: pd.Series, path: Path) -> pd.Series:
+    """``request_timeout_s`` as floats (NaN = blank); ConfigError naming the first bad row."""
+    blank = col.isna() | col.astype(str).str.strip().eq("")
+    vals = pd.to_numeric(col.where(~blank), errors="coerce").astype(float)
+    bad = ~blank & ~(np.isfinite(vals) & (vals > 0))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ConfigError(f"{path}: column request_timeout_s must be blank or a number of seconds > 0; row {row} has {col.iloc[row]!r}")
+    return vals
+
+
+def harness_request_timeout(gt_dir: str | Path, experiment: str) -> tuple[float, str] | None:
+    """(seconds, file relative to ``gt_dir``) of the end-to-end request timeout that the raw
+    harness config of ``experiment`` states, or None when none states one.
+
+    Consults :data:`HARNESS_CONFIG_FILES` under ``experiments/<experiment>/`` in order; the
+    first inference-perf config (:func:`sim.load.formats.detect_format`) that has a
+    ``load.request_timeout`` key decides: a number is the timeout (aiohttp's total timeout of a
+    request, as :func:`sim.load.formats.from_inference_perf` maps it), null states none
+    (inference-perf then falls back on aiohttp's default, which is not applied). guidellm
+    profiles and deployment descriptions state none: guidellm's backend ``timeout`` is httpx's
+    read timeout, not an end-to-end bound. ConfigError for a file that is not YAML or a stated
+    timeout that is not a number > 0.
+    """
+    root = Path(gt_dir)
+    for rel in HARNESS_CONFIG_FILES:
+        path = root / "experiments" / experiment / rel
+        if not path.is_file():
+            continue
+        try:
+            data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read as YAML: {err}") from None
+        if detect_format(data) != "inference-perf":
+            continue
+        if "request_timeout" not in data["load"]:
+            continue
+        value = data["load"]["request_timeout"]
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if isinstance(value, bool) or not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"{path}: load.request_timeout must be a number of seconds > 0 or null, got {value!r}")
+        return seconds, path.relative_to(root).as_posix()
+    return None
 
 
 def requests_path(gt_dir: str | Path, point: pd.Series | dict) -> Path | None:

@@ -24,6 +24,11 @@ into a :class:`~sim.config.RunConfig` in one of two modes:
     Llama-2-7B, CodeLlama-34B and Llama-2-70B alike — one step more than a request that joins
     the next step would see — while set B (vLLM 0.11, no async scheduling) shows client TTFT
     = server TTFT + 10 ms with the server's TTFT = queue + prefill.
+    The client gets the request timeout its harness used (:func:`request_timeout_for_point`):
+    a non-blank points.csv ``request_timeout_s``, else the one the experiment's raw config
+    states, else none (the client waits forever). No shipped experiment states one: set C's
+    resolved inference-perf configs say ``load.request_timeout: null`` and guidellm's
+    ``timeout`` (httpx's read timeout) is not an end-to-end bound.
 
 ``study`` (reproduces the mixed-batch study's harness, blis-reference.md §5)
     Every point becomes ``open-loop-at-measured-rate``: synchronous → n_successful/duration,
@@ -32,7 +37,7 @@ into a :class:`~sim.config.RunConfig` in one of two modes:
     BLIS defaults (max_num_seqs 256, max_num_batched_tokens 2048, 1,000,000 KV blocks, block
     16, prefix caching on, max_model_len not enforced). Workload: the configured length
     distributions (normal, clipped), ``num_requests_cfg`` requests (BLIS default 100 when
-    unknown).
+    unknown). No client timeout (the study's harness had none), whatever the point states.
 
 Large points (set C: Poisson stages of 600 s with 3,000–12,000 requests) are capped to
 ``max_requests_per_point`` requests (default :data:`DEFAULT_MAX_REQUESTS_PER_POINT`; ``None``
@@ -55,7 +60,7 @@ from sim.catalogue.models import resolve_model
 from sim.config import RunConfig, merge, parse_run_config
 from sim.errors import ConfigError
 from sim.load.workload import load_trace
-from sim.studies.groundtruth import MEASURED_COLUMNS, requests_path, trace_rows
+from sim.studies.groundtruth import MEASURED_COLUMNS, harness_request_timeout, requests_path, trace_rows
 
 Mode = Literal["guidellm", "study"]
 
@@ -185,6 +190,23 @@ def _prompt_pool(point: pd.Series | dict) -> int | None:
     return None
 
 
+def request_timeout_for_point(point: pd.Series | dict, gt_dir: str | Path) -> tuple[float | None, str]:
+    """(client timeout per request in seconds, its source) for ``point`` in ``guidellm`` mode.
+
+    A non-blank ``request_timeout_s`` cell of points.csv wins (source ``points.csv``); else the
+    timeout the experiment's raw harness config states (:func:`harness_request_timeout`;
+    source: that file, relative to ``gt_dir``); else ``(None, "")``: nothing states one and no
+    timeout is simulated.
+    """
+    cell = _num(point.get("request_timeout_s"))
+    if cell is not None:
+        return cell, "points.csv"
+    stated = harness_request_timeout(gt_dir, str(point["experiment"]))
+    if stated is not None:
+        return stated
+    return None, ""
+
+
 def study_rate(point: pd.Series | dict) -> float:
     """The open-loop rate the study's harness used for ``point`` (blis-reference.md §5)."""
     strat = point["strategy"]
@@ -243,7 +265,9 @@ def point_to_config(
     """The RunConfig that simulates measured ``point`` (a row of :func:`load_points`).
 
     ``base`` supplies everything the point does not fix (seed, cost model and its knobs);
-    default: a roofline RunConfig with seed 42. ``formula``/``gemm_m``/``bench_data_dir``
+    default: a roofline RunConfig with seed 42. The point fixes the client's
+    ``arrival.request_timeout_s`` (:func:`request_timeout_for_point` in ``guidellm`` mode, None
+    in ``study`` mode), whatever the base's. ``formula``/``gemm_m``/``bench_data_dir``
     override the base's cost settings when given. See the module docstring for the modes.
     """
     if mode not in MODES:
@@ -292,7 +316,7 @@ def point_to_config(
             "long_prefill_token_threshold": 0,
         }
         d["workload"] = _configured_workload(point, cap(n), prefix_tokens, prefix_groups, pid)
-        d["arrival"] = {"strategy": "open-loop-at-measured-rate", "rate_rps": study_rate(point), "concurrency": None}
+        d["arrival"] = {"strategy": "open-loop-at-measured-rate", "rate_rps": study_rate(point), "concurrency": None, "request_timeout_s": None}
     else:
         block = _int(point.get("block_size")) or 16
         server: dict[str, Any] = {"block_size": block}
@@ -337,6 +361,7 @@ def point_to_config(
             arrival = {"strategy": strat, "rate_rps": rate if strat in ("constant", "poisson") else None, "concurrency": None}
         if strat == "throughput" and str(point.get("rate_unit", "")).startswith("concurrency") and rate:
             arrival["concurrency"] = int(rate)  # guidellm's max_concurrency cap
+        arrival["request_timeout_s"] = request_timeout_for_point(point, gt_dir)[0]
         d["arrival"] = arrival
     return parse_run_config(merge(base.model_dump(mode="json"), d), source=f"ground-truth point {pid}")
 

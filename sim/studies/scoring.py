@@ -20,6 +20,11 @@ averaged over points); a point that did not measure a metric (NaN) is left out o
 MAPE and count, never scored as zero error. Groups: experiment, workload, strategy, load level, dataset, overall;
 each also without the points flagged ``overloaded`` (see :func:`overload_flags`).
 
+Failed requests are counts, compared by absolute difference, not APE (:func:`failure_table`):
+simulated failures = ``num_timed_out`` (client timeouts; 0 in a run without one) +
+``num_rejected`` (admission refusals); measured failures = ``n_errored + n_incomplete`` of
+points.csv (unknown when either is blank). They take no part in MAPE.
+
 The per-step check (:func:`step_check`) compares, request by request, the simulated prefill
 time (first scheduled → first token) and decode time (first token → finish) with vLLM's
 server-side spans (``prefill_ms``, ``decode_ms``) of set B, matching requests by their
@@ -143,6 +148,79 @@ def compare_points(
             m = _f(meas_src[mcol]) if mcol in meas_src else _f(p.get(mcol))
             rows.append({**ident, "metric": metric, "sim": s, "meas": m, "ape": ape(s, m)})
     return pd.DataFrame(rows)
+
+
+FAILURE_COLUMNS = (
+    "point_id",
+    "experiment",
+    "dataset",
+    "strategy",
+    "request_timeout_s",
+    "timeout_source",
+    "sim_requests",
+    "sim_timed_out",
+    "sim_rejected",
+    "sim_failures",
+    "meas_requests",
+    "meas_errored",
+    "meas_incomplete",
+    "meas_failures",
+    "abs_err",
+)
+
+
+def simulated_failures(summary: dict) -> tuple[int, int]:
+    """(timed out, rejected) requests of a simulated run's summary; a run without a client
+    timeout has no ``num_timed_out`` key and timed out none."""
+    return int(summary.get("num_timed_out", 0)), int(summary.get("num_rejected", 0))
+
+
+def measured_failures(point: pd.Series | dict) -> float:
+    """``n_errored + n_incomplete`` of a measured point; NaN when either count is unknown."""
+    errored, incomplete = _f(point.get("n_errored")), _f(point.get("n_incomplete"))
+    return errored + incomplete if math.isfinite(errored) and math.isfinite(incomplete) else math.nan
+
+
+def failure_table(
+    points: pd.DataFrame,
+    summaries: Sequence[dict],
+    timeouts: Sequence[tuple[float | None, str]],
+    extra: dict[str, Sequence] | None = None,
+) -> pd.DataFrame:
+    """One row per point: :data:`FAILURE_COLUMNS` (after the ``extra`` per-point columns, e.g.
+    formula). ``summaries[i]`` is the simulated summary of ``points.iloc[i]`` and
+    ``timeouts[i]`` its client timeout (seconds or None) and that value's source.
+
+    ``sim_failures = sim_timed_out + sim_rejected`` over the ``sim_requests`` simulated;
+    ``meas_failures = meas_errored + meas_incomplete`` (:func:`measured_failures`) out of
+    ``meas_requests`` (n_successful + n_errored + n_incomplete; NaN when a count is unknown);
+    ``abs_err = |sim_failures − meas_failures|`` (NaN when the measured count is unknown)."""
+    if len(summaries) != len(points) or len(timeouts) != len(points):
+        raise ValueError(f"{len(summaries)} summaries and {len(timeouts)} timeouts for {len(points)} points")
+    rows = []
+    for i, (_, p) in enumerate(points.iterrows()):
+        timed_out, rejected = simulated_failures(summaries[i])
+        meas = measured_failures(p)
+        timeout_s, source = timeouts[i]
+        row = {k: v[i] for k, v in (extra or {}).items()}
+        row.update({c: p.get(c) for c in ("point_id", "experiment", "dataset", "strategy")})
+        row.update(
+            {
+                "request_timeout_s": math.nan if timeout_s is None else float(timeout_s),
+                "timeout_source": source,
+                "sim_requests": int(summaries[i].get("num_requests", 0)),
+                "sim_timed_out": timed_out,
+                "sim_rejected": rejected,
+                "sim_failures": timed_out + rejected,
+                "meas_requests": _f(p.get("n_successful")) + meas,
+                "meas_errored": _f(p.get("n_errored")),
+                "meas_incomplete": _f(p.get("n_incomplete")),
+                "meas_failures": meas,
+                "abs_err": abs(timed_out + rejected - meas),
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*(extra or {}), *FAILURE_COLUMNS])
 
 
 def mape_table(long: pd.DataFrame, by: Sequence[str] = GROUP_BYS, keys: Sequence[str] = ()) -> pd.DataFrame:

@@ -17,8 +17,8 @@ from sim.config import RunConfig, parse_run_config
 from sim.cost.combine import DEFAULT_FORMULA
 from sim.errors import ConfigError
 from sim.studies.groundtruth import load_points, load_server_spans
-from sim.studies.point_configs import DEFAULT_MAX_REQUESTS_PER_POINT, measured_for_point, point_to_config
-from sim.studies.scoring import compare_points, mape_table, overload_flags, step_check
+from sim.studies.point_configs import DEFAULT_MAX_REQUESTS_PER_POINT, measured_for_point, point_to_config, request_timeout_for_point
+from sim.studies.scoring import compare_points, failure_table, mape_table, overload_flags, step_check
 
 
 @dataclass
@@ -29,6 +29,8 @@ class ValidationResult:
     steps: pd.DataFrame  # per-step check rows
     settings: dict = field(default_factory=dict)
     sim_summaries: dict = field(default_factory=dict)  # (formula, gemm_m, point_id) -> summary
+    # per (formula, gemm_m, point): simulated vs measured failed requests (scoring.failure_table)
+    failures: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 RunMany = Callable[[list[RunConfig]], list]
@@ -52,6 +54,11 @@ def run_validation(
     points.csv are simulated) and may lack any measured metric (blank cell, or the column absent
     from points.csv): such a (point, metric) has ``meas`` and ``ape`` NaN in ``long`` and is left
     out of that metric's MAPE and count in ``mape``; the other metrics of the point are scored.
+
+    Each point's simulated client has the request timeout its harness used
+    (:func:`~sim.studies.point_configs.request_timeout_for_point`; none in ``study`` mode), and
+    ``failures`` compares its failed requests (timed out + rejected) with the measured ones
+    (errored + incomplete) by count (:func:`~sim.studies.scoring.failure_table`).
     """
     points = load_points(gt_dir)
     if experiments:
@@ -77,8 +84,13 @@ def run_validation(
             keys.append((f, g, p["point_id"]))
     results = run_many(cfgs)
     n = len(points)
-    longs, step_rows, sums = [], [], {}
+    longs, fails, step_rows, sums = [], [], [], {}
     measured = [measured_for_point(p, gt_dir, cfgs[i]) for i, (_, p) in enumerate(points.iterrows())]
+    # the point's timeout is the same for every (formula, gemm_m): its value is cfgs[i]'s
+    timeouts = [
+        (cfgs[i].arrival.request_timeout_s, request_timeout_for_point(p, gt_dir)[1] if cfgs[i].arrival.request_timeout_s is not None else "")
+        for i, (_, p) in enumerate(points.iterrows())
+    ]
     spans_cache: dict[str, pd.DataFrame | None] = {}
     for c, (f, g) in enumerate(combos):
         res = results[c * n : (c + 1) * n]
@@ -96,6 +108,7 @@ def run_validation(
                 },
             )
         )
+        fails.append(failure_table(points, [r.summary for r in res], timeouts, extra={"formula": [f] * n, "gemm_m": [g] * n}))
         for i, (_, p) in enumerate(points.iterrows()):
             sums[(f, g, p["point_id"])] = res[i].summary
             if cf[i].workload.trace is None:
@@ -125,4 +138,4 @@ def run_validation(
         "seed": base.seed,
         "num_points": n,
     }
-    return ValidationResult(pts, long, mt, pd.DataFrame(step_rows), settings, sums)
+    return ValidationResult(pts, long, mt, pd.DataFrame(step_rows), settings, sums, pd.concat(fails, ignore_index=True))

@@ -1,5 +1,6 @@
 """The Markdown report of a validation (``report.md``): overall / per-dataset / per-load-level /
-per-experiment MAPE, the per-point table, the per-step check and the caveats.
+per-experiment MAPE, the per-point table, failed requests (simulated vs measured counts), the
+per-step check and the caveats.
 
 Rendering never requires a metric to be present: a (point, metric) that is missing from the
 long table, or whose simulated or measured value is unknown, is shown as ``–`` (a metric that
@@ -31,6 +32,54 @@ def point_cells(long: pd.DataFrame) -> dict[tuple, tuple[float, float, float]]:
     for r in long.itertuples(index=False):
         out.setdefault((r.formula, r.gemm_m, r.point_id, r.metric), (r.sim, r.meas, r.ape))
     return out
+
+
+def _count(x: float) -> str:
+    return num_cell(x, 0)
+
+
+def _points(k: int) -> str:
+    return f"{k} point{'' if k == 1 else 's'}"
+
+
+def failure_cells(failures: pd.DataFrame) -> dict[tuple, str]:
+    """``(formula, gemm_m, point_id) -> "sim / meas"`` failed-request counts (``–`` = unknown)."""
+    return {(r.formula, r.gemm_m, r.point_id): f"{_count(r.sim_failures)} / {_count(r.meas_failures)}" for r in failures.itertuples(index=False)}
+
+
+def failure_summary(failures: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """``(formula, gemm_m) -> one sentence``: total simulated vs measured failed requests over the
+    points with measured counts, the points where the two differ (sim / meas), and the
+    simulated failures of the points without measured counts."""
+    out: dict[tuple[str, str], str] = {}
+    for (f, g), df in failures.groupby(["formula", "gemm_m"], sort=False):
+        known = df[df["meas_failures"].notna()]
+        differ = known[known["sim_failures"] != known["meas_failures"]]
+        text = (
+            f"simulated {int(known['sim_failures'].sum())} vs measured {_count(known['meas_failures'].sum())} failed requests"
+            f" over the {_points(len(known))} with measured counts"
+        )
+        if len(differ):
+            text += f"; they differ at {len(differ)}: " + ", ".join(
+                f"`{r.point_id}` ({r.sim_failures} / {_count(r.meas_failures)})" for r in differ.itertuples()
+            )
+        elif len(known):
+            text += "; equal at every one"
+        unknown = df[df["meas_failures"].isna()]
+        if len(unknown):
+            text += f"; {_points(len(unknown))} without measured counts (simulated failures there: {int(unknown['sim_failures'].sum())})"
+        out[(str(f), str(g))] = text + "."
+    return out
+
+
+def _timeout_sentence(failures: pd.DataFrame) -> str:
+    per_point = failures.drop_duplicates("point_id")
+    with_timeout = per_point[per_point["request_timeout_s"].notna()]
+    if with_timeout.empty:
+        return "No point's harness config or points.csv states a request timeout: no client timeouts were simulated."
+    groups = with_timeout.groupby(["request_timeout_s", "timeout_source"], sort=True).size()
+    parts = [f"{t:g} s from `{src}` ({_points(k)})" for (t, src), k in groups.items()]
+    return f"Client request timeouts simulated at {len(with_timeout)} of {_points(len(per_point))}: " + ", ".join(parts) + "."
 
 
 def render_report(v: ValidationResult) -> str:
@@ -92,7 +141,8 @@ def render_report(v: ValidationResult) -> str:
     lines += ["## Per point (means, ms; sim / meas)", ""]
     by_point = point_cells(v.long)
     first = v.long.drop_duplicates(["formula", "gemm_m", "point_id"]).set_index(["formula", "gemm_m", "point_id"])
-    hdr = ["point", "formula", "gemm_m", "strategy", "overloaded", "n sim", "meas source", "TTFT", "TPOT", "E2E/out", "E2E", "E2E APE"]
+    fail_cells = failure_cells(v.failures) if len(v.failures) else {}
+    hdr = ["point", "formula", "gemm_m", "strategy", "overloaded", "n sim", "meas source", "TTFT", "TPOT", "E2E/out", "E2E", "E2E APE", "failures"]
     rows = []
     for (f, g, pid), r in first.iterrows():
 
@@ -115,9 +165,21 @@ def render_report(v: ValidationResult) -> str:
                 sm("tpot_incl_ttft_mean", 2),
                 sm("e2e_mean", 0),
                 pct_cell(e2e_ape),
+                fail_cells.get((f, g, pid), "– / –"),
             ]
         )
     lines += [md_table(hdr, rows), ""]
+    if len(v.failures):
+        lines += [
+            "## Failed requests (sim / meas)",
+            "",
+            "Simulated failures = requests timed out by the client's request timeout + requests rejected at admission;"
+            " measured = `n_errored + n_incomplete`. Counts are compared by absolute difference (`failures.csv`, `abs_err`),"
+            " not in any MAPE. " + _timeout_sentence(v.failures),
+            "",
+        ]
+        lines += [f"- {f} / {g}: {text}" for (f, g), text in failure_summary(v.failures).items()]
+        lines += [""]
     if len(v.steps):
         lines += [
             "## Per-step check (set B, vLLM server spans)",
@@ -164,6 +226,9 @@ def render_report(v: ValidationResult) -> str:
         " The code sweep's real outputs averaged ≈ 53 tokens, not the configured 28 (README): its E2E is unreliable.",
         "- Set C: Poisson stages are capped to the first N requests; the measured metrics are then recomputed over the"
         " same requests (`meas source` = `requests[:N]`). inference-perf's own output tok/s is not used (re-tokenised counts).",
+        "- Failed requests: a replayed trace holds only the requests that succeeded, so a measured failure has no"
+        " simulated counterpart; a capped point simulates its first N requests while the measured counts cover the whole"
+        " benchmark (`sim_requests` vs `meas_requests` in failures.csv).",
         "- Unknown server flags take vLLM V1 defaults (prefix caching and chunked prefill on); set C's CPU KV offloading is not modelled.",
         "",
     ]
