@@ -231,3 +231,14 @@ def test_offloading_lowers_ttft_under_preemption():
     assert (preempted[KV_OFFLOAD_COLUMN] > 0).any()  # came back at link speed
     assert tier.summary["ttft_mean_ms"] < none.summary["ttft_mean_ms"]
     assert tier.summary["e2e_mean_ms"] < none.summary["e2e_mean_ms"]
+
+
+def test_streamed_and_fleet_runs_keep_the_common_columns():
+    cfg = _preemption_config(1.0)
+    frames = []
+    streamed = Simulation(cfg, spill=lambda kind, frame: frames.append((kind, frame)), chunk_rows=16).run()
+    memory = simulate(cfg)
+    assert all(KV_OFFLOAD_COLUMN not in f.columns for kind, f in frames if kind == "requests")
+    assert streamed.summary[KV_OFFLOAD_PREFIX + "loaded_blocks"] == memory.summary[KV_OFFLOAD_PREFIX + "loaded_blocks"] > 0
+    fleet = simulate(make_config(**{**_preemption_config(1.0).model_dump(exclude_unset=True), "cluster": {"groups": [{"replicas": 2}]}}))
+    assert KV_OFFLOAD_COLUMN not in fleet.requests.columns and fleet.summary["num_finished"] > 0
