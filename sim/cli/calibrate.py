@@ -43,7 +43,7 @@ from sim.studies.calibrate_defaults import (
 @click.option("--ground-truth", "ground_truth", help="Measured data directory (points.csv, requests/).")
 @click.option(
     "--bench-data",
-    help="bench_data/ for MFU tables (default: <ground-truth>/bench_data if present); 'none' = the built-in MFU curves, which carry to every GPU.",
+    help="bench_data/ for MFU tables; default (or 'none'): the built-in MFU curves, which carry to every GPU and are what runs use unless they set cost.bench_data_dir.",
 )
 @click.option(
     "--formula",
@@ -202,8 +202,6 @@ def calibrate(
         bd = bench_data
         if bd is not None and bd.strip().lower() == "none":
             bd = None  # the built-in curves: what runs without cost.bench_data_dir use
-        elif bd is None and (Path(ground_truth) / "bench_data").is_dir():
-            bd = str(Path(ground_truth) / "bench_data")
         elif bd is not None and not Path(bd).is_dir():
             raise ConfigError(f"--bench-data: directory not found: {bd} (or 'none' for the built-in MFU curves)")
         from sim.studies.executor import run_many
