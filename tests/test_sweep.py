@@ -75,3 +75,17 @@ def test_overload_point_can_be_switched_off():
     cfg = _cfg("poisson", 1.0, n=60, sweep={"num_points": 4, "overload_factor": None})
     result = run_sweep(cfg, lambda cfgs: run_many(cfgs, "serial"))
     assert len(result.points) == 4
+
+
+def test_capacity_never_exceeds_what_a_full_batch_completes():
+    """A loose SLO and a short run: the rate search may not report a rate above the throughput
+    run's full-batch capacity (a queue there grows without bound, however short the run)."""
+    from sim.studies.sweep import find_capacity, point_config
+
+    cfg = make_config(workload={"num_requests": 300}, slo={"ttft_p99_ms": 1e6, "tpot_p99_ms": 1e6})
+    cap = find_capacity(cfg, lambda cfgs: run_many(cfgs, "serial"))
+    (thr,) = run_many([point_config(cfg, "throughput")], "serial")
+    batch = full_batch_capacity_rps(thr)
+    assert cap.capacity_rps is not None and batch == batch
+    assert cap.capacity_rps <= batch
+    assert any("full-batch capacity" in " ".join(v) for r, ok, v in cap.tried if r > batch)

@@ -283,16 +283,19 @@ def require_aggregate_slo(slo: SloConfig, command: str) -> None:
         )
 
 
-def capacity_violations(res: SimResult, slo: SloConfig) -> list[str]:
+def capacity_violations(res: SimResult, slo: SloConfig, capacity_rps: float = float("nan")) -> list[str]:
     """What keeps ``res`` from counting as sustainable under ``slo``: its missed aggregate SLOs,
-    a queue that grows without bound (:func:`is_stable`), and an arrival window shorter than
+    a queue that grows without bound (:func:`is_stable`; a rate above ``capacity_rps``, the
+    full-batch capacity when known, cannot converge), and an arrival window shorter than
     ``MIN_WINDOW_E2E`` mean E2E latencies (a short run of an overloaded server can meet
     latency bounds before its queue has grown)."""
     out = slo_violations(res.summary, slo)
     rate = res.config.arrival.rate_rps
     if not rate:
         return out
-    if not is_stable(res):
+    if capacity_rps == capacity_rps and rate > capacity_rps:
+        out.append(f"unstable: above the full-batch capacity ({capacity_rps:.4g} req/s from the throughput run)")
+    elif not is_stable(res):
         out.append("unstable: the queue grows without bound at this rate")
     df = res.requests
     fin = df[df["status"] == "finished"]
@@ -334,6 +337,8 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
     if not hi > 0:
         raise ConfigError("capacity: the throughput run finished no request; check the workload and server limits")
     upper = hi
+    # rates above what a full batch completes cannot converge, however short the run
+    batch_capacity_rps = full_batch_capacity_rps(thr)
     lo = 0.0
     best: tuple[float, SimResult] | None = None
     tried: list[tuple[float, bool, list[str]]] = []
@@ -344,7 +349,7 @@ def find_capacity(cfg: RunConfig, run_many: RunMany, slo: SloConfig | None = Non
         results = run_many([point_config(cfg, strategy, r) for r in rates])
         outcome = []
         for r, res in zip(rates, results):
-            viol = capacity_violations(res, slo)
+            viol = capacity_violations(res, slo, batch_capacity_rps)
             tried.append((r, not viol, viol))
             outcome.append((r, not viol, res))
         return outcome
