@@ -69,6 +69,24 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, text) for name, (_, _, text) in COMMANDS.items()])
 
 
+def _show_warnings_plainly(ctx: click.Context) -> None:
+    """Library warnings (e.g. an MFU table shape borrowed from a neighbour) reach the user as
+    one ``warning: …`` line on stderr, each text once, not as Python's file:line report."""
+    import warnings
+
+    seen: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            click.echo(f"warning: {text}", err=True)
+
+    warnings.showwarning = show
+    ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
+
+
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="servesim")
 @click.pass_context
@@ -79,6 +97,7 @@ def main(ctx: click.Context) -> None:
     With no command, runs a sweep of the embedded default (Llama-2-7B on one H100) and
     writes results/default/.
     """
+    _show_warnings_plainly(ctx)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM ends a command as Ctrl-C does: workers stopped, the result folder untouched
         previous = signal.signal(signal.SIGTERM, raise_terminated)
