@@ -326,7 +326,11 @@ def test_intervals_flag_adds_bracketing_intervals_to_run_and_sweep(tmp_path):
     entry = json.loads((tmp_path / "r/summary.json").read_text())["runs"][0]
     for key in ("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms"):
         lo, hi = entry["intervals_90"][key]
-        assert lo <= entry["summary"][key] <= hi and lo < hi
+        # an interval for the *measured* value: cross-validated residuals that lean one way
+        # (the shipped TPOT is low in CV more often than high) shift it off the prediction,
+        # but it stays near it
+        center = entry["summary"][key]
+        assert 0 < lo < hi and lo / 1.3 <= center <= hi * 1.3
     assert "prediction intervals" in res.output
     res = invoke("sweep", *base, "--rates", "2,4", "--executor", "serial", "-o", str(tmp_path / "s"))
     assert res.exit_code == 0, res.output

@@ -355,3 +355,23 @@ def test_a_burst_queues_for_tokenization_one_request_at_a_time():
     assert waits_one == pytest.approx(expected, abs=1e-5)  # plus at most a few 1 µs steps
     waits_two = (two["first_scheduled_s"] - two["arrival_s"]).to_numpy()
     assert waits_two == pytest.approx([2e-3 + (k // 2 + 1) * 10e-3 for k in range(10)], abs=1e-5)
+
+
+def test_gemm_knee_moves_with_the_weight_shape_and_time_still_grows_with_work():
+    from sim.cost.mfu import GEMM_K_RANGE, GEMM_K_REF, GEMM_N_RANGE, GEMM_N_REF, gemm_knee_factor
+
+    assert gemm_knee_factor(int(GEMM_K_REF), int(GEMM_N_REF)) == 1.0
+    assert gemm_knee_factor(8192, 11008) < 1.0 < gemm_knee_factor(2048, 6144)
+    # held at the measured range's edges, not extrapolated
+    assert gemm_knee_factor(65536, 65536) == gemm_knee_factor(int(GEMM_K_RANGE[1]), int(GEMM_N_RANGE[1]))
+    mfu = BuiltinMfu(32, 8)
+
+    def t(m, k, n):  # GEMM time ∝ FLOPs / MFU
+        return m * k * n / mfu.gemm(m, k, n)
+
+    for m in (8, 64, 512, 4096):
+        ks = [1024, 2048, 4096, 8192, 16384]
+        assert all(t(m, a, 8192) < t(m, b, 8192) for a, b in zip(ks, ks[1:]))
+        ns = [4096, 6144, 8192, 11008, 22016]
+        assert all(t(m, 4096, a) < t(m, 4096, b) for a, b in zip(ns, ns[1:]))
+    assert all(t(a, 4096, 8192) < t(b, 4096, 8192) for a, b in zip([8, 16, 64, 512], [16, 64, 512, 4096]))

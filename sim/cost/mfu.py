@@ -58,17 +58,23 @@ class MfuProvider(Protocol):
 # --- built-in analytic model -----------------------------------------------------------------
 # Constants fitted by scripts/fit_builtin_mfu.py to ../shared/ground_truth/bench_data (H100,
 # 880 rows with MFU >= 1e-4). Measured fit error, absolute relative error |pred-meas|/meas:
-#   GEMM    (112 rows): median 0.065, mean 0.099, p90 0.224
+#   GEMM    (112 rows): median 0.065, mean 0.083, p90 0.173 (without the K, N terms 0.065 / 0.099 / 0.224)
 #   decode  (738 rows): median 0.044, mean 0.170, p90 0.369  (tables are rounded to 0.001)
 #   prefill  (30 rows): median 0.028, mean 0.052, p90 0.141
 #   all     (880 rows): median 0.044, mean 0.157
 # The GEMM exponent is fixed at 1 and the decode exponent bounded by 1 so that time = FLOPs/MFU
 # grows with work (a free GEMM exponent fits to 1.14, median error 0.048, but then time falls
 # with m for m < ~40).
-GEMM_MFU_MAX = 0.6704
+GEMM_MFU_MAX = 0.6714
 GEMM_HILL_P = 1.0
-GEMM_M0 = 329.0
+GEMM_M0 = 327.2  # the knee at K = GEMM_K_REF, N = GEMM_N_REF
 GEMM_M_MIN = 8  # smallest M in the GEMM tables; below it both table lookups clamp to its MFU
+# Larger GEMMs (more K per output tile, more N tiles to fill the SMs) leave the weight-streaming
+# regime at a smaller M: the knee scales as (K_REF/K)^a·(N_REF/N)^b, with K and N held within
+# the tables' range (K 2048–8192, N 6144–11008) rather than extrapolated
+GEMM_K_REF, GEMM_N_REF = 4096.0, 8192.0
+GEMM_K_EXP, GEMM_N_EXP = 0.2372, 0.3038
+GEMM_K_RANGE, GEMM_N_RANGE = (2048.0, 8192.0), (6144.0, 11008.0)
 DECODE_MFU_PER_GROUP = 0.003163
 DECODE_HILL_Q = 0.8668
 DECODE_X0 = 20539.5
@@ -78,10 +84,20 @@ PREFILL_S0 = 1420.2
 
 BUILTIN_FIT_ERROR = {
     # component: (median, mean) absolute relative error, as printed by the fit script
-    "gemm": (0.065, 0.099),
+    "gemm": (0.065, 0.083),
     "decode": (0.044, 0.170),
     "prefill": (0.028, 0.052),
 }
+
+
+@lru_cache(maxsize=256)
+def gemm_knee_factor(k: int, n: int) -> float:
+    """Factor on the GEMM knee for a (K, N) weight: ``(K_REF/K)^a · (N_REF/N)^b`` with K and N
+    clamped to the measured range; 1 at the reference shape. Time = FLOPs/MFU still grows with
+    K and N (a, b < 1)."""
+    kc = min(max(float(k), GEMM_K_RANGE[0]), GEMM_K_RANGE[1])
+    nc = min(max(float(n), GEMM_N_RANGE[0]), GEMM_N_RANGE[1])
+    return (GEMM_K_REF / kc) ** GEMM_K_EXP * (GEMM_N_REF / nc) ** GEMM_N_EXP
 
 
 def _hill(x: float, p: float, x0: float) -> float:
@@ -98,7 +114,9 @@ class MfuTableWarning(UserWarning):
 class BuiltinMfu:
     """Analytic MFU curves fitted to the H100 microbenchmarks (constants above).
 
-    ``gemm = GEMM_MFU_MAX·hill(max(m, 8))`` ignores k, n (the tables vary ~10 % across them);
+    ``gemm = GEMM_MFU_MAX·hill(max(m, 8))`` with the knee moved by the GEMM's K and N
+    (:func:`gemm_knee_factor`; the tables' MFU at M = 512 is 0.42 for K = 2048 and 0.58 for
+    K = 8192);
     ``attn_decode = DECODE_MFU_PER_GROUP·g·hill(batch·kv)`` with g = H/Hk, because decode
     attention is memory bound and its FLOPs per KV byte grow with the GQA group;
     ``attn_prefill = PREFILL_MFU_MAX·hill(seq)``. Each is increasing in its argument, so the
@@ -114,7 +132,7 @@ class BuiltinMfu:
 
     def gemm(self, m: int, k: int, n: int) -> float:
         # below the tables' smallest M the MFU is held (time then scales ∝ m, like the tables)
-        return max(MFU_FLOOR, GEMM_MFU_MAX * _hill(max(m, GEMM_M_MIN), GEMM_HILL_P, self.gemm_m0))
+        return max(MFU_FLOOR, GEMM_MFU_MAX * _hill(max(m, GEMM_M_MIN), GEMM_HILL_P, self.gemm_m0 * gemm_knee_factor(k, n)))
 
     def attn_decode(self, batch_size: int, kv_len: int) -> float:
         group = self.num_heads / self.num_kv_heads
@@ -149,9 +167,10 @@ def builtin_mfu_for(
     with no table (docs/cost-model.md, "MFU on other GPUs"):
 
     * **GEMM knee** ∝ the GEMM's ridge in rows, ``peak · b_w / (2 · BW)``: the H100 fit's knee
-      (329 rows) sits at 1.11× H100's ridge (295 rows), so small-M GEMMs cost about the time
-      of streaming their weights at any peak/bandwidth ratio (A100: knee 170 rows; L40S 475;
-      FP8 weights on H100: the same 329, since both the peak and the bytes change by 2).
+      (327 rows at the reference shape) sits at 1.11× H100's ridge (295 rows), so small-M GEMMs
+      cost about the time of streaming their weights at any peak/bandwidth ratio (A100: knee
+      169 rows; L40S 464; FP8 weights on H100: the same 327, since both the peak and the bytes
+      change by 2). The (K, N) factor of :func:`gemm_knee_factor` applies on every GPU.
     * **Decode attention** is memory-bound: its MFU is achieved bandwidth × FLOPs per KV byte
       / peak, so the H100 coefficient scales by ``(BW/peak) / (BW/peak)_H100 · 2/b_kv`` (FP8 KV
       doubles the FLOPs per byte).
