@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -375,3 +376,24 @@ def test_gemm_knee_moves_with_the_weight_shape_and_time_still_grows_with_work():
         ns = [4096, 6144, 8192, 11008, 22016]
         assert all(t(m, 4096, a) < t(m, 4096, b) for a, b in zip(ns, ns[1:]))
     assert all(t(a, 4096, 8192) < t(b, 4096, 8192) for a, b in zip([8, 16, 64, 512], [16, 64, 512, 4096]))
+
+
+def test_the_study_reproduction_keeps_the_seed_model_and_validate_the_calibration(tmp_path):
+    if not (GT / "points.csv").is_file():
+        pytest.skip("no shared ground truth")
+    from sim.studies.groundtruth import load_points
+    from sim.studies.point_configs import point_to_config
+
+    point = load_points(GT).iloc[0]
+    study = point_to_config(point, None, gt_dir=GT, mode="study", max_requests_per_point=3)
+    assert resolve_cost_settings(study).calibration is None  # the seed study's harness: no calibration
+    assert study.server.allow_long_max_model_len  # BLIS does not enforce max_model_len
+    guidellm = point_to_config(point, None, gt_dir=GT, mode="guidellm", max_requests_per_point=3)
+    assert resolve_cost_settings(guidellm).calibration == "h100"
+    args = ["validate", "--ground-truth", str(GT), "--experiment", str(point["experiment"]), "--max-requests-per-point", "3", "-q", "--no-plots"]
+    for mode, formula in (("study", "weighted-average"), ("guidellm", "smooth-wa")):
+        out = tmp_path / mode
+        r = CliRunner().invoke(main, [*args, "--mode", mode, "--executor", "serial", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        # without --formula: the seed's weighted average for the study, the calibration's primary otherwise
+        assert set(pd.read_csv(out / "mape.csv")["formula"]) == {formula}
