@@ -137,20 +137,19 @@ def run_entry(label: str, res: SimResult, offered_rps: float | None = None, stab
 def cost_label(cfg) -> str:
     """``roofline/smooth-wa, calibration h100`` — and ``(fitted on H100, transferred)`` when the
     run's GPU is another — for table titles."""
-    from sim.cost.calibration import active_calibration, effective_formula, load_calibration, transferred_from
+    from sim.cost.calibration import calibration_origin, effective_formula
 
     text = f"{cfg.cost.model}/{effective_formula(cfg)}" if cfg.cost.model == "roofline" else cfg.cost.model
-    name = active_calibration(cfg)
+    name, fitted = calibration_origin(cfg)
     if name is None:
         return text + (", seed knobs (no calibration)" if cfg.cost.model == "roofline" else "")
-    fitted = transferred_from(load_calibration(name), cfg.gpu)
     return f"{text}, calibration {name}" + (f" (fitted on {fitted}, transferred)" if fitted else "")
 
 
 def header(cfg) -> dict:
-    from sim.cost.calibration import active_calibration, effective_formula, load_calibration, transferred_from
+    from sim.cost.calibration import calibration_origin, effective_formula
 
-    name = active_calibration(cfg)
+    name, fitted = calibration_origin(cfg)
     return {
         "servesim_version": __version__,
         "model": cfg.model,
@@ -160,7 +159,7 @@ def header(cfg) -> dict:
         "formula": effective_formula(cfg),
         "gemm_m": cfg.cost.gemm_m,
         "calibration": name,
-        "calibration_transferred_from": transferred_from(load_calibration(name), cfg.gpu) if name else None,
+        "calibration_transferred_from": fitted,
         "policy": cfg.scheduler.policy,
         "seed": cfg.seed,
         **(_cluster_header(cfg.cluster) if cfg.cluster is not None else {}),

@@ -158,9 +158,9 @@ def validate(
             raise ConfigError(f"--max-requests-per-point: must be >= 1, got {max_requests_per_point}")
         cost: dict = {"model": "roofline"}
         if calibration:
-            from sim.cost.calibration import NO_CALIBRATION, load_calibration
+            from sim.cost.calibration import is_no_calibration, load_calibration
 
-            if calibration.strip().lower() != NO_CALIBRATION:
+            if not is_no_calibration(calibration):
                 load_calibration(calibration)  # a clear error now for an unknown name or a bad file
             cost["calibration"] = calibration
         base = parse_run_config({"seed": seed, "cost": cost})

@@ -124,6 +124,11 @@ NO_CALIBRATION = "none"
 """``cost.calibration: none``: the seed roofline, no fitted knobs."""
 
 
+def is_no_calibration(name: str | None) -> bool:
+    """Whether a ``cost.calibration`` value is :data:`NO_CALIBRATION` (any case, spaces)."""
+    return name is not None and str(name).strip().lower() == NO_CALIBRATION
+
+
 def active_calibration(cfg) -> str | None:
     """The calibration ``cfg`` runs with: its ``cost.calibration`` if set (None for ``none``),
     else :data:`DEFAULT_CALIBRATION` for the roofline and None for other cost models (they have
@@ -131,7 +136,14 @@ def active_calibration(cfg) -> str | None:
     name = getattr(cfg.cost, "calibration", None)
     if name is None:
         return DEFAULT_CALIBRATION if cfg.cost.model == "roofline" else None
-    return None if str(name).strip().lower() == NO_CALIBRATION else name
+    return None if is_no_calibration(name) else name
+
+
+def calibration_origin(cfg) -> tuple[str | None, str | None]:
+    """(the calibration ``cfg`` runs with, the GPU it was fitted on when that is not ``cfg``'s):
+    :func:`active_calibration` and :func:`transferred_from` together; (None, None) without one."""
+    name = active_calibration(cfg)
+    return name, (transferred_from(load_calibration(name), cfg.gpu) if name else None)
 
 
 def calibrations_dir() -> Path:
@@ -358,7 +370,7 @@ def resolve_cost_settings(cfg) -> CostSettings:
         knobs = effective_knobs(cfg)
     else:
         knobs = {k: getattr(cfg.cost, k) for k in KNOB_NAMES}
-    name = active_calibration(cfg) if cfg.cost.model == "roofline" else None
+    name, fitted = calibration_origin(cfg) if cfg.cost.model == "roofline" else (None, None)
     return CostSettings(
         knobs=knobs,
         formula=effective_formula(cfg),
@@ -367,5 +379,5 @@ def resolve_cost_settings(cfg) -> CostSettings:
         decode_kv_read_fraction=effective_decode_kv_read_fraction(cfg),
         lm_head_reads=effective_lm_head_reads(cfg),
         calibration=name,
-        transferred_from=transferred_from(load_calibration(name), cfg.gpu) if name else None,
+        transferred_from=fitted,
     )

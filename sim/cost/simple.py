@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.cost.base import COST_MODELS
+from sim.cost.calibration import is_no_calibration
 from sim.entities import Batch, StepCost
 from sim.errors import ConfigError
 
@@ -67,7 +68,7 @@ def _no_roofline_settings(cfg, name: str) -> None:
     """The fixed and linear models price a step without phases or kernels: a mixed-batch
     formula or roofline setting given with them would be silently ignored, so it is an error."""
     c = cfg.cost
-    given = [k for k in ("formula", "calibration") if getattr(c, k) is not None and not (k == "calibration" and str(c.calibration).strip().lower() == "none")]
+    given = [k for k in ("formula", "calibration") if getattr(c, k) is not None and not (k == "calibration" and is_no_calibration(c.calibration))]
     if given:
         raise ConfigError(
             f"cost.{given[0]}: the {name} cost model has no mixed-batch formula or calibration (it prices a step as a whole); "
