@@ -1,6 +1,6 @@
 """The ``servesim`` command group (also ``python -m sim``).
 
-Commands: ``run``, ``sweep``, ``capacity``, ``compare``, ``list``, ``config``, ``validate``,
+Commands: ``run``, ``sweep``, ``capacity``, ``plan``, ``compare``, ``list``, ``config``, ``validate``,
 ``calibrate`` — one module each in :mod:`sim.cli`, registered here and nowhere else. With no
 command, runs a sweep of the embedded default config. Bad input exits with code 2 and one clear
 message (no traceback); results go to files and an aligned summary to stdout; progress and wall
@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "sim.cli.capacity",
         "capacity",
         "Find the highest request rate that meets the SLOs and its goodput, or (--find replicas) the fewest replicas that meet them at --rate.",
+    ),
+    "plan": (
+        "sim.cli.plan",
+        "plan_cmd",
+        "Find the cheapest deployment (GPU type, tensor parallelism, replicas) that meets the SLOs at --rate, with prediction intervals.",
     ),
     "compare": (
         "sim.cli.compare",

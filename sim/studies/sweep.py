@@ -255,6 +255,14 @@ def slo_violations(summary: dict, slo: SloConfig) -> list[str]:
 def goodput_rps(res: SimResult, slo: SloConfig) -> float:
     """Finished requests per second that met the per-request SLOs (ttft_ms, tpot_ms; falling
     back to the p99 bounds as per-request bounds)."""
+    ok = meets_per_request_slo(res, slo)
+    span = res.summary["duration_s"]
+    return float(ok.sum() / span) if span > 0 else math.nan
+
+
+def meets_per_request_slo(res: SimResult, slo: SloConfig):
+    """Boolean Series over ``res.requests``: finished and within the per-request SLOs (see
+    :func:`goodput_rps`)."""
     df = res.requests
     ok = df["status"] == "finished"
     ttft = slo.ttft_ms if slo.ttft_ms is not None else slo.ttft_p99_ms
@@ -263,8 +271,7 @@ def goodput_rps(res: SimResult, slo: SloConfig) -> float:
         ok &= df["ttft_s"] * 1e3 <= ttft
     if tpot is not None:
         ok &= (df["tpot_s"].isna()) | (df["tpot_s"] * 1e3 <= tpot)
-    span = res.summary["duration_s"]
-    return float(ok.sum() / span) if span > 0 else math.nan
+    return ok
 
 
 # An open-loop run shorter than this many mean E2E latencies never reaches a steady state:
