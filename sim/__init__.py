@@ -5,6 +5,7 @@ The public Python API (everything else is internal and may move)::
     import sim
     cfg = sim.parse_run_config({"model": "llama-2-7b", "arrival": {"strategy": "poisson", "rate_rps": 8}})
     result = sim.simulate(cfg)          # SimResult: .requests, .steps (DataFrames), .summary (dict)
+    table = sim.plan("llama-2-70b", rate_rps=40, slo={"ttft_p99_ms": 500, "tpot_p99_ms": 50})  # cheapest first
 
 Names are loaded on first use, so ``import sim`` (and the CLI's start-up) stays light.
 """
@@ -20,6 +21,7 @@ _API = {
     "simulate": "sim.core.simulation",
     "Simulation": "sim.core.simulation",
     "SimResult": "sim.core.simulation",
+    "plan": "sim.studies.plan",
     "RunConfig": "sim.config",
     "parse_run_config": "sim.config",
     "ConfigError": "sim.errors",

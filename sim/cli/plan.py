@@ -148,14 +148,23 @@ def plan_cmd(config: str | None, **kwargs: Any) -> None:
     )
     opts = {"output_dir": kwargs["output_dir"]}
     out = out_dir(opts, "plan")
+    import time
+
+    from sim.cli.common import err_console
+
+    start = time.perf_counter()
     with ProgressBars(kwargs["quiet"], "plan") as prog:
         batches = {"n": 0}
 
         def many(cfgs):
             batches["n"] += 1
-            return run_many(cfgs, kwargs["executor"], kwargs["workers"], prog.phase(f"search batch {batches['n']}", len(cfgs)), kwargs["ray_address"])
+            # a bar per batch on a terminal; logs get one line at the end, not one per batch
+            phase = prog.phase(f"search batch {batches['n']}", len(cfgs)) if err_console.is_terminal else None
+            return run_many(cfgs, kwargs["executor"], kwargs["workers"], phase, kwargs["ray_address"])
 
         result = planner.run(many)
+    if not kwargs["quiet"]:
+        err_console.print(f"plan: {result.num_simulations} simulations in {batches['n']} batches, {time.perf_counter() - start:.1f} s")
     _write(out, result, prices, prices_from, cfg, fmt, kwargs, not kwargs["no_plots"])
 
 

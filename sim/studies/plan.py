@@ -64,6 +64,7 @@ CAPACITY_EXTENSIONS = 4  # doublings beyond the throughput run's rate when every
 # fails a run whose window is under 3 mean E2Es ("too short to tell").
 WINDOW_BATCH1_E2E = 8.0
 DEFAULT_MAX_REPLICAS = 256
+THROUGHPUT_SEATS_FACTOR = 4  # the throughput run sends at least 4x max_num_seqs requests
 SAFE_SEARCH_ROUNDS = 3  # replicate batches (the spread re-measured at a new count) before a shape is left "at risk"
 DEFAULT_INTERVAL_REPLICATES = 4  # bootstrap replicates per spread measurement (the shipped calibration has 8)
 DEFAULT_LEVEL = 0.9  # two-sided prediction interval; its upper end is the 95th percentile
@@ -393,8 +394,15 @@ class Planner:
             return
         slo = self.slo
 
+        def requests_for(rate_rps: float) -> int:
+            """Requests of a run at ``rate_rps``: the config's, or more, so that the arrival
+            window spans ``WINDOW_BATCH1_E2E`` batch-1 E2E latencies (one replica and fleets alike)."""
+            return max(int(one.workload.num_requests or 0), int(math.ceil(WINDOW_BATCH1_E2E * b1["e2e_mean_s"] * rate_rps)))
+
         # one replica's capacity under the SLOs
-        (thr,) = yield [point_config(one, "throughput")]
+        # enough requests to hold the seats full for a while: its full-batch capacity bounds every rate
+        thr_requests = max(int(one.workload.num_requests or 0), THROUGHPUT_SEATS_FACTOR * one.server.max_num_seqs)
+        (thr,) = yield [with_overrides(point_config(one, "throughput"), {"workload": {"num_requests": thr_requests}})]
         hi = float(thr.summary["requests_per_s"])
         if not hi > 0:
             out.status, out.reason = "misses", "the throughput run finished no request"
@@ -404,7 +412,7 @@ class Planner:
 
         def trial(rates: list[float]) -> Generator[list[RunConfig], list[SimResult], list[tuple[float, bool]]]:
             run = [r for r in rates if not (batch_cap == batch_cap and r > batch_cap)]
-            results = (yield [point_config(one, self.strategy, r) for r in run]) if run else []
+            results = (yield [with_overrides(point_config(one, self.strategy, r), {"workload": {"num_requests": requests_for(r)}}) for r in run]) if run else []
             by_rate = dict(zip(run, results))
             outcome = []
             for r in rates:
@@ -449,7 +457,7 @@ class Planner:
         yield READY  # the driver resumes the fleet stage in order of estimated cost
 
         # the fewest replicas on the point estimate, checked by fleet simulations
-        num_requests = max(int(one.workload.num_requests or 0), int(math.ceil(WINDOW_BATCH1_E2E * b1["e2e_mean_s"] * self.rate_rps)))
+        num_requests = requests_for(self.rate_rps)
         passed: dict[int, bool] = {}
 
         def check(counts: list[int]) -> Generator[list[RunConfig], list[SimResult], None]:
@@ -469,21 +477,28 @@ class Planner:
 
         def fewest(crit: Callable[[int], bool], n0: int, floor: int) -> Generator[list[RunConfig], list[SimResult], int | None]:
             """The fewest count >= ``floor`` meeting ``crit`` (counts below ``floor`` are known to
-            fail): from ``n0`` down while it passes (two counts per batch), else up in doubling
-            steps and back by bisection. None when ``max_replicas`` fails."""
+            fail), assuming a count that passes is not followed by a larger one that fails:
+            ``n0`` and ``n0 − 1`` together, then bisection below them, or doubling steps up and
+            bisection back. The answer comes with the count below it checked and failing (or
+            at the floor). None when no count up to the limit (``max_replicas``, or what costs
+            no more than the cheapest deployment found) passes."""
             limit = min(self.max_replicas, self._affordable(shape))
             if floor > limit:
                 return None
             n0 = min(n0, limit)
             yield from check([n0, n0 - 1] if n0 - 1 >= floor else [n0])
             if crit(n0):
-                n = n0
-                while n - 1 >= floor:
-                    yield from check([m for m in (n - 1, n - 2) if m >= floor])
-                    if not crit(n - 1):
-                        break
-                    n -= 1
-                return n
+                if n0 - 1 < floor or not crit(n0 - 1):
+                    return n0
+                lo_n, hi_n = floor - 1, n0 - 1  # lo_n fails (or is below the floor), hi_n passes
+                while hi_n - lo_n > 1:
+                    mid = (lo_n + hi_n) // 2
+                    yield from check([mid])
+                    if crit(mid):
+                        hi_n = mid
+                    else:
+                        lo_n = mid
+                return hi_n
             lo_n, step = n0, 1
             while True:
                 if lo_n >= limit:
@@ -738,3 +753,88 @@ def shapes_for(gpus: Sequence[str], tps: Sequence[int], seqs: Sequence[int | Non
         is_file = str(g).lower().endswith((".yaml", ".yml"))
         named.append((g if is_file else spec.name, spec.name))
     return [Shape(g, tp, s, m, name) for g, name in named for tp in tps for s in (seqs or (None,)) for m in (mbts or (None,))]
+
+
+def example_prices() -> dict[str, float]:
+    """The shipped example prices (``sim/data/prices-example.yaml``: one provider's list
+    prices with their source and date; they go stale)."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("sim").joinpath("data/prices-example.yaml").read_text()
+    return parse_prices(yaml.safe_load(text), "the shipped example prices")
+
+
+def plan(
+    model: str | None = None,
+    rate_rps: float | None = None,
+    slo: Mapping[str, float] | None = None,
+    gpus: Sequence[str] = DEFAULT_GPUS,
+    tp: Sequence[int] = DEFAULT_TP,
+    *,
+    config: RunConfig | Mapping[str, Any] | None = None,
+    max_num_seqs: Sequence[int] | None = None,
+    max_num_batched_tokens: Sequence[int] | None = None,
+    router: str | None = None,
+    prices: Mapping[str, Any] | None = None,
+    level: float = DEFAULT_LEVEL,
+    interval_replicates: int = DEFAULT_INTERVAL_REPLICATES,
+    max_replicas: int = DEFAULT_MAX_REPLICAS,
+    exhaustive: bool = False,
+    executor: str = "process",
+    workers: int | None = None,
+):
+    """``servesim plan`` as a call: the ranked deployments (a pandas DataFrame, cheapest
+    first; columns as in ``shapes.parquet``, see :func:`rank`).
+
+    ``config``: the workload, server and cost settings (a RunConfig or a mapping over the
+    embedded default; default: the embedded default); ``model``, ``rate_rps`` (req/s) and
+    ``slo`` (``{"ttft_p99_ms": 500, "tpot_p99_ms": 50}``) override it. ``prices``: USD per
+    GPU-hour, ``{"H100": 2.5, …}`` or the prices-file mapping (default: the shipped example).
+    ConfigError on bad input, as the CLI."""
+    from importlib import resources
+
+    import yaml
+
+    from sim.config import merge, parse_run_config
+    from sim.studies.executor import default_workers, run_many
+
+    if isinstance(config, RunConfig):
+        base = config.model_dump(mode="json")
+    else:
+        base = yaml.safe_load(resources.files("sim").joinpath("data/default.yaml").read_text())
+        if config is not None:
+            base = merge(base, dict(config))
+    over: dict[str, Any] = {}
+    if model is not None:
+        over["model"] = model
+    if rate_rps is not None:
+        over["arrival"] = {"rate_rps": rate_rps}
+        if base.get("arrival", {}).get("strategy") not in OPEN_LOOP_STRATEGIES:
+            over["arrival"]["strategy"] = "poisson"
+    if slo is not None:
+        over["slo"] = {k if k.endswith("_ms") else f"{k}_ms": v for k, v in slo.items()}
+    if router is not None:
+        over["cluster"] = {"groups": [{}], "router": {"policy": router}}
+    cfg = parse_run_config(merge(base, over), source="plan")
+    if prices is None:
+        price_table = example_prices()
+    elif "gpus" in prices:
+        price_table = parse_prices(prices)
+    else:
+        price_table = parse_prices({"gpus": dict(prices)})
+    seqs: list[int | None] = list(max_num_seqs) if max_num_seqs else [None]
+    mbts: list[int | None] = list(max_num_batched_tokens) if max_num_batched_tokens else [None]
+    shapes = shapes_for(list(gpus), list(tp), seqs, mbts)
+    planner = Planner(
+        cfg,
+        shapes,
+        level=level,
+        interval_replicates=interval_replicates,
+        max_replicas=max_replicas,
+        prices=None if exhaustive else price_table,
+        concurrent_shapes=workers or default_workers(),
+    )
+    result = planner.run(lambda cfgs: run_many(cfgs, executor, workers))
+    return rank(result, price_table)
