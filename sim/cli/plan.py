@@ -14,6 +14,7 @@ from sim.cli.config_input import build_config
 from sim.errors import ConfigError
 
 EXAMPLE_PRICES = "prices-example.yaml"
+INT_COLUMNS = ("replicas", "num_gpus", "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens")
 
 
 def read_prices(path: str | None) -> tuple[dict[str, float], str]:
@@ -174,7 +175,14 @@ def plan_json(result, table, prices_from: str, cfg) -> dict[str, Any]:
 
     from sim.cli.output import header
 
-    rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in table.to_dict(orient="records")]
+    def clean(k: str, v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if k in INT_COLUMNS and isinstance(v, float):
+            return int(v)  # a column with gaps (shapes without a count) is float in pandas
+        return v
+
+    rows = [{k: clean(k, v) for k, v in r.items()} for r in table.to_dict(orient="records")]
     meets = [r for r in rows if r["status"] == "meets"]
     return {
         **header(cfg),
