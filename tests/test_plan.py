@@ -273,3 +273,35 @@ def test_python_api_matches_the_planner():
     assert isinstance(df, pd.DataFrame)
     ref = rank(Planner(cfg, shapes_for(["H100", "A100"], [1]), prices=PRICES).run(serial), PRICES)
     pd.testing.assert_frame_equal(df, ref)
+
+
+def test_cli_plan_router_reaches_the_fleets(tmp_path):
+    out = tmp_path / "r"
+    res = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            "--rate",
+            "30",
+            "--slo",
+            "ttft_p99=300,tpot_p99=40",
+            "--gpus",
+            "A100",
+            "--tp",
+            "1",
+            "--num-requests",
+            "150",
+            "--router",
+            "least-outstanding",
+            "--no-plots",
+            "-q",
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "plan.json").read_text())
+    assert doc["router"] == "least-outstanding" and "router least-outstanding" in res.output
+    rec = doc["recommendation"]
+    replicas = pd.read_parquet(out / "runs" / f"plan-{rec['shape']}-x{rec['replicas']}" / "replicas.parquet")
+    assert len(replicas) == rec["replicas"]
