@@ -451,6 +451,11 @@ class RunConfig(_Strict):
     arrival: ArrivalConfig = ArrivalConfig(strategy="poisson", rate_rps=1.0)
     horizon_s: float | None = Field(None, gt=0, description="stop the clock here; None = run until every request left")
     record_itls: bool = Field(True, description="keep every inter-token gap (needed for ITL percentiles)")
+    stop_when_slo_missed: bool = Field(
+        False,
+        description="end the run as soon as it is certain to miss slo.ttft_p99_ms (more requests got their first token later than "
+        "it than p99 allows): a search's clearly overloaded run stops early, its remaining requests in_flight / not_sent",
+    )
     sweep: SweepConfig = SweepConfig()
     slo: SloConfig = SloConfig()
     cluster: ClusterConfig | None = Field(None, description="a fleet of replicas behind a router; None = one server")

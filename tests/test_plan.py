@@ -305,3 +305,29 @@ def test_cli_plan_router_reaches_the_fleets(tmp_path):
     rec = doc["recommendation"]
     replicas = pd.read_parquet(out / "runs" / f"plan-{rec['shape']}-x{rec['replicas']}" / "replicas.parquet")
     assert len(replicas) == rec["replicas"]
+
+
+def test_early_stop_changes_no_verdict():
+    """A run stopped once certain to miss the TTFT SLO gets the verdict it would have got run
+    to the end, so the plan is the same; and the stop does happen on overloaded runs."""
+    cfg = plan_config(rate_rps=45.0, ttft_ms=35.0)
+    on = run_plan(cfg, gpus=("H100",), max_replicas=3, early_stop=True)
+    off = run_plan(cfg, gpus=("H100",), max_replicas=3, early_stop=False)
+    for p, q in zip(on.shapes, off.shapes):
+        assert (p.status, p.replicas_point, p.replicas, p.capacity_rps) == (q.status, q.replicas_point, q.replicas, q.capacity_rps)
+        assert [(e.kind, e.replicas, e.rate_rps, e.meets_slo) for e in p.evaluations] == [(e.kind, e.replicas, e.rate_rps, e.meets_slo) for e in q.evaluations]
+    assert any(v.startswith("stopped early") for p in on.shapes for e in p.evaluations for v in e.violations)
+
+
+def test_stopped_run_would_have_missed_the_slo():
+    over = plan_config(rate_rps=80.0, ttft_ms=100.0)
+    cfg = parse_run_config(merge(over.model_dump(mode="json"), {"workload": {"num_requests": 400}}))
+    full = simulate(cfg)
+    stopped = simulate(parse_run_config(merge(cfg.model_dump(mode="json"), {"stop_when_slo_missed": True})))
+    assert stopped.derived["stopped_early"] and full.summary["ttft_p99_ms"] > 100.0
+    assert stopped.summary["num_in_flight"] + stopped.summary["num_not_sent"] > 0
+    assert stopped.summary["end_s" if "end_s" in stopped.summary else "duration_s"] < full.summary["end_s" if "end_s" in full.summary else "duration_s"]
+    n_late = int((full.requests["ttft_s"] > 0.1).sum())
+    assert n_late >= 400 - math.floor(0.99 * 399)  # the full run has at least the watch's limit of late first tokens
+    with pytest.raises(ConfigError, match="stop_when_slo_missed"):
+        simulate(parse_run_config(merge(cfg.model_dump(mode="json"), {"stop_when_slo_missed": True, "slo": {"ttft_p99_ms": None}})))

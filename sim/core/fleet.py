@@ -44,7 +44,7 @@ from sim.config import InstanceGroupConfig, RunConfig, merge, parse_run_config
 from sim.core.client import ClientTimeouts
 from sim.core.engine import CancellableEnvironment, SimEnvironment, timeout_reason
 from sim.core.result import SimResult
-from sim.core.server import Server, percent_progress
+from sim.core.server import Server, percent_progress, run_until_done, ttft_watch
 from sim.entities import Request, RequestStatus
 from sim.errors import ConfigError
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
@@ -187,6 +187,9 @@ class FleetSimulation:
                 if r.role != "decode":
                     for req in pool:
                         r.server.kv.prewarm(req)
+        watch = ttft_watch(cfg, len(self.workload))  # one count over the fleet's first tokens
+        for r in self.replicas:
+            r.sink.ttft_watch = watch
         self.replica_of = np.full(len(self.workload), -1, dtype=np.int64)
         self.prefill_of = np.full(len(self.workload), -1, dtype=np.int64)  # disaggregated: where each request prefilled
         # refused by admission; timed out, or at the horizon, outside a replica's engine
@@ -427,7 +430,7 @@ class FleetSimulation:
         total = len(self.workload)
         if progress is not None:
             self.progress = percent_progress(progress, total)
-        self.env.run(until=cfg.horizon_s)
+        stopped = run_until_done(self.env, cfg.horizon_s)
         self.progress = None
         inside: list[Request] = [*self.in_router.values(), *self.in_prefill.values(), *self.in_transfer.values()]
         for rep in self.replicas:
@@ -502,7 +505,7 @@ class FleetSimulation:
         summary["load_imbalance_requests"] = _imbalance(replicas, "requests_routed")
         summary["load_imbalance_busy"] = _imbalance(replicas, "busy_s")
         first = self.replicas[0].server
-        end_s = float(self.env.now) if cfg.horizon_s is not None or self.refresh_s == 0 else float(self.last_leave_s)
+        end_s = float(self.env.now) if cfg.horizon_s is not None or stopped or self.refresh_s == 0 else float(self.last_leave_s)
         derived = dict(
             first.limits,
             cost_model=first.cost_model.name,
@@ -514,6 +517,8 @@ class FleetSimulation:
             router=self.cfg.cluster.router.policy if self.cfg.cluster else "",
             groups=groups,
         )
+        if stopped:
+            derived["stopped_early"] = stopped
         return SimResult(cfg, req_df, step_df, itls, summary, derived, replicas=replicas)
 
     def _group_summary(self, req_df: pd.DataFrame, step_df: pd.DataFrame, replicas: pd.DataFrame, group: str) -> dict:

@@ -30,7 +30,7 @@ from sim.core.engine import Engine
 from sim.cost import build_cost_model, resolve_cost_settings
 from sim.entities import Request
 from sim.errors import ConfigError
-from sim.records.metrics import MetricsSink
+from sim.records.metrics import MetricsSink, SloCertainlyMissed, TtftWatch
 from sim.scheduler import SCHEDULERS
 from sim.scheduler.base import NO_CAPABILITIES, SchedulerLimits
 from sim.scheduler.kv import KVCacheManager
@@ -269,3 +269,22 @@ def percent_progress(progress: Callable[[int, int], None], total: int) -> Callab
             progress(done, total)
 
     return report
+
+
+def ttft_watch(cfg: RunConfig, num_requests: int) -> TtftWatch | None:
+    """The watch of ``cfg.stop_when_slo_missed`` (None when off). ConfigError without a TTFT p99 SLO."""
+    if not cfg.stop_when_slo_missed:
+        return None
+    if cfg.slo.ttft_p99_ms is None:
+        raise ConfigError("stop_when_slo_missed: needs slo.ttft_p99_ms, the bound it watches")
+    return TtftWatch(cfg.slo.ttft_p99_ms * 1e-3, num_requests)
+
+
+def run_until_done(env, horizon_s: float | None) -> str:
+    """Run ``env`` to ``horizon_s`` (or until no event is left); '' then, or why it stopped
+    earlier (a :class:`~sim.records.metrics.TtftWatch` fired)."""
+    try:
+        env.run(until=horizon_s)
+    except SloCertainlyMissed as err:
+        return str(err)
+    return ""

@@ -25,6 +25,8 @@ from sim.core.server import (  # noqa: F401  (re-exported: the sizing rules are 
     kv_block_bytes_per_gpu,
     percent_progress,
     resolve_limits,
+    run_until_done,
+    ttft_watch,
 )
 from sim.entities import Request
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
@@ -73,6 +75,7 @@ class Simulation:
             for req in self.workload.pool_prompts().values():
                 self.kv.prewarm(req)
         self.num_sent = 0  # requests the client has sent (ids 0..num_sent-1: sends follow id order)
+        self.sink.ttft_watch = ttft_watch(cfg, len(self.workload))
         ARRIVALS.get(cfg.arrival.strategy, "arrival.strategy")(self.env, self._send, self.workload, cfg.arrival, self.streams)
 
     def _send(self, req: Request) -> None:
@@ -101,7 +104,7 @@ class Simulation:
         total = len(self.workload)
         if progress is not None:
             sink.progress = percent_progress(progress, total)
-        self.env.run(until=cfg.horizon_s)
+        stopped = run_until_done(self.env, cfg.horizon_s)
         sink.progress = None
         self.server.sync()  # deferred decodes: bring running requests up to date
         # Requests are sent in id order, so ids >= num_sent were never sent. A sent request is
@@ -135,6 +138,8 @@ class Simulation:
             num_steps=self.engine.num_steps,
             streamed=streamed,
         )
+        if stopped:
+            derived["stopped_early"] = stopped
         return SimResult(cfg, req_df, step_df, itls, summary, derived)
 
 

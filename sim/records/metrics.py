@@ -200,6 +200,30 @@ def _kv_offload_stats(step_stats: dict) -> dict[str, float | int]:
     return {k: v for k, v in step_stats.items() if k.startswith(KV_OFFLOAD_PREFIX)}
 
 
+class SloCertainlyMissed(Exception):
+    """Raised (through the simulation's event loop) when a :class:`TtftWatch` fires."""
+
+
+class TtftWatch:
+    """Counts first tokens later than ``bound_s`` after their request's arrival and raises
+    :class:`SloCertainlyMissed` at the ``limit``-th: with that many of ``num_requests`` TTFTs
+    above the bound, both order statistics numpy's linear p99 interpolates between are above it,
+    so the finished run's p99 TTFT would miss the bound too (and an unfinished one fails anyway).
+    One watch may serve several sinks (a fleet's replicas)."""
+
+    def __init__(self, bound_s: float, num_requests: int) -> None:
+        self.bound_s = bound_s
+        # p99 = interpolation at position 0.99 (n − 1) of the sorted values: above the bound when
+        # the value at floor(0.99 (n − 1)) is, i.e. when n − floor(0.99 (n − 1)) values are
+        self.limit = max(1, num_requests - math.floor(0.99 * (num_requests - 1) - 1e-9))  # rounding: err towards more
+        self.count = 0
+
+    def late(self) -> None:
+        self.count += 1
+        if self.count >= self.limit:
+            raise SloCertainlyMissed(f"{self.count} requests had a TTFT above {self.bound_s * 1e3:g} ms: the p99 SLO is missed")
+
+
 class MetricsSink:
     """Records a run: request records and step records, column-wise, plus ITLs.
 
@@ -214,6 +238,7 @@ class MetricsSink:
     def __init__(self, record_itls: bool = True, spill=None, chunk_rows: int = 65536, timeouts: bool = False) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be >= 1")
+        self.ttft_watch: TtftWatch | None = None  # set by a run that stops once its TTFT SLO is certainly missed
         self.record_itls = record_itls
         self.spill = spill
         self.chunk_rows = chunk_rows
@@ -268,9 +293,12 @@ class MetricsSink:
     def on_tokens(self, reqs: list[Request], t_s: float) -> None:
         """Each of ``reqs`` produced an output token at ``t_s``."""
         record = self.itls_s.append if self.record_itls else None
+        watch = self.ttft_watch
         for req in reqs:
             if req.first_token_s < 0:
                 req.first_token_s = t_s
+                if watch is not None and t_s - req.arrival_s > watch.bound_s:
+                    watch.late()
             else:
                 gap = t_s - req.last_token_s
                 if gap > req.max_itl_s:

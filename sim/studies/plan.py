@@ -51,7 +51,15 @@ from sim.cost.calibration import active_calibration, calibration_for
 from sim.entities import Batch, BatchItem
 from sim.errors import ConfigError
 from sim.studies.intervals import interval_configs, interval_from_samples
-from sim.studies.sweep import capacity_violations, full_batch_capacity_rps, meets_per_request_slo, point_config, require_aggregate_slo
+from sim.studies.sweep import (
+    MIN_WINDOW_E2E,
+    TOO_SHORT,
+    capacity_violations,
+    full_batch_capacity_rps,
+    meets_per_request_slo,
+    point_config,
+    require_aggregate_slo,
+)
 
 RunMany = Callable[[Sequence[RunConfig]], list[SimResult]]
 
@@ -65,6 +73,7 @@ CAPACITY_EXTENSIONS = 4  # doublings beyond the throughput run's rate when every
 WINDOW_BATCH1_E2E = 8.0
 DEFAULT_MAX_REPLICAS = 256
 THROUGHPUT_SEATS_FACTOR = 4  # the throughput run sends at least 4x max_num_seqs requests
+TOO_SHORT_RERUNS = 2  # a fleet failing only "too short to tell" is rerun with more requests, at most twice
 SAFE_SEARCH_ROUNDS = 3  # replicate batches (the spread re-measured at a new count) before a shape is left "at risk"
 DEFAULT_INTERVAL_REPLICATES = 4  # bootstrap replicates per spread measurement (the shipped calibration has 8)
 DEFAULT_LEVEL = 0.9  # two-sided prediction interval; its upper end is the 95th percentile
@@ -285,6 +294,7 @@ class Planner:
         max_replicas: int = DEFAULT_MAX_REPLICAS,
         prices: Mapping[str, float] | None = None,
         concurrent_shapes: int = 2,
+        early_stop: bool = True,
     ) -> None:
         """``base``: the workload, server and cost settings, with the target rate in
         ``arrival.rate_rps`` (open-loop strategy) and the SLOs in ``slo`` (default
@@ -297,7 +307,8 @@ class Planner:
         searched further — once even the fewest replicas it could need (the rate over its
         full-batch capacity), or the next count to try, costs more than the cheapest
         deployment already found to meet the SLOs with its bounds. Without prices every shape
-        is searched to the end (:func:`rank` prices them afterwards)."""
+        is searched to the end (:func:`rank` prices them afterwards). ``early_stop``: capacity
+        and fleet runs end once certain to miss the TTFT SLO (same verdicts, less simulation)."""
         self.slo = slo or base.slo
         require_aggregate_slo(self.slo, "plan")
         a = base.arrival
@@ -324,7 +335,10 @@ class Planner:
                 raise ConfigError("plan: cluster.groups[0].server / .cost: give server and cost settings at the top level for plan")
             self.router = cl.router.model_dump(mode="json")
             self.admission = cl.admission.model_dump(mode="json")
-        self.base = with_overrides(base, {"cluster": None, "slo": self.slo.model_dump()})
+        # a run certain to miss the TTFT SLO stops there: its pass/fail verdict is the same as
+        # run to the end (sim.records.metrics.TtftWatch), so the search is unchanged, only faster
+        stop = early_stop and self.slo.ttft_p99_ms is not None
+        self.base = with_overrides(base, {"cluster": None, "slo": self.slo.model_dump(), "stop_when_slo_missed": stop})
         self.rate_rps = float(a.rate_rps)
         self.strategy = a.strategy
         self.level = level
@@ -402,7 +416,8 @@ class Planner:
         # one replica's capacity under the SLOs
         # enough requests to hold the seats full for a while: its full-batch capacity bounds every rate
         thr_requests = max(int(one.workload.num_requests or 0), THROUGHPUT_SEATS_FACTOR * one.server.max_num_seqs)
-        (thr,) = yield [with_overrides(point_config(one, "throughput"), {"workload": {"num_requests": thr_requests}})]
+        thr_cfg = with_overrides(point_config(one, "throughput"), {"workload": {"num_requests": thr_requests}, "stop_when_slo_missed": False})
+        (thr,) = yield [thr_cfg]
         hi = float(thr.summary["requests_per_s"])
         if not hi > 0:
             out.status, out.reason = "misses", "the throughput run finished no request"
@@ -459,12 +474,23 @@ class Planner:
         # the fewest replicas on the point estimate, checked by fleet simulations
         num_requests = requests_for(self.rate_rps)
         passed: dict[int, bool] = {}
+        sizes: dict[int, int] = {}  # requests of each count's fleet run (more after a too-short rerun)
 
         def check(counts: list[int]) -> Generator[list[RunConfig], list[SimResult], None]:
             todo = [n for n in dict.fromkeys(counts) if n not in passed]
             results = (yield [self.fleet_config(one, shape, n, num_requests) for n in todo]) if todo else []
             for n, res in zip(todo, results):
                 viol = capacity_violations(res, slo)
+                for _ in range(TOO_SHORT_RERUNS):
+                    if not viol or not all(v.startswith(TOO_SHORT) for v in viol):
+                        break
+                    # failing only for a window too short to judge is no verdict: rerun longer
+                    fin = res.requests["status"] == "finished"
+                    e2e_s = float(res.requests.loc[fin, "e2e_s"].mean())
+                    more = max(2 * int(res.config.workload.num_requests or 0), int(math.ceil(2 * MIN_WINDOW_E2E * e2e_s * self.rate_rps)))
+                    (res,) = yield [self.fleet_config(one, shape, n, more)]
+                    viol = capacity_violations(res, slo)
+                sizes[n] = int(res.config.workload.num_requests or num_requests)
                 passed[n] = not viol
                 out.evaluations.append(Evaluation(label, "fleet", n, self.rate_rps, not viol, viol, res.summary))
                 # goodput at the offered rate: the share of requests meeting the per-request
@@ -543,7 +569,9 @@ class Planner:
         def spread_at(m: int) -> Generator[list[RunConfig], list[SimResult], dict[str, list[float]]]:
             """Log ratios replicate / point of each SLO metric, from the calibration's
             bootstrap replicates of the fleet of ``m`` (simulated here)."""
-            reps = interval_configs(self.fleet_config(one, shape, m, num_requests), cal, n_boot)
+            # replicates run to the end: their p99s are samples of the spread, not verdicts
+            full = with_overrides(self.fleet_config(one, shape, m, sizes[m]), {"stop_when_slo_missed": False})
+            reps = interval_configs(full, cal, n_boot)
             rep_results = (yield reps) if reps else []
             for res in rep_results:
                 viol = capacity_violations(res, slo)

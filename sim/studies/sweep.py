@@ -297,6 +297,8 @@ def capacity_violations(res: SimResult, slo: SloConfig, capacity_rps: float = fl
     ``MIN_WINDOW_E2E`` mean E2E latencies (a short run of an overloaded server can meet
     latency bounds before its queue has grown)."""
     out = slo_violations(res.summary, slo)
+    if res.derived.get("stopped_early"):
+        out.insert(0, f"stopped early: {res.derived['stopped_early']}")
     rate = res.config.arrival.rate_rps
     if not rate:
         return out
