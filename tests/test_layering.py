@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sim.studies",),  # sweeps, comparisons, validation, calibration
     ("sim.plots",),  # figures of runs and studies
     ("sim.cli",),  # the command line
-    ("sim", "sim.__main__"),  # the public face (sim/__init__.py) and `python -m sim`
+    ("sim", "sim.api", "sim.__main__"),  # the public face (sim/__init__.py) and `python -m sim`
 )
 
 

@@ -266,7 +266,7 @@ def test_python_api_matches_the_planner():
         slo={"ttft_p99": 300, "tpot_p99": 40},
         gpus=["H100", "A100"],
         tp=[1],
-        config={"workload": {"num_requests": 150}},
+        overrides={"workload": {"num_requests": 150}},
         prices=PRICES,
         executor="serial",
     )

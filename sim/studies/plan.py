@@ -794,58 +794,24 @@ def example_prices() -> dict[str, float]:
     return parse_prices(yaml.safe_load(text), "the shipped example prices")
 
 
-def plan(
-    model: str | None = None,
-    rate_rps: float | None = None,
-    slo: Mapping[str, float] | None = None,
+def plan_table(
+    cfg: RunConfig,
     gpus: Sequence[str] = DEFAULT_GPUS,
     tp: Sequence[int] = DEFAULT_TP,
     *,
-    config: RunConfig | Mapping[str, Any] | None = None,
     max_num_seqs: Sequence[int] | None = None,
     max_num_batched_tokens: Sequence[int] | None = None,
-    router: str | None = None,
     prices: Mapping[str, Any] | None = None,
     level: float = DEFAULT_LEVEL,
     interval_replicates: int = DEFAULT_INTERVAL_REPLICATES,
     max_replicas: int = DEFAULT_MAX_REPLICAS,
     exhaustive: bool = False,
-    executor: str = "process",
-    workers: int | None = None,
+    run_many: RunMany,
+    concurrent_shapes: int = 2,
 ):
-    """``servesim plan`` as a call: the ranked deployments (a pandas DataFrame, cheapest
-    first; columns as in ``shapes.parquet``, see :func:`rank`).
-
-    ``config``: the workload, server and cost settings (a RunConfig or a mapping over the
-    embedded default; default: the embedded default); ``model``, ``rate_rps`` (req/s) and
-    ``slo`` (``{"ttft_p99_ms": 500, "tpot_p99_ms": 50}``) override it. ``prices``: USD per
-    GPU-hour, ``{"H100": 2.5, …}`` or the prices-file mapping (default: the shipped example).
-    ConfigError on bad input, as the CLI."""
-    from importlib import resources
-
-    import yaml
-
-    from sim.config import merge, parse_run_config
-    from sim.studies.executor import default_workers, run_many
-
-    if isinstance(config, RunConfig):
-        base = config.model_dump(mode="json")
-    else:
-        base = yaml.safe_load(resources.files("sim").joinpath("data/default.yaml").read_text())
-        if config is not None:
-            base = merge(base, dict(config))
-    over: dict[str, Any] = {}
-    if model is not None:
-        over["model"] = model
-    if rate_rps is not None:
-        over["arrival"] = {"rate_rps": rate_rps}
-        if base.get("arrival", {}).get("strategy") not in OPEN_LOOP_STRATEGIES:
-            over["arrival"]["strategy"] = "poisson"
-    if slo is not None:
-        over["slo"] = {k if k.endswith("_ms") else f"{k}_ms": v for k, v in slo.items()}
-    if router is not None:
-        over["cluster"] = {"groups": [{}], "router": {"policy": router}}
-    cfg = parse_run_config(merge(base, over), source="plan")
+    """Plan ``cfg`` (its rate, SLOs, workload, server and cost settings) over the shapes and
+    rank the deployments (:func:`rank`). ``prices``: ``{"H100": 2.5, …}`` or a prices-file
+    mapping (default: :func:`example_prices`)."""
     if prices is None:
         price_table = example_prices()
     elif "gpus" in prices:
@@ -854,15 +820,13 @@ def plan(
         price_table = parse_prices({"gpus": dict(prices)})
     seqs: list[int | None] = list(max_num_seqs) if max_num_seqs else [None]
     mbts: list[int | None] = list(max_num_batched_tokens) if max_num_batched_tokens else [None]
-    shapes = shapes_for(list(gpus), list(tp), seqs, mbts)
     planner = Planner(
         cfg,
-        shapes,
+        shapes_for(list(gpus), list(tp), seqs, mbts),
         level=level,
         interval_replicates=interval_replicates,
         max_replicas=max_replicas,
         prices=None if exhaustive else price_table,
-        concurrent_shapes=workers or default_workers(),
+        concurrent_shapes=concurrent_shapes,
     )
-    result = planner.run(lambda cfgs: run_many(cfgs, executor, workers))
-    return rank(result, price_table)
+    return rank(planner.run(run_many), price_table)
