@@ -72,7 +72,9 @@ class ServerConfig(_Strict):
     )
     long_prefill_token_threshold: int = Field(0, ge=0, description="--long-prefill-token-threshold: cap on one request's prefill chunk per step; 0 = no cap")
     enable_chunked_prefill: bool = Field(True, description="--enable-chunked-prefill (vLLM V1 default on)")
-    enable_prefix_caching: bool = Field(False, description="--enable-prefix-caching: reuse KV blocks of identical prefixes")
+    enable_prefix_caching: bool = Field(
+        True, description="--enable-prefix-caching: reuse KV blocks of identical prefixes (vLLM V1 default on; --no-enable-prefix-caching)"
+    )
     block_size: int = Field(VLLM_DEFAULT_BLOCK_SIZE, gt=0, description="--block-size: tokens per KV block")
     num_gpu_blocks: int | None = Field(None, gt=0, le=50_000_000, description="--num-gpu-blocks-override: KV blocks; None = derive from GPU memory")
     gpu_memory_utilization: float = Field(

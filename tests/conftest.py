@@ -23,9 +23,12 @@ GROUND_TRUTH = Path(os.environ.get("SERVESIM_GROUND_TRUTH", Path(__file__).resol
 
 
 def make_config(**overrides):
-    """A small, fast config (fixed 10 ms steps, 20 requests, Poisson 5 req/s) with overrides."""
+    """A small, fast config (fixed 10 ms steps, 20 requests, Poisson 5 req/s, prefix caching
+    off: the engine's fast paths — decode windows, deferred decodes — apply without it, and
+    the tests written for them must keep exercising them) with overrides."""
     base = {
         "seed": 1,
+        "server": {"enable_prefix_caching": False},
         "cost": {"model": "fixed", "fixed_step_s": 0.01},
         "workload": {
             "num_requests": 20,

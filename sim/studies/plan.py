@@ -662,7 +662,8 @@ class Planner:
                     if self._usd_per_hour(p.shape, n_min) > self.best_usd_per_hour:
                         p.status = "dominated"
                         p.reason = (
-                            f"needs at least {n_min} replicas (rate / full-batch capacity {fb:.3g} req/s), ${self._usd_per_hour(p.shape, n_min):,.2f}/h: "
+                            f"needs at least {n_min} replica{'s' if n_min != 1 else ''} (rate / full-batch capacity {fb:.3g} req/s), "
+                            f"${self._usd_per_hour(p.shape, n_min):,.2f}/h: "
                             f"more than the cheapest deployment found (${self.best_usd_per_hour:,.2f}/h)"
                         )
                         gens[i].close()
