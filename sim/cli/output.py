@@ -88,8 +88,10 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """``obj`` as JSON (NaN/inf → null). ``indent=None`` writes it compact, with the C encoder:
+    for large reports (``indent`` forces Python's pure-Python encoder, several times slower)."""
+    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=indent, sort_keys=False) + "\n").encode())
 
 
 def write_yaml(path: Path, obj: Any) -> None:
@@ -223,4 +225,4 @@ def write_guidellm(out: Path, results: list, cfg) -> None:
     """``benchmarks.json``: the guidellm-compatible report of ``results``."""
     from sim.records.guidellm import build_report
 
-    write_json(out / "benchmarks.json", build_report(results, model=cfg.model))
+    write_json(out / "benchmarks.json", build_report(results, model=cfg.model), indent=None)  # megabytes: compact, C encoder

@@ -268,6 +268,64 @@ def _token_summary(groups: dict[str, list[_Req]], start: float, end: float) -> d
     return out
 
 
+def _token_timings(reqs: list[_Req]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The concatenation, in request order, of each request's ``prompt_tokens_timing`` (one
+    row), ``output_tokens_timings`` and ``iter_tokens_timings``, as (N, 2) arrays of (time,
+    weight), and of ``[prompt, *output]`` for ``tokens_per_second`` — the same floats the
+    per-request lists give (numpy ``linspace``'s own arithmetic, ``j · step + first`` with the
+    last point set to ``last``), built with array operations instead of one tuple per token."""
+    n = len(reqs)
+    prompt = np.empty((n, 2))
+    has_iter = np.zeros(n, dtype=bool)
+    first = np.zeros(n)
+    last = np.zeros(n)
+    iters = np.zeros(n, dtype=np.int64)
+    tpi = np.zeros(n)
+    single = np.empty((n, 2))  # the one output row of a request without iterations
+    lead = np.empty((n, 2))  # (first, 1.0 * bool(output)): the first output row with iterations
+    multi = np.zeros(n, dtype=bool)  # output rows = lead + iter rows (else the single row)
+    for i, r in enumerate(reqs):
+        prompt[i] = (r.first if r.first is not None else r.end, float(r.prompt))
+        if r.first is None or r.last is None or r.iterations <= 1:
+            single[i] = (r.last if r.last is not None else r.end, float(r.output))
+            continue
+        multi[i] = True
+        lead[i] = (r.first, 1.0 * bool(r.output))
+        t = r.iter_tokens_per_iteration
+        if t is not None:
+            has_iter[i] = True
+            first[i], last[i], iters[i], tpi[i] = r.first, r.last, r.iterations, t
+    counts = np.where(has_iter, iters - 1, 0)  # iter rows per request
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(n), counts)
+    starts = np.cumsum(counts) - counts
+    j = (np.arange(total) - starts[owner] + 1).astype(float)  # 1 .. iterations-1
+    div = (iters - 1).astype(float)
+    delta = last - first
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(has_iter, delta / np.where(div > 0, div, 1.0), 0.0)
+    times = j * step[owner] + first[owner]
+    ends = starts[counts > 0] + counts[counts > 0] - 1
+    times[ends] = last[counts > 0]
+    iter_tw = np.column_stack((times, tpi[owner])) if total else np.empty((0, 2))
+    # output rows: per request either its single row, or its lead row then its iter rows
+    out_counts = np.where(multi, 1 + counts, 1)
+    out_starts = np.cumsum(out_counts) - out_counts
+    out_tw = np.empty((int(out_counts.sum()), 2))
+    out_tw[out_starts[~multi]] = single[~multi]
+    out_tw[out_starts[multi]] = lead[multi]
+    if total:
+        out_tw[out_starts[owner] + 1 + (np.arange(total) - starts[owner])] = iter_tw
+    # tokens_per_second: the prompt row, then the output rows, request by request
+    all_tw = np.empty((len(out_tw) + n, 2))
+    all_starts = out_starts + np.arange(n)
+    all_tw[all_starts] = prompt
+    rows = np.ones(len(all_tw), dtype=bool)
+    rows[all_starts] = False
+    all_tw[rows] = out_tw
+    return prompt, out_tw, iter_tw, all_tw
+
+
 def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[str, Any]:
     def values(fn) -> dict[str, Any]:
         vals: dict[str, list] = {}
@@ -292,6 +350,7 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
         return status_summary("rate", vals, start, end)
 
     n = {k: len(v) for k, v in groups.items()}
+    timings = {k: _token_timings(v) for k, v in groups.items()}
     zero = values(lambda r: 0.0)  # metrics guidellm defaults to 0.0 when unmeasured
     text = _token_summary(groups, start, end)
     return {
@@ -314,11 +373,11 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
         "inter_token_latency_ms": values(lambda r: (r.itl_ms or 0.0, float((r.output or 1) - 1))),
         "time_to_last_round_trip_ms": zero,
         "avg_round_trip_time_ms": zero,
-        "prompt_tokens_per_second": rates(lambda r: r.prompt_tokens_timing()),
-        "output_tokens_per_second": rates(lambda r: r.output_tokens_timings()),
-        "tokens_per_second": rates(lambda r: [r.prompt_tokens_timing(), *r.output_tokens_timings()]),
-        "output_tokens_per_iteration": values(lambda r: [t for _, t in r.output_tokens_timings()]),
-        "iter_tokens_per_iteration": values(lambda r: [t for _, t in r.iter_tokens_timings()]),
+        "prompt_tokens_per_second": status_summary("rate", {k: tt[0] for k, tt in timings.items()}, start, end),
+        "output_tokens_per_second": status_summary("rate", {k: tt[1] for k, tt in timings.items()}, start, end),
+        "tokens_per_second": status_summary("rate", {k: tt[3] for k, tt in timings.items()}, start, end),
+        "output_tokens_per_iteration": status_summary("values", {k: tt[1][:, 1].copy() for k, tt in timings.items()}),
+        "iter_tokens_per_iteration": status_summary("values", {k: tt[2][:, 1].copy() for k, tt in timings.items()}),
         "text": {"tokens": text, "words": None, "characters": None},
         "image": dict.fromkeys(_NONE_SUMMARY_FIELDS["image"]),
         "video": dict.fromkeys(_NONE_SUMMARY_FIELDS["video"]),

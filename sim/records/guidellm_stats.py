@@ -6,7 +6,7 @@ over a time window, and their ``StatusDistributionSummary`` per request status. 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,7 +201,7 @@ def _concurrency_summary(intervals: Sequence | np.ndarray, start: float, end: fl
     return distribution_summary(np.column_stack((conc[:-1], durations)), count=count)
 
 
-def status_summary(kind: str, groups: dict[str, list], start: float = 0.0, end: float = 0.0) -> dict[str, Any]:
+def status_summary(kind: str, groups: Mapping[str, Sequence | np.ndarray], start: float = 0.0, end: float = 0.0) -> dict[str, Any]:
     """A ``StatusDistributionSummary``: successful / incomplete / errored / total."""
     n = 3 if kind == "concurrency" else 2
     arrs = {k: _weighted(groups[k], n) for k in ("successful", "incomplete", "errored")}
