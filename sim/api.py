@@ -26,7 +26,7 @@ ConfigLike = RunConfig | Mapping[str, Any] | str | PathLike | None
 
 def load_config(config: ConfigLike = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """The effective config of ``config`` and ``overrides`` (see the module docstring)."""
-    from sim.cli.config_input import default_config_dict, read_config_file
+    from sim.cli.config_input import default_config_dict, layer_config, read_config_file
     from sim.load.formats import convert
 
     if isinstance(config, RunConfig):
@@ -34,13 +34,9 @@ def load_config(config: ConfigLike = None, overrides: Mapping[str, Any] | None =
     elif config is None:
         data = default_config_dict()
     elif isinstance(config, Mapping):
-        fmt, data = convert(dict(config))
-        if fmt != "servesim":
-            data = merge(default_config_dict(), data)  # as the CLI: converted formats layer over the default
+        data = layer_config(default_config_dict(), convert(dict(config))[1])  # as the CLI layers CONFIG
     else:
-        fmt, data = read_config_file(str(config))
-        if fmt != "servesim":
-            data = merge(default_config_dict(), data)
+        data = layer_config(default_config_dict(), read_config_file(str(config))[1])
     if overrides:
         data = merge(data, dict(overrides))
     return parse_run_config(data, source=None if config is None or isinstance(config, (Mapping, RunConfig)) else str(config))

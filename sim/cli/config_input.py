@@ -181,16 +181,43 @@ FLAG_PATHS = {
 }
 
 
+# Sections a config replaces whole instead of merging into the embedded default's: a length
+# distribution or an arrival process is one thing (a file's {dist: fixed, value: 100} must not
+# inherit the default's normal mean/min/max; a closed loop must not inherit its rate), as are
+# the SLOs (a file naming one bound means only that one) and a fleet.
+REPLACED_SECTIONS: tuple[tuple[str, ...], ...] = (("arrival",), ("slo",), ("cluster",), ("workload", "prompt_tokens"), ("workload", "output_tokens"))
+
+
+def layer_config(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a converted CONFIG) over ``base`` (the embedded default): mappings merge key by
+    key except :data:`REPLACED_SECTIONS`, which ``data`` replaces whole when it has them; a
+    workload that replays a trace replaces the whole workload section (the default's synthetic
+    lengths and shared prefix do not apply to it)."""
+    out = merge(base, data)
+    for path in REPLACED_SECTIONS:
+        src: Any = data
+        for key in path:
+            src = src.get(key) if isinstance(src, dict) else None
+        if src is None:
+            continue
+        dst = out
+        for key in path[:-1]:
+            dst = dst[key]
+        dst[path[-1]] = src
+    workload = data.get("workload")
+    if isinstance(workload, dict) and workload.get("trace") is not None:
+        out["workload"] = workload
+    return out
+
+
 def build_config(config_path: str | None, flags: dict[str, Any], sets: tuple[str, ...]) -> tuple[RunConfig, str]:
-    """Effective config: embedded default ← CONFIG file ← --set ← named flags."""
+    """Effective config, one rule for every way of starting: embedded default ← CONFIG file
+    (any format, :func:`layer_config`) ← --set ← named flags."""
     base = default_config_dict()
     fmt = "default"
     if config_path:
         fmt, data = read_config_file(config_path)
-        if fmt == "servesim":
-            base = data  # a servesim file is complete on its own (defaults fill the rest)
-        else:
-            base = merge(base, data)
+        base = layer_config(base, data)
     for item in sets:
         if "=" not in item:
             raise ConfigError(f"--set: expected KEY=VALUE (e.g. server.max_num_seqs=128), got {item!r}")
