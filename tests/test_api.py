@@ -57,9 +57,9 @@ def test_config_forms_agree(tmp_path):
 
 def test_one_layering_rule(tmp_path):
     """Every way of starting layers CONFIG over the embedded default (CLI and API alike)."""
+    import yaml
     from click.testing import CliRunner
 
-    import yaml
     from sim.cli.main import main
 
     default = sim.load_config()
