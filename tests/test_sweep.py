@@ -89,3 +89,42 @@ def test_capacity_never_exceeds_what_a_full_batch_completes():
     assert cap.capacity_rps is not None and batch == batch
     assert cap.capacity_rps <= batch
     assert any("full-batch capacity" in " ".join(v) for r, ok, v in cap.tried if r > batch)
+
+
+def _default_sweep(num_requests: int):
+    import sim
+
+    return sim.sweep(overrides={"workload": {"num_requests": num_requests}}, executor="serial")
+
+
+def test_unsaturated_throughput_run_measures_no_capacity():
+    """100 requests fit the 256 seats at once: the throughput run never made a request wait,
+    so its completion rate is no full-batch capacity and no rate is failed by it."""
+    from sim.studies.sweep import full_batch_capacity_rps
+
+    sw = _default_sweep(100)
+    assert full_batch_capacity_rps(sw.points[1].result) != full_batch_capacity_rps(sw.points[1].result)  # NaN
+    assert not any("above the full-batch capacity" in n or "full-batch capacity" in n for n in sw.notes)
+    # a saturating throughput run still measures it (the embedded default: 600 requests)
+    big = _default_sweep(600)
+    assert full_batch_capacity_rps(big.points[1].result) > 0
+
+
+def test_short_points_are_inconclusive_and_verdicts_agree():
+    sw = _default_sweep(100)
+    rate = [p for _, p in sw.rate_points()]
+    assert any(p.inconclusive for p in rate)
+    for p in rate:
+        if p.inconclusive:
+            assert p.stable is None
+    # the saturation point is the last of an unbroken run of stable rates from the bottom
+    chain = []
+    for p in rate:
+        if p.stable is not True:
+            break
+        chain.append(p.rate_rps)
+    assert sw.saturation_rps == (chain[-1] if chain else None)
+    above = any("saturation lies above the swept range" in n for n in sw.notes)
+    assert above == all(p.stable is True for p in rate)
+    if not above and rate[len(chain)].inconclusive:
+        assert any("inconclusive" in n and "num_requests" in n for n in sw.notes)

@@ -93,7 +93,14 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
             "max_throughput_rps": result.max_throughput_rps,
             "full_batch_capacity_rps": result.full_batch_capacity_rps,
             "notes": result.notes,
-            "runs": [{**run_entry(p.label, p.result, p.rate_rps, p.stable), **({"intervals_90": ivs[i]} if ivs else {})} for i, p in enumerate(result.points)],
+            "runs": [
+                {
+                    **run_entry(p.label, p.result, p.rate_rps, p.stable),
+                    **({"inconclusive": True} if p.inconclusive else {}),
+                    **({"intervals_90": ivs[i]} if ivs else {}),
+                }
+                for i, p in enumerate(result.points)
+            ],
         },
     )
     write_guidellm(out, [p.result for p in result.points], cfg)
@@ -108,11 +115,16 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
             write_figure(out / "plots" / "batch_composition.png", batch_composition(busiest.result, f"batch composition: {busiest.label}"))
         else:
             write_figure(out / "plots" / "replica_load.png", replica_load(busiest.result, f"load per replica: {busiest.label}"))
-    rows = [(p.label, p.rate_rps, p.result.summary, p.stable) for p in result.points]
+    rows: list[tuple[str, Any, dict, bool | str | None]] = [
+        (p.label, p.rate_rps, p.result.summary, "short" if p.inconclusive else p.stable) for p in result.points
+    ]
     out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cost_label(cfg)}", width=out_console.width))
     if ivs:
         out_console.print(interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals ({cost_label(cfg)})"))
     sat = "-" if result.saturation_rps is None else f"{result.saturation_rps:.3g} req/s"
+    first_unsettled = next((p for _, p in result.rate_points() if p.stable is not True), None)
+    if first_unsettled is not None and first_unsettled.inconclusive:  # the chain of stable rates ended undecided
+        sat = f"at least {sat}" if result.saturation_rps is not None else "- (the lowest rate is inconclusive)"
     out_console.print(f"saturation point: {sat}; max throughput: {result.max_throughput_rps:.3g} req/s")
     for note in result.notes:
         out_console.print(f"note: {note}")

@@ -34,8 +34,8 @@ def deployment_label(cfg) -> str:
 COMPACT_BELOW_COLUMNS = 140
 
 
-def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str, width: int | None = None) -> Table:
-    """rows: (label, offered rate, summary, stable). ``width``: the terminal's columns; a
+def summary_table(rows: list[tuple[str, Any, dict, bool | str | None]], title: str, width: int | None = None) -> Table:
+    """rows: (label, offered rate, summary, stable: yes / NO / '-' for None / a given word). ``width``: the terminal's columns; a
     narrow one gets the compact table (no cell cut to "…"); the files hold every metric."""
     compact = width is not None and width < COMPACT_BELOW_COLUMNS
     t = Table(title=title, title_justify="left", header_style="bold")
@@ -52,7 +52,11 @@ def summary_table(rows: list[tuple[str, Any, dict, bool | None]], title: str, wi
         ("E2E p99", "right", lambda label, offered, s, mixed, stable: fmt_cell(s["e2e_p99_ms"], 0)),
         ("mixed %", "right", lambda label, offered, s, mixed, stable: fmt_cell(mixed)),
         ("preempt", "right", lambda label, offered, s, mixed, stable: str(s["num_preemptions"])),
-        ("stable", "center", lambda label, offered, s, mixed, stable: "-" if stable is None else ("yes" if stable else "NO")),
+        (
+            "stable",
+            "center",
+            lambda label, offered, s, mixed, stable: stable if isinstance(stable, str) else "-" if stable is None else ("yes" if stable else "NO"),
+        ),
     ]
     if compact:
         keep = ("point", "offered r/s", "req/s", "TTFT p99", "TPOT p99", "E2E p99", "stable")

@@ -26,8 +26,11 @@ guidellm's points alone rarely show the overloaded side.
   longer than a finite run. The queue criteria alone would call such points stable; and
 * with a client timeout (``arrival.request_timeout_s``), no request timed out.
 
-The *saturation point* is the highest swept rate such that it and every lower rate point are
-stable. Finite runs blur the edge: use enough requests per point (several hundred).
+A rate point whose arrivals span under 3 mean E2E latencies is *inconclusive* (neither stable
+nor unstable: too short to show a queue growing), unless its rate is above the full-batch
+capacity. The *saturation point* is the highest swept rate such that it and every lower rate
+point are stable; an inconclusive point ends the chain with a note saying how many requests
+would decide it. Finite runs blur the edge: use enough requests per point (several hundred).
 
 **Capacity.** The highest open-loop rate whose summary meets the SLOs (p99 TTFT/TPOT/E2E
 bounds), found by a deterministic k-section search (4 rates a round, independent of workers).
@@ -57,7 +60,8 @@ class SweepPoint:
     strategy: str
     rate_rps: float | None
     result: SimResult
-    stable: bool | None = None
+    stable: bool | None = None  # None: not a rate point, or inconclusive
+    inconclusive: bool = False  # a rate point too short to judge (see too_short)
 
     @property
     def achieved_rps(self) -> float:
@@ -105,6 +109,7 @@ def point_config(cfg: RunConfig, strategy: str, rate_rps: float | None = None) -
 QUEUE_GROWTH_TOLERANCE = 0.10  # the queue may grow by at most 10 % of the requests offered
 MIN_STEPS_FOR_TREND = 20
 FULL_BATCH_FRACTION = 0.9  # "full batch": running requests at least 90 % of the run's peak
+SATURATED_SHARE = 0.5  # ... and requests waiting in at least half of those steps (else no capacity was measured)
 MIN_FINISHED_FOR_CAPACITY = 10
 
 
@@ -140,7 +145,9 @@ def queue_growth(res: SimResult) -> tuple[float, float, float]:
 def full_batch_capacity_rps(res: SimResult) -> float:
     """Completions per second of a run while its batch held at least ``FULL_BATCH_FRACTION``
     of its peak number of running requests: the server's sustainable rate at full batch.
-    NaN when fewer than ``MIN_FINISHED_FOR_CAPACITY`` requests finished in that period. For a
+    NaN when fewer than ``MIN_FINISHED_FOR_CAPACITY`` requests finished in that period, or
+    when requests waited in fewer than ``SATURATED_SHARE`` of its steps (the batch was the
+    run's whole supply of requests, not the server's limit). For a
     fleet, the sum of its replicas' full-batch rates (a replica that never filled adds none)."""
     st, df = res.steps, res.requests
     if not len(st):
@@ -154,6 +161,10 @@ def full_batch_capacity_rps(res: SimResult) -> float:
 
 def _full_batch_rps(st, df) -> float:
     full = st[st["num_running"] >= FULL_BATCH_FRACTION * float(st["num_running"].max())]
+    if not float((full["num_waiting"] > 0).mean()) >= SATURATED_SHARE:
+        # requests did not wait while the batch was full: the run never saturated the server
+        # (every request fit the batch at once), so its completion rate is no capacity
+        return float("nan")
     t0 = float(full["start_s"].min())
     t1 = float((full["start_s"] + full["duration_s"]).max())
     n = int(((df["status"] == "finished") & (df["finish_s"] > t0) & (df["finish_s"] <= t1)).sum())
@@ -219,13 +230,26 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
         )
     rate_cfgs = [point_config(cfg, sw.rate_strategy, r) for r in rates]
     for label, r, res in zip(labels, rates, run_many(rate_cfgs)):
-        points.append(SweepPoint(label, sw.rate_strategy, r, res, stable=is_stable(res, capacity_rps)))
+        above = capacity_rps == capacity_rps and r > capacity_rps
+        short = "" if above else too_short(res)
+        # a run too short to show its queue growing is no verdict either way (an overloaded
+        # server looks as fast as an idle one for about one E2E latency); above the full-batch
+        # capacity the verdict is certain however short the run
+        stable = None if short else is_stable(res, capacity_rps)
+        points.append(SweepPoint(label, sw.rate_strategy, r, res, stable=stable, inconclusive=bool(short)))
     saturation = None
+    ended_by: SweepPoint | None = None
     for rate, p in rate_points(points):
-        if not p.stable:
+        if p.stable is not True:
+            ended_by = p
             break
         saturation = rate
-    if saturation is None:
+    if ended_by is not None and ended_by.inconclusive:
+        short = too_short(ended_by.result)
+        notes.append(
+            f"{ended_by.label} is inconclusive, {short.removeprefix(TOO_SHORT + ': ')}; the saturation point is the highest rate judged stable below it"
+        )
+    elif saturation is None:
         notes.append("every rate point queued without bound: the lowest swept rate is already past saturation")
     elif saturation == max(rates):
         notes.append("the highest swept rate is still stable: saturation lies above the swept range")
@@ -290,6 +314,25 @@ def require_aggregate_slo(slo: SloConfig, command: str) -> None:
         )
 
 
+def too_short(res: SimResult) -> str:
+    """Why an open-loop run is too short to judge (``TOO_SHORT: …`` with the requests it would
+    need), or '': its arrivals span under ``MIN_WINDOW_E2E`` mean E2E latencies."""
+    rate = res.config.arrival.rate_rps
+    df = res.requests
+    fin = df[df["status"] == "finished"]
+    if not rate or not len(fin):
+        return ""
+    window_s = float(df["arrival_s"].max() - df["arrival_s"].min())
+    e2e_s = float(fin["e2e_s"].mean())
+    if window_s >= MIN_WINDOW_E2E * e2e_s:
+        return ""
+    need = int(math.ceil(MIN_WINDOW_E2E * e2e_s * rate))
+    return (
+        f"{TOO_SHORT}: arrivals span {window_s:.3g} s, under {MIN_WINDOW_E2E:g}x the mean E2E latency ({e2e_s:.3g} s); "
+        f"raise workload.num_requests to at least {need} (or set sweep.duration_s)"
+    )
+
+
 def capacity_violations(res: SimResult, slo: SloConfig, capacity_rps: float = float("nan")) -> list[str]:
     """What keeps ``res`` from counting as sustainable under ``slo``: its missed aggregate SLOs,
     a queue that grows without bound (:func:`is_stable`; a rate above ``capacity_rps``, the
@@ -306,17 +349,9 @@ def capacity_violations(res: SimResult, slo: SloConfig, capacity_rps: float = fl
         out.append(f"unstable: above the full-batch capacity ({capacity_rps:.4g} req/s from the throughput run)")
     elif not is_stable(res):
         out.append("unstable: the queue grows without bound at this rate")
-    df = res.requests
-    fin = df[df["status"] == "finished"]
-    if len(fin):
-        window_s = float(df["arrival_s"].max() - df["arrival_s"].min())
-        e2e_s = float(fin["e2e_s"].mean())
-        if window_s < MIN_WINDOW_E2E * e2e_s:
-            need = int(math.ceil(MIN_WINDOW_E2E * e2e_s * rate))
-            out.append(
-                f"{TOO_SHORT}: arrivals span {window_s:.3g} s, under {MIN_WINDOW_E2E:g}x the mean E2E latency ({e2e_s:.3g} s); "
-                f"raise workload.num_requests to at least {need} (or set sweep.duration_s)"
-            )
+    short = too_short(res)
+    if short:
+        out.append(short)
     return out
 
 
