@@ -397,3 +397,42 @@ def test_the_study_reproduction_keeps_the_seed_model_and_validate_the_calibratio
         assert r.exit_code == 0, r.output
         # without --formula: the seed's weighted average for the study, the calibration's primary otherwise
         assert set(pd.read_csv(out / "mape.csv")["formula"]) == {formula}
+
+
+# Mistral-7B-v0.1's architecture (its model card's config.json: 32 layers, hidden 4096, 32 heads,
+# 8 KV heads, intermediate 14336, vocabulary 32000, 32768 positions), written here for the test.
+_MISTRAL_7B = {
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_model_by_hf_id_from_the_local_cache(tmp_path, monkeypatch):
+    import json
+
+    from sim.catalogue.models import resolve_model
+
+    hub = tmp_path / "hf" / "hub"
+    snap = hub / "models--mistralai--Mistral-7B-v0.1" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(_MISTRAL_7B))
+    (hub / "models--mistralai--Mistral-7B-v0.1" / "refs").mkdir()
+    (hub / "models--mistralai--Mistral-7B-v0.1" / "refs" / "main").write_text("abc123\n")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    spec = resolve_model("mistralai/Mistral-7B-v0.1")
+    assert (spec.num_layers, spec.hidden_size, spec.num_kv_heads, spec.max_position_embeddings) == (32, 4096, 8, 32768)
+    # HF_HUB_CACHE wins over HF_HOME, as in huggingface_hub
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="not in servesim's catalogue.*elsewhere.*huggingface-cli download mistralai/Mistral-7B-v0.1"):
+        resolve_model("mistralai/Mistral-7B-v0.1")
+    # a catalogue model's HF id still resolves to the catalogue entry without any cache
+    assert resolve_model("meta-llama/Llama-2-7b-hf").name == "llama-2-7b"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -571,4 +573,45 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     looks_like_path = p.exists() or name_or_path.endswith(".json") or name_or_path.startswith((".", "/", "~"))
     if looks_like_path:
         return load_model_config(p)
+    if _HF_REPO_ID.match(name_or_path.strip()):
+        return load_model_config(cached_hf_config(name_or_path.strip()))
     raise ConfigError(f"unknown model {name_or_path!r}; use a path to a Hugging Face config.json (or its folder) or one of: {', '.join(catalogue_names())}")
+
+
+_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache, as ``huggingface_hub`` resolves it: ``$HF_HUB_CACHE``,
+    else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache`` by default)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface" / "hub"
+
+
+def cached_hf_config(repo_id: str) -> Path:
+    """``config.json`` of ``repo_id`` (``org/name``) in the local Hugging Face cache
+    (``models--org--name/snapshots/<rev>/config.json``, the revision ``refs/main`` names, else
+    the only snapshot that has one). ConfigError naming where it looked and how to fix it."""
+    repo = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        cand = repo / "snapshots" / ref.read_text().strip() / "config.json"
+        if cand.is_file():
+            return cand
+    found = sorted((repo / "snapshots").glob("*/config.json")) if (repo / "snapshots").is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise ConfigError(
+            f"model {repo_id!r}: the Hugging Face cache holds {len(found)} snapshots and no refs/main; "
+            f"pass the config.json of the one you serve, e.g. --model {found[-1]}"
+        )
+    raise ConfigError(
+        f"model {repo_id!r} is not in servesim's catalogue ({', '.join(catalogue_names())}) nor in the local Hugging Face cache "
+        f"(looked for {repo}/snapshots/*/config.json); download its config (huggingface-cli download {repo_id} config.json) "
+        "or pass the path of its config.json"
+    )
