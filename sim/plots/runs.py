@@ -14,24 +14,57 @@ from sim.studies.sweep import SweepResult
 
 
 def latency_vs_rate(sweep: SweepResult, title: str = "", intervals: list[dict] | None = None) -> Figure:
-    """TTFT, TPOT and E2E (mean, p50, p90, p99) against achieved request rate; with
-    ``intervals`` (one dict per sweep point, key → (lo, hi)) a band around the means."""
-    order = sorted((i for i, p in enumerate(sweep.points) if p.achieved_rps == p.achieved_rps), key=lambda i: sweep.points[i].achieved_rps)
+    """TTFT, TPOT and E2E (mean, p50, p90, p99) against the achieved request rate of the rate
+    points (lines; unstable points crossed, inconclusive ones hollow), with the synchronous
+    and throughput benchmarks as separate markers (they are other load shapes, not rates on the
+    curve), the config's p99 SLOs as horizontal lines, the saturation point at its achieved
+    rate, and TTFT on a log axis (it spans milliseconds to seconds once a queue forms). With
+    ``intervals`` (one dict per sweep point, key → (lo, hi)) a band around the rate points' means."""
+    rated = [i for i, p in enumerate(sweep.points) if p.rate_rps is not None and p.achieved_rps == p.achieved_rps]
+    order = sorted(rated, key=lambda i: sweep.points[i].achieved_rps)
     pts = [sweep.points[i] for i in order]
+    anchors = [p for p in sweep.points if p.rate_rps is None and p.achieved_rps == p.achieved_rps]
     x = [p.achieved_rps for p in pts]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    slo = sweep.points[0].result.config.slo if sweep.points else None
+    sat = next((p for p in pts if sweep.saturation_rps is not None and p.rate_rps == sweep.saturation_rps), None)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    colours = {"mean": "tab:blue", "p50": "tab:orange", "p90": "tab:green", "p99": "tab:red"}
     for ax, metric, label in zip(axes, ("ttft", "tpot", "e2e"), ("TTFT (ms)", "TPOT (ms)", "E2E latency (ms)")):
         for stat, style in (("mean", "-o"), ("p50", "--"), ("p90", ":"), ("p99", "-.")):
-            ax.plot(x, [p.result.summary[f"{metric}_{stat}_ms"] for p in pts], style, label=stat, markersize=4)
+            ax.plot(x, [p.result.summary[f"{metric}_{stat}_ms"] for p in pts], style, color=colours[stat], label=stat, markersize=4)
+        means = [p.result.summary[f"{metric}_mean_ms"] for p in pts]
+        bad = [(xi, m) for xi, m, p in zip(x, means, pts) if p.stable is False]
+        if bad:
+            ax.plot([b[0] for b in bad], [b[1] for b in bad], "kx", markersize=8, label="unstable")
+        short = [(xi, m) for xi, m, p in zip(x, means, pts) if p.inconclusive]
+        if short:
+            ax.plot([b[0] for b in short], [b[1] for b in short], "o", mfc="none", mec="k", markersize=9, label="too short to judge")
+        for p, marker in zip(anchors, ("s", "^", "D", "v")):
+            ax.plot(
+                [p.achieved_rps] * 2,
+                [p.result.summary[f"{metric}_mean_ms"], p.result.summary[f"{metric}_p99_ms"]],
+                marker,
+                color="k",
+                linestyle="none",
+                markersize=6,
+                mfc="white" if p.strategy == "throughput" else "k",
+                label=f"{p.label} (mean, p99)",
+            )
         if intervals:
             band = [intervals[i].get(f"{metric}_mean_ms", (float("nan"), float("nan"))) for i in order]
             ax.fill_between(x, [b[0] for b in band], [b[1] for b in band], alpha=0.2, label="mean, 90 % PI")
+        bound = getattr(slo, f"{metric}_p99_ms", None) if slo is not None else None
+        if bound is not None:
+            ax.axhline(bound, color="tab:red", lw=1, alpha=0.6, linestyle="--", label=f"SLO p99 {bound:g} ms")
+        if sat is not None:
+            ax.axvline(sat.achieved_rps, color="purple", alpha=0.5, lw=1, label=f"saturation ({sweep.saturation_rps:.3g} req/s offered)")
+        if metric == "ttft":
+            ax.set_yscale("log")
         ax.set_xlabel("achieved request rate (req/s)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if sweep.saturation_rps is not None:
-            ax.axvline(sweep.saturation_rps, color="red", alpha=0.4, lw=1, label="saturation (offered)")
-        ax.legend(fontsize=8)
+        ax.set_ylabel(label + (", log scale" if metric == "ttft" else ""))
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3, which="both" if metric == "ttft" else "major")
+        ax.legend(fontsize=7)
     fig.suptitle(title or "latency vs request rate")
     fig.tight_layout()
     return fig
@@ -51,8 +84,11 @@ def throughput_vs_offered(sweep: SweepResult, title: str = "") -> Figure:
     ax2 = ax.twinx()
     ax2.plot(off, [p.result.summary["output_tokens_per_s"] for p in pts], "s--", color="tab:green", label="output tok/s")
     ax2.set_ylabel("output tokens/s")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
     if sweep.saturation_rps is not None:
-        ax.axvline(sweep.saturation_rps, color="red", alpha=0.4, lw=1)
+        ax.axvline(sweep.saturation_rps, color="purple", alpha=0.5, lw=1, label=f"saturation ({sweep.saturation_rps:.3g} req/s)")
     ax.grid(alpha=0.3)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
