@@ -162,27 +162,68 @@ def replica_load(res: SimResult, title: str = "") -> Figure:
     return fig
 
 
+_METRIC_LABELS = {
+    "ttft_mean_ms": "TTFT mean (ms)",
+    "ttft_p99_ms": "TTFT p99 (ms)",
+    "tpot_mean_ms": "TPOT mean (ms)",
+    "tpot_p99_ms": "TPOT p99 (ms)",
+    "e2e_mean_ms": "E2E mean (ms)",
+    "e2e_p99_ms": "E2E p99 (ms)",
+    "output_tokens_per_s": "output tokens/s",
+    "requests_per_s": "requests/s",
+}
+
+
 def comparison(table, metrics=("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "output_tokens_per_s")) -> Figure:
-    """Per metric: mean and 95 % band per arm, against rate (or as points without rates)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    """Per metric, two panels: each arm's mean with its 95 % interval over seeds (top), and each
+    other arm's paired difference to the baseline (the first arm) with its 95 % interval and
+    the zero line (bottom) — the comparison's answer. One colour per arm throughout; against the
+    request rate when the comparison has rates, else one position per arm."""
+    fig, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 6.8), squeeze=False)
     with_rates = table["rate_rps"].notna().any()
     arms = list(dict.fromkeys(table["arm"]))
-    for ax, m in zip(axes, metrics):
+    colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    for col, m in enumerate(metrics):
+        top, bottom = axes[0][col], axes[1][col]
         sub = table[table["metric"] == m]
         for i, arm in enumerate(arms):
             a = sub[sub["arm"] == arm].sort_values("rate_rps")
-            x = a["rate_rps"].to_numpy(dtype=float) if with_rates else [i]
-            ax.plot(x, a["mean"], "-o" if with_rates else "o", label=arm, markersize=4)
-            ax.fill_between(x, a["ci_low"], a["ci_high"], alpha=0.2) if with_rates else ax.errorbar(
-                x, a["mean"], yerr=[a["mean"] - a["ci_low"], a["ci_high"] - a["mean"]], fmt="none", capsize=4
-            )
-        ax.set_title(m)
-        ax.set_xlabel("request rate (req/s)" if with_rates else "arm")
-        if not with_rates:
-            ax.set_xticks(range(len(arms)), arms, rotation=30, fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("comparison: mean and 95 % interval over seeds")
+            x = a["rate_rps"].to_numpy(dtype=float) if with_rates else np.array([i], dtype=float)
+            c = colours[arm]
+            if with_rates:
+                top.plot(x, a["mean"], "-o", color=c, label=arm, markersize=4)
+                top.fill_between(x, a["ci_low"], a["ci_high"], color=c, alpha=0.2)
+            else:
+                top.errorbar(x, a["mean"], yerr=[a["mean"] - a["ci_low"], a["ci_high"] - a["mean"]], fmt="o", color=c, capsize=4, label=arm)
+            if i == 0:
+                continue  # the baseline has no difference to itself
+            if with_rates:
+                bottom.plot(x, a["diff_mean"], "-o", color=c, label=f"{arm} − {arms[0]}", markersize=4)
+                bottom.fill_between(x, a["diff_low"], a["diff_high"], color=c, alpha=0.2)
+            else:
+                bottom.errorbar(
+                    x,
+                    a["diff_mean"],
+                    yerr=[a["diff_mean"] - a["diff_low"], a["diff_high"] - a["diff_mean"]],
+                    fmt="o",
+                    color=c,
+                    capsize=4,
+                    label=f"{arm} − {arms[0]}",
+                )
+        bottom.axhline(0.0, color="k", lw=1, alpha=0.6)
+        label = _METRIC_LABELS.get(m, m)
+        top.set_title(label)
+        top.set_ylabel(label)
+        bottom.set_ylabel(f"paired difference, {label}")
+        for ax in (top, bottom):
+            ax.set_xlabel("request rate (req/s)" if with_rates else "arm")
+            if not with_rates:
+                ax.set_xticks(range(len(arms)), arms, rotation=30, fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if len(arms) > 1:
+        axes[1][0].legend(fontsize=8)
+    fig.suptitle(f"comparison over seeds: means (top) and paired differences to {arms[0] if arms else '-'} (bottom), 95 % intervals")
     fig.tight_layout()
     return fig
 
