@@ -571,3 +571,24 @@ def test_summary_table_reads_on_any_terminal_width(width):
     for cell in ("poisson@18.72", "187.3", "24.96", "8596", "yes", "NO"):
         assert cell in text, (cell, text)
     assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_format_json_and_csv_on_stdout(tmp_path):
+    """--format json prints summary.json's content; --format csv one row per point with the
+    table's metrics at full precision; the files are written either way."""
+    import csv
+    import io
+
+    res = CliRunner().invoke(main, ["run", "--num-requests", "30", "--format", "json", "-q", "--no-plots", "-o", str(tmp_path / "j")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc == json.loads((tmp_path / "j" / "summary.json").read_text())
+    sw = CliRunner().invoke(main, ["sweep", "--num-requests", "40", "--num-points", "4", "--format", "csv", "-q", "--no-plots", "-o", str(tmp_path / "c")])
+    assert sw.exit_code == 0, sw.output
+    rows = list(csv.DictReader(io.StringIO(sw.output)))
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert [r["point"] for r in rows] == [run["label"] for run in summary["runs"]]
+    for r, run in zip(rows, summary["runs"]):
+        assert float(r["ttft_p99_ms"]) == run["summary"]["ttft_p99_ms"]
+    wide = CliRunner().invoke(main, ["run", "--num-requests", "30", "--wide", "-q", "--no-plots", "-o", str(tmp_path / "w")], terminal_width=80)
+    assert wide.exit_code == 0 and "TTFT mean" in wide.output

@@ -103,6 +103,20 @@ def common_options(func):
     return func
 
 
+def table_options(func):
+    """``--wide`` and ``--format`` for the commands that print a summary table (run, sweep)."""
+    func = click.option(
+        "--format",
+        "out_format",
+        type=click.Choice(["table", "json", "csv"]),
+        default="table",
+        show_default=True,
+        help="stdout: the summary table, summary.json's content, or one CSV row per point (the files are written either way).",
+    )(func)
+    func = click.option("--wide", is_flag=True, help="The full table even on a narrow terminal (default: p99 columns only below 140 columns).")(func)
+    return func
+
+
 def executor_options(func):
     func = click.option("--ray-address", help="Ray cluster address (with --executor ray); default: start a local Ray.")(func)
     func = click.option("--workers", type=int, help="Worker processes (default: one per CPU).")(func)

@@ -88,6 +88,11 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON the result files hold (NaN/inf → null), for stdout."""
+    return json.dumps(_clean(obj), indent=2, sort_keys=False)
+
+
 def write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
     """``obj`` as JSON (NaN/inf → null). ``indent=None`` writes it compact, with the C encoder:
     for large reports (``indent`` forces Python's pure-Python encoder, several times slower)."""

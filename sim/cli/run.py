@@ -18,16 +18,18 @@ from sim.cli.common import (
     intervals_option,
     out_console,
     out_dir,
+    table_options,
 )
 from sim.cli.config_input import build_config, split_flags
-from sim.cli.output import cost_label, write_config_yaml, write_guidellm
-from sim.cli.tables import deployment_label, interval_table, replica_table, summary_table
+from sim.cli.output import cost_label, json_text, write_config_yaml, write_guidellm
+from sim.cli.tables import deployment_label, interval_table, points_csv, replica_table, summary_table
 from sim.config import OPEN_LOOP_STRATEGIES
 
 
 @click.command()
 @common_options
 @intervals_option
+@table_options
 @click.option(
     "--stream/--no-stream",
     default=None,
@@ -40,6 +42,7 @@ def run(config: str | None, **kwargs: Any) -> None:
     from sim.core.simulation import make_simulation
 
     stream = kwargs.pop("stream")
+    wide, out_format = kwargs.pop("wide"), kwargs.pop("out_format")
     flags, opts = split_flags(kwargs)
     cfg, fmt = build_config(config, flags, opts["sets"])
     out = out_dir(opts, "run")
@@ -71,7 +74,8 @@ def run(config: str | None, **kwargs: Any) -> None:
     entry = run_entry("run", res)
     if ivs:
         entry["intervals_90"] = ivs[0]
-    write_json(out / "summary.json", {**header(cfg), "runs": [entry]})
+    doc = {**header(cfg), "runs": [entry]}
+    write_json(out / "summary.json", doc)
     if not res.derived.get("streamed"):  # the guidellm report needs the full request table
         write_guidellm(out, [res], cfg)
     if not opts["no_plots"] and len(res.steps):  # streamed runs keep no steps in memory
@@ -88,11 +92,17 @@ def run(config: str | None, **kwargs: Any) -> None:
         label = f"{a.strategy}@{offered:g}"
     else:  # closed loops and bursts have no offered rate (a rate_rps left in the config is unused)
         label = a.strategy + (f"@{a.concurrency}" if a.concurrency else "")
+    if out_format == "json":
+        click.echo(json_text(doc))
+        return
+    if out_format == "csv":
+        click.echo(points_csv([(label, offered, s, None)]), nl=False)
+        return
     out_console.print(
         summary_table(
             [(label, offered, s, None)],
             f"servesim run — {cfg.model} on {deployment_label(cfg)}, {cost_label(cfg)}",
-            width=out_console.width,
+            width=None if wide else out_console.width,
         )
     )
     if res.replicas is not None:

@@ -18,10 +18,11 @@ from sim.cli.common import (
     intervals_option,
     out_console,
     out_dir,
+    table_options,
 )
 from sim.cli.config_input import FLAG_PATHS, build_config, split_flags
-from sim.cli.output import cost_label, write_config_yaml, write_guidellm
-from sim.cli.tables import deployment_label, interval_table, summary_table
+from sim.cli.output import cost_label, json_text, write_config_yaml, write_guidellm
+from sim.cli.tables import deployment_label, interval_table, points_csv, summary_table
 from sim.cost.calibration import effective_formula
 from sim.errors import ConfigError
 
@@ -30,6 +31,7 @@ from sim.errors import ConfigError
 @common_options
 @executor_options
 @intervals_option
+@table_options
 @click.option("--num-points", type=int, help="Benchmarks in the sweep incl. synchronous and throughput (guidellm --rate).")
 @click.option("--rates", help="Explicit comma-separated request rates (req/s) instead of guidellm's rule.")
 @handle_errors
@@ -56,8 +58,11 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         "num_points": None,
         "rates": None,
         "intervals": False,
+        "wide": False,
+        "out_format": "table",
         **kwargs,
     }
+    wide, out_format = kwargs.pop("wide"), kwargs.pop("out_format")
     flags, opts = split_flags(kwargs)
     sets = list(opts["sets"])
     if opts["num_points"] is not None:
@@ -85,24 +90,22 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     write_config_yaml(out, cfg, fmt)
     for p in result.points:
         write_run_tables(out, p.label, p.result)
-    write_json(
-        out / "summary.json",
-        {
-            **header(cfg),
-            "saturation_rps": result.saturation_rps,
-            "max_throughput_rps": result.max_throughput_rps,
-            "full_batch_capacity_rps": result.full_batch_capacity_rps,
-            "notes": result.notes,
-            "runs": [
-                {
-                    **run_entry(p.label, p.result, p.rate_rps, p.stable),
-                    **({"inconclusive": True} if p.inconclusive else {}),
-                    **({"intervals_90": ivs[i]} if ivs else {}),
-                }
-                for i, p in enumerate(result.points)
-            ],
-        },
-    )
+    doc = {
+        **header(cfg),
+        "saturation_rps": result.saturation_rps,
+        "max_throughput_rps": result.max_throughput_rps,
+        "full_batch_capacity_rps": result.full_batch_capacity_rps,
+        "notes": result.notes,
+        "runs": [
+            {
+                **run_entry(p.label, p.result, p.rate_rps, p.stable),
+                **({"inconclusive": True} if p.inconclusive else {}),
+                **({"intervals_90": ivs[i]} if ivs else {}),
+            }
+            for i, p in enumerate(result.points)
+        ],
+    }
+    write_json(out / "summary.json", doc)
     write_guidellm(out, [p.result for p in result.points], cfg)
     if not opts["no_plots"]:
         from sim.plots.runs import batch_composition, latency_vs_rate, replica_load, throughput_vs_offered
@@ -118,7 +121,15 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     rows: list[tuple[str, Any, dict, bool | str | None]] = [
         (p.label, p.rate_rps, p.result.summary, "short" if p.inconclusive else p.stable) for p in result.points
     ]
-    out_console.print(summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cost_label(cfg)}", width=out_console.width))
+    if out_format == "json":
+        click.echo(json_text(doc))
+        return
+    if out_format == "csv":
+        click.echo(points_csv(rows), nl=False)
+        return
+    out_console.print(
+        summary_table(rows, f"servesim sweep — {cfg.model} on {deployment_label(cfg)}, {cost_label(cfg)}", width=None if wide else out_console.width)
+    )
     if ivs:
         out_console.print(interval_table([(p.label, p.result.summary, iv) for p, iv in zip(result.points, ivs)], f"prediction intervals ({cost_label(cfg)})"))
     sat = "-" if result.saturation_rps is None else f"{result.saturation_rps:.3g} req/s"

@@ -149,3 +149,40 @@ def _replica_rows(replicas, title: str) -> Table:
         )
     t.caption = "busy % = share of the run's span the replica was stepping; latencies in ms of the requests that finished there"
     return t
+
+
+CSV_COLUMNS = (
+    "requests_per_s",
+    "output_tokens_per_s",
+    "ttft_mean_ms",
+    "ttft_p99_ms",
+    "tpot_mean_ms",
+    "tpot_p99_ms",
+    "e2e_mean_ms",
+    "e2e_p99_ms",
+    "num_preemptions",
+)
+
+
+def points_csv(rows: list[tuple[str, Any, dict, bool | str | None]]) -> str:
+    """The summary table's rows as CSV (``--format csv``): point, offered rate, the table's
+    metrics at full precision (ms, req/s, tok/s), mixed-step share (%) and the verdict."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["point", "offered_rps", *CSV_COLUMNS, "mixed_pct", "stable"])
+    for label, offered, s, stable in rows:
+        mixed = 100.0 * s["num_mixed_steps"] / s["num_steps"] if s["num_steps"] else float("nan")
+        verdict = stable if isinstance(stable, str) else "" if stable is None else ("yes" if stable else "no")
+        w.writerow(
+            [
+                label,
+                "" if offered is None else repr(float(offered)),
+                *(repr(s[k]) if isinstance(s[k], float) else s[k] for k in CSV_COLUMNS),
+                repr(mixed),
+                verdict,
+            ]
+        )
+    return buf.getvalue()
