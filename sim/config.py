@@ -294,12 +294,27 @@ class SweepConfig(_Strict):
     num_points: int = Field(10, ge=3, description="benchmarks in the sweep, incl. synchronous and throughput")
     rates_rps: list[float] | None = Field(None, description="explicit request rates instead of guidellm's rule")
     rate_strategy: Literal["constant", "poisson"] = Field("constant", description="arrival process of the rate points")
+    concurrencies: list[int] | None = Field(
+        None, description="a concurrency sweep instead (guidellm concurrent with several rates): one closed-loop point per number of users"
+    )
     duration_s: float | None = Field(None, gt=0, description="each rate point sends rate·duration requests (else workload.num_requests)")
     overload_factor: float | None = Field(
         1.25,
         gt=1,
         description="guidellm rule only: one more rate at this multiple of the throughput point's rate, to see past saturation; None = guidellm's points only",
     )
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _users(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must not be empty")
+            if any(isinstance(n, bool) or n < 1 for n in v):
+                raise ValueError(f"every concurrency must be an integer >= 1, got {v}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"concurrencies repeat a value: {v}")
+        return v
 
     @field_validator("rates_rps")
     @classmethod

@@ -34,6 +34,7 @@ from sim.errors import ConfigError
 @table_options
 @click.option("--num-points", type=int, help="Benchmarks in the sweep incl. synchronous and throughput (guidellm --rate).")
 @click.option("--rates", help="Explicit comma-separated request rates (req/s) instead of guidellm's rule.")
+@click.option("--concurrencies", help="A concurrency sweep instead: comma-separated numbers of closed-loop users (guidellm concurrent with several rates).")
 @handle_errors
 def sweep(config: str | None = None, **kwargs: Any) -> None:
     """Sweep request rates guidellm-style and find the saturation point.
@@ -57,6 +58,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         "ray_address": None,
         "num_points": None,
         "rates": None,
+        "concurrencies": None,
         "intervals": False,
         "wide": False,
         "out_format": "table",
@@ -73,6 +75,14 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         except ValueError:
             raise ConfigError(f"--rates: expected comma-separated numbers, got {opts['rates']!r}") from None
         sets.append(f"sweep.rates_rps={rates}")
+    if opts["concurrencies"]:
+        if opts["rates"]:
+            raise ConfigError("--rates and --concurrencies: a sweep runs rates or numbers of users, not both")
+        try:
+            users = [int(u) for u in opts["concurrencies"].split(",") if u.strip()]
+        except ValueError:
+            raise ConfigError(f"--concurrencies: expected comma-separated integers, got {opts['concurrencies']!r}") from None
+        sets.append(f"sweep.concurrencies={users}")
     cfg, fmt = build_config(config, flags, tuple(sets))
     out = out_dir(opts, "sweep")
     t0 = time.perf_counter()

@@ -20,10 +20,12 @@ def latency_vs_rate(sweep: SweepResult, title: str = "", intervals: list[dict] |
     curve), the config's p99 SLOs as horizontal lines, the saturation point at its achieved
     rate, and TTFT on a log axis (it spans milliseconds to seconds once a queue forms). With
     ``intervals`` (one dict per sweep point, key → (lo, hi)) a band around the rate points' means."""
-    rated = [i for i, p in enumerate(sweep.points) if p.rate_rps is not None and p.achieved_rps == p.achieved_rps]
+    # the curve: rate points, or a concurrency sweep's closed-loop points
+    on_curve = [p.rate_rps is not None or p.strategy == "concurrent" for p in sweep.points]
+    rated = [i for i, p in enumerate(sweep.points) if on_curve[i] and p.achieved_rps == p.achieved_rps]
     order = sorted(rated, key=lambda i: sweep.points[i].achieved_rps)
     pts = [sweep.points[i] for i in order]
-    anchors = [p for p in sweep.points if p.rate_rps is None and p.achieved_rps == p.achieved_rps]
+    anchors = [p for i, p in enumerate(sweep.points) if not on_curve[i] and p.achieved_rps == p.achieved_rps]
     x = [p.achieved_rps for p in pts]
     slo = sweep.points[0].result.config.slo if sweep.points else None
     sat = next((p for p in pts if sweep.saturation_rps is not None and p.rate_rps == sweep.saturation_rps), None)

@@ -203,6 +203,8 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
     sw = cfg.sweep
     notes: list[str] = []
     points: list[SweepPoint] = []
+    if sw.concurrencies is not None:
+        return _concurrency_sweep(cfg, run_many)
     if sw.rates_rps is None:
         anchors = [point_config(cfg, "synchronous"), point_config(cfg, "throughput")]
         sync_res, thr_res = run_many(anchors)
@@ -255,6 +257,23 @@ def run_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
         notes.append("the highest swept rate is still stable: saturation lies above the swept range")
     max_thr = max(p.achieved_rps for p in points if not math.isnan(p.achieved_rps)) if points else math.nan
     return SweepResult(points, saturation, max_thr, notes, capacity_rps)
+
+
+def _concurrency_sweep(cfg: RunConfig, run_many: RunMany) -> SweepResult:
+    """guidellm's ``concurrent`` profile with several rates: one closed-loop point per number of
+    users. A closed loop cannot queue without bound (the users wait for their answers), so there
+    is no saturation point; the notes name the throughput plateau instead."""
+    sw = cfg.sweep
+    if sw.rates_rps is not None:
+        raise ConfigError("sweep: give rates_rps or concurrencies, not both")
+    users = list(sw.concurrencies or [])
+    cfgs = [with_overrides(cfg, {"arrival": {"strategy": "concurrent", "concurrency": n, "rate_rps": None}}) for n in users]
+    points = [SweepPoint(f"concurrent@{n}", "concurrent", None, res) for n, res in zip(users, run_many(cfgs))]
+    max_thr = max((p.achieved_rps for p in points if not math.isnan(p.achieved_rps)), default=math.nan)
+    notes = ["closed-loop points (concurrent users): the queue is bounded by the users, so there is no saturation point"]
+    best = max(points, key=lambda p: p.achieved_rps if not math.isnan(p.achieved_rps) else -1.0)
+    notes.append(f"highest throughput {max_thr:.3g} req/s at {best.label}")
+    return SweepResult(points, None, max_thr, notes)
 
 
 # ------------------------------------------------------------------ capacity
