@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -592,3 +593,18 @@ def test_format_json_and_csv_on_stdout(tmp_path):
         assert float(r["ttft_p99_ms"]) == run["summary"]["ttft_p99_ms"]
     wide = CliRunner().invoke(main, ["run", "--num-requests", "30", "--wide", "-q", "--no-plots", "-o", str(tmp_path / "w")], terminal_width=80)
     assert wide.exit_code == 0 and "TTFT mean" in wide.output
+
+
+def test_narrow_tables_keep_whole_cells():
+    """On an 80-column terminal the replica table keeps its main columns and every cell whole."""
+    from rich.console import Console
+
+    from sim.api import simulate
+    from sim.cli.tables import replica_table
+
+    res = simulate(None, {"workload": {"num_requests": 30}, "cluster": {"groups": [{"replicas": 3}]}})
+    narrow, full = replica_table(res.replicas, "r", width=80), replica_table(res.replicas, "r")
+    assert len(narrow.columns) < len(full.columns)
+    con = Console(width=80, record=True, file=io.StringIO())
+    con.print(narrow)
+    assert "…" not in con.export_text()

@@ -13,6 +13,17 @@ from sim.cli.output import write_config_yaml
 from sim.cost.calibration import effective_formula
 from sim.errors import ConfigError
 
+COMPARE_WIDE_COLUMNS = 130  # below this the table uses short headers and stacks each interval under its mean
+SHORT_METRIC = {
+    "ttft_mean_ms": "TTFT ms",
+    "ttft_p99_ms": "TTFT p99",
+    "tpot_mean_ms": "TPOT ms",
+    "e2e_mean_ms": "E2E ms",
+    "e2e_p99_ms": "E2E p99",
+    "output_tokens_per_s": "out tok/s",
+    "num_rejected": "rejected",
+}
+
 
 @click.command(name="compare")
 @common_options
@@ -84,17 +95,23 @@ def compare_cmd(config: str | None, **kwargs: Any) -> None:
             title_justify="left",
             header_style="bold",
         )
-        t.add_column("arm")
+        # a narrow terminal gets short headers and the interval under the mean, so no number
+        # is cut or broken across lines
+        narrow = out_console.width < COMPARE_WIDE_COLUMNS
+        t.add_column("arm", no_wrap=True)
         for m in show:
-            t.add_column(m, justify="right")
+            t.add_column(SHORT_METRIC.get(m, m) if narrow else m, justify="right")
         for arm in sub["arm"].unique():
             cells = []
             for m in show:
                 r = sub[(sub["arm"] == arm) & (sub["metric"] == m)].iloc[0]
-                cell = f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+                sep = "\n" if narrow else " "
+                f = "{:.4g}" if narrow else "{:.2f}"
+                g = "{:+.3g}" if narrow else "{:+.2f}"
+                cell = f"{f.format(r['mean'])}{sep}[{f.format(r['ci_low'])}, {f.format(r['ci_high'])}]"
                 if "diff_mean" in r and r["diff_mean"] == r["diff_mean"]:
                     star = "*" if r["diff_excludes_zero"] else ""
-                    cell += f"\nΔ {r['diff_mean']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]{star}"
+                    cell += f"\nΔ {g.format(r['diff_mean'])}{star}{sep}[{g.format(r['diff_low'])}, {g.format(r['diff_high'])}]"
                 cells.append(cell)
             t.add_row(arm, *cells)
         t.caption = "* the paired-difference interval excludes zero"

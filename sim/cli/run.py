@@ -106,7 +106,7 @@ def run(config: str | None, **kwargs: Any) -> None:
         )
     )
     if res.replicas is not None:
-        out_console.print(replica_table(res.replicas, f"replicas — router {res.derived['router']}"))
+        out_console.print(replica_table(res.replicas, f"replicas — router {res.derived['router']}", width=None if wide else out_console.width))
         out_console.print(f"load imbalance (max/mean within a group): requests {s['load_imbalance_requests']:.2f}, busy time {s['load_imbalance_busy']:.2f}")
     if ivs:
         out_console.print(interval_table([(label, s, ivs[0])], f"prediction intervals ({cost_label(cfg)})"))

@@ -91,10 +91,17 @@ def interval_table(rows: list[tuple[str, dict, dict]], title: str) -> Table:
 REPLICA_ROWS_MAX = 16  # beyond this many replicas the console shows each group's spread instead
 
 
-def replica_table(replicas, title: str) -> Table:
+# the full replica table needs about 120 columns; below that it keeps who, how loaded, how fast
+REPLICA_COMPACT_BELOW_COLUMNS = 120
+_REPLICA_COMPACT = ("replica", "group", "GPU", "TP", "routed", "busy %", "TTFT p99", "E2E p99")
+
+
+def replica_table(replicas, title: str, width: int | None = None) -> Table:
     """One row per replica of a fleet (``SimResult.replicas``); for more than
     ``REPLICA_ROWS_MAX`` replicas, rows of the replicas with the fewest and most requests routed
-    in each group (the whole table is in ``replicas.parquet``)."""
+    in each group (the whole table is in ``replicas.parquet``). ``width``: the terminal's
+    columns; a narrow one gets the compact columns (no cell cut to "…")."""
+    compact = width is not None and width < REPLICA_COMPACT_BELOW_COLUMNS
     if len(replicas) > REPLICA_ROWS_MAX:
         import pandas as pd
 
@@ -103,51 +110,41 @@ def replica_table(replicas, title: str) -> Table:
             order = g.sort_values(["requests_routed", "replica"], kind="stable")
             picks.extend([order.iloc[0], order.iloc[-1]] if len(order) > 1 else [order.iloc[0]])
         shown = pd.DataFrame(picks).drop_duplicates("replica")
-        t = _replica_rows(shown, title)
+        t = _replica_rows(shown, title, compact)
         t.caption = (
             f"{len(replicas)} replicas: per group the least and the most loaded (requests routed); all in replicas.parquet. "
             "busy % = share of the run's span the replica was stepping; latencies in ms of the requests that finished there"
         )
         return t
-    return _replica_rows(replicas, title)
+    return _replica_rows(replicas, title, compact)
 
 
-def _replica_rows(replicas, title: str) -> Table:
+def _replica_rows(replicas, title: str, compact: bool = False) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
-    cols: list[tuple[str, JustifyMethod]] = [
-        ("replica", "right"),
-        ("group", "left"),
-        ("role", "left"),
-        ("GPU", "left"),
-        ("TP", "right"),
-        ("routed", "right"),
-        ("finished", "right"),
-        ("busy %", "right"),
-        ("steps", "right"),
-        ("mixed %", "right"),
-        ("preempt", "right"),
-        ("TTFT p99", "right"),
-        ("E2E p99", "right"),
+    cols: list[tuple[str, JustifyMethod, Any]] = [
+        ("replica", "right", lambda r: str(r.replica)),
+        ("group", "left", lambda r: str(r.group)),
+        ("role", "left", lambda r: str(r.role)),
+        ("GPU", "left", lambda r: str(r.gpu)),
+        ("TP", "right", lambda r: str(r.tensor_parallel_size)),
+        ("routed", "right", lambda r: str(r.requests_routed)),
+        ("finished", "right", lambda r: str(r.finished)),
+        ("busy %", "right", lambda r: fmt_cell(100.0 * r.busy_fraction)),
+        ("steps", "right", lambda r: str(r.num_steps)),
+        ("mixed %", "right", lambda r: fmt_cell(100.0 * r.mixed_steps / r.num_steps if r.num_steps else float("nan"))),
+        ("preempt", "right", lambda r: str(r.preemptions)),
+        ("TTFT p99", "right", lambda r: fmt_cell(r.ttft_p99_ms)),
+        ("E2E p99", "right", lambda r: fmt_cell(r.e2e_p99_ms, 0)),
     ]
-    for name, just in cols:
-        t.add_column(name, justify=just)
+    if compact:
+        cols = [c for c in cols if c[0] in _REPLICA_COMPACT]
+    for name, just, _ in cols:
+        t.add_column(name, justify=just, no_wrap=True)
     for r in replicas.itertuples(index=False):
-        t.add_row(
-            str(r.replica),
-            str(r.group),
-            str(r.role),
-            str(r.gpu),
-            str(r.tensor_parallel_size),
-            str(r.requests_routed),
-            str(r.finished),
-            fmt_cell(100.0 * r.busy_fraction),
-            str(r.num_steps),
-            fmt_cell(100.0 * r.mixed_steps / r.num_steps if r.num_steps else float("nan")),
-            str(r.preemptions),
-            fmt_cell(r.ttft_p99_ms),
-            fmt_cell(r.e2e_p99_ms, 0),
-        )
-    t.caption = "busy % = share of the run's span the replica was stepping; latencies in ms of the requests that finished there"
+        t.add_row(*(cell(r) for _, _, cell in cols))
+    t.caption = "busy % = share of the run's span the replica was stepping; latencies in ms of the requests that finished there" + (
+        "; a narrow terminal shows the main columns (all in replicas.parquet)" if compact else ""
+    )
     return t
 
 
