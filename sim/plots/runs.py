@@ -106,13 +106,13 @@ def batch_composition(res: SimResult, title: str = "") -> Figure:
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
     t = st["start_s"]
     axes[0].plot(t, st["num_prefill_tokens"], lw=0.6, color="tab:orange")
-    axes[0].set_ylabel("prefill tokens")
+    axes[0].set_ylabel("prefill tokens per step")
     axes[1].plot(t, st["num_decode_reqs"], lw=0.6, color="tab:blue", label="decode requests")
     axes[1].plot(t, st["num_waiting"], lw=0.6, color="tab:red", label="waiting")
-    axes[1].set_ylabel("requests")
+    axes[1].set_ylabel("requests per step")
     axes[1].legend(fontsize=8)
     axes[2].plot(t, st["kv_blocks_used"] / max(1, res.derived.get("num_gpu_blocks", 1)), lw=0.6, color="tab:purple")
-    axes[2].set_ylabel("KV usage")
+    axes[2].set_ylabel("KV blocks used (share of the cache)")
     axes[2].set_xlabel("simulated time (s)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -152,7 +152,7 @@ def replica_load(res: SimResult, title: str = "") -> Figure:
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = np.where(total > 0, summed / total, np.nan)
             ax.plot(centres, mean, lw=0.8, color=cmap(k % cmap.N), label=label)
-    for ax, name in zip(axes, ("running requests", "waiting requests", "KV usage")):
+    for ax, name in zip(axes, ("running requests (time-weighted mean)", "waiting requests (time-weighted mean)", "KV blocks used (share)")):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     if len(reps) <= REPLICA_LEGEND_MAX:
