@@ -44,6 +44,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
     queueing stays bounded.
     """
     from sim.cli.output import header, run_entry, write_figure, write_json, write_run_tables
+    from sim.records.guidellm import attach_metrics
     from sim.studies.executor import run_many
     from sim.studies.sweep import run_sweep
 
@@ -92,7 +93,8 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         def many(cfgs):
             calls["n"] += 1
             name = "anchors (synchronous, throughput)" if calls["n"] == 1 and cfg.sweep.rates_rps is None else "rate points"
-            return run_many(cfgs, opts["executor"], opts["workers"], prog.phase(name, len(cfgs)), opts["ray_address"])
+            # each point's guidellm metrics are computed in the worker that simulated it
+            return run_many(cfgs, opts["executor"], opts["workers"], prog.phase(name, len(cfgs)), opts["ray_address"], post=attach_metrics)
 
         result = run_sweep(cfg, many)
         ivs = compute_intervals([p.result.config for p in result.points], [p.result for p in result.points], opts, prog)

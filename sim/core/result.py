@@ -21,3 +21,6 @@ class SimResult:
     summary: dict
     derived: dict = field(default_factory=dict)
     replicas: pd.DataFrame | None = None  # fleets: one row per replica (see sim.core.fleet); None for one server
+    # derived data computed where the run was simulated (e.g. a pool worker) for a report built
+    # later; never written as such (not part of summary.json)
+    extras: dict = field(default_factory=dict)

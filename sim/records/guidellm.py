@@ -390,7 +390,8 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
     }
 
 
-def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: str) -> dict[str, Any]:
+def _grouped(res: Any) -> tuple[list[_Req], dict[str, list[_Req]], float, float, float]:
+    """(sent requests, their guidellm status groups, request start, request end, measure end)."""
     df = res.requests
     end_s = float(res.derived.get("end_s", 0.0)) if res.derived else 0.0
     sent = df[df["status"] != "not_sent"]
@@ -398,11 +399,28 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
     groups: dict[str, list[_Req]] = {"successful": [], "incomplete": [], "errored": []}
     for r in reqs:
         groups[_STATUS_GROUP[r.status]].append(r)
-    fin = groups["successful"]
     request_start = min((r.start for r in reqs), default=0.0)
     request_end = max((r.end for r in reqs), default=request_start)
     # measurement window = servesim's duration_s: first arrival → last finish
-    measure_end = max((r.end for r in fin), default=request_end)
+    measure_end = max((r.end for r in groups["successful"]), default=request_end)
+    return reqs, groups, request_start, request_end, measure_end
+
+
+EXTRAS_KEY = "guidellm_metrics"
+
+
+def attach_metrics(res: Any) -> Any:
+    """Compute ``res``'s guidellm metrics block now and keep it in ``res.extras`` (for pool
+    workers: the report built later in the parent reuses it). Returns ``res``."""
+    _, groups, start, _, end = _grouped(res)
+    res.extras[EXTRAS_KEY] = _metrics(groups, start, end)
+    return res
+
+
+def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: str) -> dict[str, Any]:
+    df = res.requests
+    reqs, groups, request_start, request_end, measure_end = _grouped(res)
+    fin = groups["successful"]
     strategy = _strategy(res.config.arrival)
     n = {k: len(v) for k, v in groups.items()}
     cfg_dump = res.config.model_dump(mode="json")
@@ -465,7 +483,7 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
             "dataset_incomplete": bool(n["incomplete"] or (df["status"] == "not_sent").any()),
             "strategy_type": strategy["type_"],
         },
-        "metrics": _metrics(groups, request_start, measure_end),
+        "metrics": res.extras[EXTRAS_KEY] if EXTRAS_KEY in getattr(res, "extras", {}) else _metrics(groups, request_start, measure_end),
         "requests": {
             "successful": [r.record(run_id, index) for r in groups["successful"]],
             "incomplete": [r.record(run_id, index) for r in groups["incomplete"]],
