@@ -127,3 +127,21 @@ def test_real_guidellm_loader(report, tmp_path):
     loaded = loader.load_file(tmp_path)  # directory -> benchmarks.json, as guidellm resolves it
     assert len(loaded.benchmarks) == len(report["benchmarks"])
     assert chk.check_file(path) == []
+
+
+def test_metrics_computed_in_workers_give_the_same_report():
+    """A sweep computes each point's metrics block where it was simulated (attach_metrics);
+    the report is the same as one built from the bare results, serial or pooled."""
+    import json
+
+    from sim.api import load_config
+    from sim.records.guidellm import attach_metrics, build_report
+    from sim.studies.executor import run_many
+
+    cfgs = [load_config(None, {"workload": {"num_requests": 60}, "arrival": {"strategy": "poisson", "rate_rps": r}, "horizon_s": 4.0}) for r in (5.0, 40.0)]
+    bare = run_many(cfgs, "serial")
+    pooled = run_many(cfgs, "process", 2, post=attach_metrics)
+    assert all("guidellm_metrics" in r.extras for r in pooled)
+    a = json.dumps(build_report(bare, model="m"), sort_keys=True, default=str)
+    b = json.dumps(build_report(pooled, model="m"), sort_keys=True, default=str)
+    assert a == b
