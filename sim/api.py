@@ -42,6 +42,11 @@ def load_config(config: ConfigLike = None, overrides: Mapping[str, Any] | None =
     return parse_run_config(data, source=None if config is None or isinstance(config, (Mapping, RunConfig)) else str(config))
 
 
+def _slo_ms(slo: Mapping[str, float]) -> dict[str, float]:
+    """SLO bounds keyed as the config keys them: ``ttft_p99`` or ``ttft_p99_ms`` → ``ttft_p99_ms``."""
+    return {k if k.endswith("_ms") else f"{k}_ms": v for k, v in slo.items()}
+
+
 def _many(executor: str, workers: int | None):
     from sim.studies.executor import run_many
 
@@ -83,7 +88,7 @@ def capacity(
     config's rate)."""
     from sim.errors import ConfigError
 
-    extra: dict[str, Any] = {"slo": {k if k.endswith("_ms") else f"{k}_ms": v for k, v in slo.items()}} if slo else {}
+    extra: dict[str, Any] = {"slo": _slo_ms(slo)} if slo else {}
     cfg = load_config(config, merge(dict(overrides or {}), extra))
     if find == "rate":
         from sim.studies.sweep import find_capacity
@@ -151,34 +156,28 @@ def plan(
     "tpot_p99_ms": 50}``) at ``rate_rps``, as a DataFrame ranked cheapest first (columns of
     ``shapes.parquet``, docs/planning.md). ``prices``: USD per GPU-hour, ``{"H100": 2.5, …}``
     or a prices-file mapping (default: the shipped example, which goes stale)."""
-    from sim.config import OPEN_LOOP_STRATEGIES
     from sim.studies.executor import default_workers
-    from sim.studies.plan import plan_table
+    from sim.studies.plan import planning_config, resolve_prices, run_plan, shapes_for
 
     extra: dict[str, Any] = {}
     if model is not None:
         extra["model"] = model
     if slo is not None:
-        extra["slo"] = {k if k.endswith("_ms") else f"{k}_ms": v for k, v in slo.items()}
-    if router is not None:
-        extra["cluster"] = {"groups": [{}], "router": {"policy": router}}
-    cfg = load_config(config, merge(dict(overrides or {}), extra))
-    if rate_rps is not None or cfg.arrival.strategy not in OPEN_LOOP_STRATEGIES:
-        arrival: dict[str, Any] = {"rate_rps": rate_rps if rate_rps is not None else cfg.arrival.rate_rps, "concurrency": None}
-        if cfg.arrival.strategy not in OPEN_LOOP_STRATEGIES:
-            arrival["strategy"] = "poisson"
-        cfg = load_config(cfg, {"arrival": arrival})
-    return plan_table(
+        extra["slo"] = _slo_ms(slo)
+    if rate_rps is not None:
+        extra["arrival"] = {"rate_rps": rate_rps, "concurrency": None}
+    cfg = planning_config(load_config(config, merge(dict(overrides or {}), extra)), router)
+    seqs: list[int | None] = list(max_num_seqs) if max_num_seqs else [None]
+    mbts: list[int | None] = list(max_num_batched_tokens) if max_num_batched_tokens else [None]
+    _, table = run_plan(
         cfg,
-        gpus,
-        tp,
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens,
-        prices=prices,
+        shapes_for(list(gpus), list(tp), seqs, mbts),
+        resolve_prices(prices),
+        run_many=_many(executor, workers),
         level=level,
         interval_replicates=interval_replicates,
         max_replicas=max_replicas,
         exhaustive=exhaustive,
-        run_many=_many(executor, workers),
         concurrent_shapes=workers or default_workers(),
     )
+    return table

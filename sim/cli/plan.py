@@ -13,24 +13,18 @@ from sim.cli.common import ProgressBars, executor_options, final_path, handle_er
 from sim.cli.config_input import build_config
 from sim.errors import ConfigError
 
-EXAMPLE_PRICES = "prices-example.yaml"
 INT_COLUMNS = ("replicas", "num_gpus", "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens")
 
 
 def read_prices(path: str | None) -> tuple[dict[str, float], str]:
     """(USD per GPU-hour by GPU name, where they came from) from ``--prices`` or the shipped example."""
-    from importlib import resources
-
     import yaml
 
     from sim.cli.config_input import StrictLoader
-    from sim.studies.plan import parse_prices
+    from sim.studies.plan import example_prices, parse_prices
 
     if path is None:
-        text = resources.files("sim").joinpath(f"data/{EXAMPLE_PRICES}").read_text()
-        return parse_prices(
-            yaml.load(text, Loader=StrictLoader), "the shipped example prices"
-        ), "the shipped example (RunPod list prices, March 2026; stale: give yours with --prices)"
+        return example_prices(), "the shipped example (RunPod list prices, March 2026; stale: give yours with --prices)"
     p = Path(path)
     try:
         text = p.read_text()
@@ -103,8 +97,8 @@ def plan_cmd(config: str | None, **kwargs: Any) -> None:
     """Find the cheapest deployment (GPU type, tensor parallelism, replicas) that meets the SLOs at --rate, with prediction intervals."""
     from sim.cli.capacity import parse_slo
     from sim.cli.common import out_dir
-    from sim.studies.executor import run_many
-    from sim.studies.plan import Planner, shapes_for
+    from sim.studies.executor import default_workers, run_many
+    from sim.studies.plan import planning_config, run_plan, shapes_for
 
     if kwargs["rate"] is None:
         raise ConfigError("--rate: plan provisions for a request rate; give one, e.g. --rate 40 (requests per second)")
@@ -117,36 +111,11 @@ def plan_cmd(config: str | None, **kwargs: Any) -> None:
     if flags["strategy"] is None:
         flags.pop("strategy")
     cfg, fmt = build_config(config, flags, tuple(sets))
-    if kwargs["router"]:
-        cluster = cfg.cluster.model_dump(mode="json") if cfg.cluster is not None else {"groups": [{}]}
-        cluster.setdefault("router", {})["policy"] = kwargs["router"]
-        from sim.config import with_overrides
-
-        cfg = with_overrides(cfg, {"cluster": cluster})
-    if cfg.arrival.strategy not in ("constant", "poisson", "open-loop-at-measured-rate"):
-        from sim.config import with_overrides
-
-        cfg = with_overrides(cfg, {"arrival": {"strategy": "poisson", "concurrency": None}})
-    gpus = parse_csv(kwargs["gpus"])
-    tps = _int_list(kwargs["tps"], "--tp")
+    cfg = planning_config(cfg, kwargs["router"])
     seqs = _int_list(kwargs["seqs"], "--max-num-seqs") or [None]
     mbts = _int_list(kwargs["mbts"], "--max-num-batched-tokens") or [None]
-    shapes = shapes_for(gpus, tps, seqs, mbts)  # type: ignore[arg-type]
+    shapes = shapes_for(parse_csv(kwargs["gpus"]), _int_list(kwargs["tps"], "--tp"), seqs, mbts)  # type: ignore[arg-type]
     prices, prices_from = read_prices(kwargs["prices"])
-    from sim.studies.executor import default_workers
-    from sim.studies.plan import price_for
-
-    for s in shapes:
-        price_for(prices, s.gpu_name)  # a missing price stops here, before any simulation
-    planner = Planner(
-        cfg,
-        shapes,
-        level=kwargs["level"],
-        interval_replicates=kwargs["interval_replicates"],
-        max_replicas=kwargs["max_replicas"],
-        prices=None if kwargs["exhaustive"] else prices,
-        concurrent_shapes=kwargs["workers"] or default_workers(),
-    )
     opts = {"output_dir": kwargs["output_dir"]}
     out = out_dir(opts, "plan")
     import time
@@ -163,10 +132,20 @@ def plan_cmd(config: str | None, **kwargs: Any) -> None:
             phase = prog.phase(f"search batch {batches['n']}", len(cfgs)) if err_console.is_terminal else None
             return run_many(cfgs, kwargs["executor"], kwargs["workers"], phase, kwargs["ray_address"])
 
-        result = planner.run(many)
+        result, table = run_plan(
+            cfg,
+            shapes,
+            prices,
+            run_many=many,
+            level=kwargs["level"],
+            interval_replicates=kwargs["interval_replicates"],
+            max_replicas=kwargs["max_replicas"],
+            exhaustive=kwargs["exhaustive"],
+            concurrent_shapes=kwargs["workers"] or default_workers(),
+        )
     if not kwargs["quiet"]:
         err_console.print(f"plan: {result.num_simulations} simulations in {batches['n']} batches, {time.perf_counter() - start:.1f} s")
-    _write(out, result, prices, prices_from, cfg, fmt, kwargs, not kwargs["no_plots"])
+    _write(out, result, table, prices_from, cfg, fmt, kwargs, not kwargs["no_plots"])
 
 
 def plan_json(result, table, prices_from: str, cfg) -> dict[str, Any]:
@@ -199,13 +178,11 @@ def plan_json(result, table, prices_from: str, cfg) -> dict[str, Any]:
     }
 
 
-def _write(out, result, prices, prices_from: str, cfg, fmt: str, kwargs: dict, plots: bool) -> None:
+def _write(out, result, table, prices_from: str, cfg, fmt: str, kwargs: dict, plots: bool) -> None:
     import pandas as pd
 
     from sim.cli.output import write_config_yaml, write_figure, write_json, write_parquet, write_run_tables
-    from sim.studies.plan import rank
 
-    table = rank(result, prices)
     write_config_yaml(out, cfg, fmt)
     doc = plan_json(result, table, prices_from, cfg)
     write_json(out / "plan.json", doc)

@@ -483,7 +483,7 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
             "dataset_incomplete": bool(n["incomplete"] or (df["status"] == "not_sent").any()),
             "strategy_type": strategy["type_"],
         },
-        "metrics": res.extras[EXTRAS_KEY] if EXTRAS_KEY in getattr(res, "extras", {}) else _metrics(groups, request_start, measure_end),
+        "metrics": res.extras.get(EXTRAS_KEY) or _metrics(groups, request_start, measure_end),
         "requests": {
             "successful": [r.record(run_id, index) for r in groups["successful"]],
             "incomplete": [r.record(run_id, index) for r in groups["incomplete"]],

@@ -264,9 +264,8 @@ def batch1_bounds(simulation) -> dict[str, float]:
 
 def _longest_request_reason(simulation) -> str:
     """Why the workload's longest request cannot be served (max_model_len, KV cache), or ''."""
-    workload, engine = simulation.workload, simulation.engine
-    worst = max(range(len(workload)), key=lambda i: workload.make_request(i).prompt_tokens + workload.make_request(i).output_tokens)
-    return engine.reject_reason(workload.make_request(worst))
+    reqs = (simulation.workload.make_request(i) for i in range(len(simulation.workload)))
+    return simulation.engine.reject_reason(max(reqs, key=lambda r: r.prompt_tokens + r.output_tokens))
 
 
 Needs = Generator[list[RunConfig], list[SimResult], None]
@@ -295,6 +294,7 @@ class Planner:
         prices: Mapping[str, float] | None = None,
         concurrent_shapes: int = 2,
         early_stop: bool = True,
+        exhaustive: bool = False,
     ) -> None:
         """``base``: the workload, server and cost settings, with the target rate in
         ``arrival.rate_rps`` (open-loop strategy) and the SLOs in ``slo`` (default
@@ -307,7 +307,8 @@ class Planner:
         searched further — once even the fewest replicas it could need (the rate over its
         full-batch capacity), or the next count to try, costs more than the cheapest
         deployment already found to meet the SLOs with its bounds. Without prices every shape
-        is searched to the end (:func:`rank` prices them afterwards). ``early_stop``: capacity
+        is searched to the end (:func:`rank` prices them afterwards); ``exhaustive`` does the
+        same with ``prices`` given (they are still checked for every shape). ``early_stop``: capacity
         and fleet runs end once certain to miss the TTFT SLO (same verdicts, less simulation)."""
         self.slo = slo or base.slo
         require_aggregate_slo(self.slo, "plan")
@@ -347,10 +348,11 @@ class Planner:
         self.shapes = list(dict.fromkeys(shapes))  # unique, in order
         self.calibration_name = active_calibration(self.base)
         self.num_simulations = 0
-        self.prices = dict(prices) if prices is not None else None
-        if self.prices is not None:
+        if prices is not None:
             for sh in self.shapes:
-                price_for(self.prices, sh.gpu_name)  # a missing price stops before any simulation
+                price_for(prices, sh.gpu_name)  # a missing price stops before any simulation
+        # the prices the search bounds cost with (none: every shape searched to its answer)
+        self.prices = dict(prices) if prices is not None and not exhaustive else None
         if concurrent_shapes < 1:
             raise ConfigError(f"concurrent_shapes: must be >= 1, got {concurrent_shapes}")
         self.concurrent_shapes = concurrent_shapes
@@ -513,27 +515,21 @@ class Planner:
                 return None
             n0 = min(n0, limit)
             yield from check([n0, n0 - 1] if n0 - 1 >= floor else [n0])
+            # bracket the answer: lo_n fails (or is below the floor), hi_n passes
             if crit(n0):
                 if n0 - 1 < floor or not crit(n0 - 1):
                     return n0
-                lo_n, hi_n = floor - 1, n0 - 1  # lo_n fails (or is below the floor), hi_n passes
-                while hi_n - lo_n > 1:
-                    mid = (lo_n + hi_n) // 2
-                    yield from check([mid])
-                    if crit(mid):
-                        hi_n = mid
-                    else:
-                        lo_n = mid
-                return hi_n
-            lo_n, step = n0, 1
-            while True:
-                if lo_n >= limit:
-                    return None
-                hi_n = min(limit, lo_n + step)
-                yield from check([hi_n])
-                if crit(hi_n):
-                    break
-                lo_n, step = hi_n, step * 2
+                lo_n, hi_n = floor - 1, n0 - 1
+            else:
+                lo_n, step = n0, 1
+                while True:
+                    if lo_n >= limit:
+                        return None
+                    hi_n = min(limit, lo_n + step)
+                    yield from check([hi_n])
+                    if crit(hi_n):
+                        break
+                    lo_n, step = hi_n, step * 2
             while hi_n - lo_n > 1:
                 mid = (lo_n + hi_n) // 2
                 yield from check([mid])
@@ -795,39 +791,53 @@ def example_prices() -> dict[str, float]:
     return parse_prices(yaml.safe_load(text), "the shipped example prices")
 
 
-def plan_table(
+def resolve_prices(prices: Mapping[str, Any] | None) -> dict[str, float]:
+    """USD per GPU-hour from ``{"H100": 2.5, …}``, a prices-file mapping (``gpus: …``) or None
+    (:func:`example_prices`)."""
+    if prices is None:
+        return example_prices()
+    return parse_prices(prices if "gpus" in prices else {"gpus": dict(prices)})
+
+
+def planning_config(cfg: RunConfig, router: str | None = None) -> RunConfig:
+    """``cfg`` made ready for :class:`Planner`: ``router`` (if given) as its fleets' router, and
+    arrivals that are not an open loop at a rate replaced by Poisson ones (the planner
+    provisions for a rate)."""
+    if router is not None:
+        cluster = cfg.cluster.model_dump(mode="json") if cfg.cluster is not None else {"groups": [{}]}
+        cluster.setdefault("router", {})["policy"] = router
+        cfg = with_overrides(cfg, {"cluster": cluster})
+    if cfg.arrival.strategy not in OPEN_LOOP_STRATEGIES:
+        cfg = with_overrides(cfg, {"arrival": {"strategy": "poisson", "concurrency": None}})
+    return cfg
+
+
+def run_plan(
     cfg: RunConfig,
-    gpus: Sequence[str] = DEFAULT_GPUS,
-    tp: Sequence[int] = DEFAULT_TP,
+    shapes: Sequence[Shape],
+    prices: Mapping[str, float],
     *,
-    max_num_seqs: Sequence[int] | None = None,
-    max_num_batched_tokens: Sequence[int] | None = None,
-    prices: Mapping[str, Any] | None = None,
+    run_many: RunMany,
     level: float = DEFAULT_LEVEL,
     interval_replicates: int = DEFAULT_INTERVAL_REPLICATES,
     max_replicas: int = DEFAULT_MAX_REPLICAS,
     exhaustive: bool = False,
-    run_many: RunMany,
     concurrent_shapes: int = 2,
 ):
-    """Plan ``cfg`` (its rate, SLOs, workload, server and cost settings) over the shapes and
-    rank the deployments (:func:`rank`). ``prices``: ``{"H100": 2.5, …}`` or a prices-file
-    mapping (default: :func:`example_prices`)."""
-    if prices is None:
-        price_table = example_prices()
-    elif "gpus" in prices:
-        price_table = parse_prices(prices)
-    else:
-        price_table = parse_prices({"gpus": dict(prices)})
-    seqs: list[int | None] = list(max_num_seqs) if max_num_seqs else [None]
-    mbts: list[int | None] = list(max_num_batched_tokens) if max_num_batched_tokens else [None]
+    """Plan ``cfg`` (its rate, SLOs, workload, server and cost settings) over ``shapes`` and
+    rank the deployments at ``prices`` (USD per GPU-hour by GPU name): ``(PlanResult, the
+    ranked DataFrame of`` :func:`rank` ``)``. A shape without a price is a ConfigError before
+    anything is simulated; ``exhaustive`` searches every shape to its answer (no branch and
+    bound on cost)."""
     planner = Planner(
         cfg,
-        shapes_for(list(gpus), list(tp), seqs, mbts),
+        shapes,
         level=level,
         interval_replicates=interval_replicates,
         max_replicas=max_replicas,
-        prices=None if exhaustive else price_table,
+        prices=prices,
+        exhaustive=exhaustive,
         concurrent_shapes=concurrent_shapes,
     )
-    return rank(planner.run(run_many), price_table)
+    result = planner.run(run_many)
+    return result, rank(result, prices)
