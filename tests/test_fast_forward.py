@@ -179,3 +179,50 @@ def test_fast_forward_follows_the_declared_scheduler_capabilities():
     engine = Engine(bare.env, Undeclared(bare.scheduler), bare.cost_model, bare.sink, max_model_len=4096, kv_capacity_tokens=1 << 20)
     assert not engine.fast_forward and not engine.deferred
     assert NO_CAPABILITIES.plain_decodes is False and NO_CAPABILITIES.deferred_decodes is False
+
+
+@pytest.mark.parametrize("cpu_gib", [None, 0.05])
+def test_deferred_decodes_with_prefix_caching_leave_the_same_cache(cpu_gib):
+    """GIVEN an overloaded server with prefix caching (shared prefixes, pool prompts sent
+    again, KV short enough to preempt, optionally a CPU offloading tier) WHEN simulated with
+    deferred decodes and fast-forward on and off THEN the tables are byte-identical and the KV
+    cache ends in the same state: the same block hashes, the same cached set and the same free
+    queue order (deferred requests hash the block their token fills on the step it fills)."""
+    cfg = make_config(
+        arrival={"strategy": "poisson", "rate_rps": 60.0},
+        workload={"num_requests": 160, "prefix_tokens": 48, "prefix_groups": 3, "prompt_pool": 20},
+        server={"enable_prefix_caching": True, "num_gpu_blocks": 260, "max_num_seqs": 32, "kv_offloading_size_gib": cpu_gib},
+        cost={"model": "roofline"},
+    )
+    on, sim_on = _run(cfg, True)
+    off, sim_off = _run(cfg, False)
+    assert sim_on.scheduler._deferred and not sim_off.scheduler._deferred
+    # and step by step: deferred decodes without windows plan every step, so the cache can be
+    # compared after each plan (hashes are set when a step is planned)
+    snaps = []
+    for deferred in (True, False):
+        sim = Simulation(cfg, fast_forward=deferred)
+        sim.engine.MIN_WINDOW_STEPS = 10**9  # no window: every step planned
+        kv, orig, seen = sim.scheduler.kv, sim.scheduler.schedule, []
+
+        def planned(now_s, orig=orig, kv=kv, seen=seen):
+            out = orig(now_s)
+            seen.append((list(kv._hash), dict(kv._cached), len(kv._free)))
+            return out
+
+        sim.scheduler.schedule = planned
+        sim.run()
+        snaps.append(seen)
+    assert len(snaps[0]) == len(snaps[1]) == on.summary["num_steps"]
+    assert snaps[0] == snaps[1], "the cache differs after some step"
+    assert on.steps["num_preempted"].sum() > 0, "the case needs preemptions"
+    assert on.requests["cached_prompt_tokens"].sum() > 0, "the case needs prefix-cache hits"
+    assert on.requests.to_csv(index=False) == off.requests.to_csv(index=False)
+    assert on.steps.to_csv(index=False) == off.steps.to_csv(index=False)
+    assert np.array_equal(on.itls_s, off.itls_s)
+    kv_on, kv_off = sim_on.scheduler.kv, sim_off.scheduler.kv
+    assert kv_on._hash == kv_off._hash
+    assert kv_on._cached == kv_off._cached
+    assert list(kv_on._free) == list(kv_off._free)
+    assert list(kv_on._cpu) == list(kv_off._cpu)
+    kv_on.check()

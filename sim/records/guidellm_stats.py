@@ -106,9 +106,7 @@ def distribution_summary(values: Sequence | np.ndarray, count: int | None = None
     order = np.argsort(arr[:, 0])
     sorted_values = arr[order, 0]
     sorted_weights = arr[order, 1]
-    uniq, inverse = np.unique(sorted_values, return_inverse=True)
-    weights = np.zeros_like(uniq, dtype=float)
-    np.add.at(weights, inverse, sorted_weights)
+    uniq, weights = _sum_sorted_runs(sorted_values, sorted_weights)
     mask = weights > 0
     final_values = uniq[mask]
     final_weights = weights[mask]
@@ -119,11 +117,25 @@ def distribution_summary(values: Sequence | np.ndarray, count: int | None = None
     return _summary_from_pdf(np.column_stack((final_values, final_weights / total)), count)
 
 
+def _sum_sorted_runs(sorted_values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of an ascending array and the sum of each one's weights, added in
+    array order: what ``np.unique(..., return_inverse=True)`` + ``np.add.at`` give (guidellm's
+    code), without sorting again (``bincount`` sums in the same order as ``add.at``).
+    Precondition: ``sorted_values`` ascending, no NaN."""
+    n = sorted_values.shape[0]
+    if n == 0:
+        return sorted_values.copy(), np.zeros(0)
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=first[1:])
+    inverse = np.cumsum(first) - 1
+    uniq = sorted_values[first]
+    return uniq, np.bincount(inverse, weights=weights, minlength=uniq.shape[0])
+
+
 def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
-    """guidellm's ``_merge_sorted_times_with_weights``."""
-    uniq, inverse = np.unique(wt[:, 0], return_inverse=True)
-    w = np.zeros_like(uniq, dtype=float)
-    np.add.at(w, inverse, wt[:, 1])
+    """guidellm's ``_merge_sorted_times_with_weights``. Precondition: ``wt`` sorted by time."""
+    uniq, w = _sum_sorted_runs(wt[:, 0], wt[:, 1])
     wt = np.column_stack((uniq, w))
     if threshold is None or threshold <= 0.0 or wt.shape[0] <= 1:
         return wt
@@ -138,13 +150,15 @@ def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
     long_inds = np.flatnonzero(in_long_run)
     long_times = times[long_inds]
     group_ends = np.searchsorted(long_times, long_times + threshold, side="right")
-    group_starts = []
+    group_starts: list[int] = []
+    add_start = group_starts.append
+    ends = group_ends.tolist()  # Python ints: the chain below is walked one element at a time
     run_start = 0
     for run_end in np.cumsum(run_lengths[long_runs]).tolist():
         ind = run_start
         while ind < run_end:
-            group_starts.append(ind)
-            ind = int(group_ends[ind])
+            add_start(ind)
+            ind = ends[ind]
         run_start = run_end
     is_start = ~in_long_run
     is_start[long_inds[group_starts]] = True
@@ -206,8 +220,12 @@ def status_summary(kind: str, groups: Mapping[str, Sequence | np.ndarray], start
     n = 3 if kind == "concurrency" else 2
     arrs = {k: _weighted(groups[k], n) for k in ("successful", "incomplete", "errored")}
     arrs["total"] = np.concatenate((arrs["successful"], arrs["incomplete"], arrs["errored"]), axis=0)
-    out = {}
+    out: dict[str, Any] = {}
     for k in ("successful", "incomplete", "errored", "total"):
+        if k == "total" and not len(arrs["incomplete"]) and not len(arrs["errored"]):
+            # every request succeeded: the total's array is the successful one's, so is its summary
+            out[k] = {**out["successful"], "percentiles": dict(out["successful"]["percentiles"])}
+            continue
         if kind == "values":
             out[k] = distribution_summary(arrs[k])
         elif kind == "rate":

@@ -216,18 +216,54 @@ class KVCacheManager:
 
     def append_blocks(self, request_ids: list[int]) -> None:
         """Give each listed request one more block, in list order (a running decode whose
-        next token starts a new block). Same effect as ``allocate_slots(req, 1)`` for each.
+        next token starts a new block). Same effect as ``allocate_slots(req, 1)`` for each
+        (with prefix caching: the evicted blocks leave the cache, and the CPU tier when there
+        is one, in the same order; the new block is empty, so nothing is hashed).
 
-        Preconditions: prefix caching off, every request already owns blocks, and at least
-        ``len(request_ids)`` blocks are free (the caller checked; nothing is rolled back).
+        Preconditions: every request already owns blocks, its computed tokens fill them
+        exactly, and at least ``len(request_ids)`` blocks are free (the caller checked;
+        nothing is rolled back).
         """
         owned, pop = self._owned, self._free.popitem
         ref, hashes = self._ref, self._hash
+        if not self.enable_prefix_caching:
+            for rid in request_ids:
+                b = pop(last=False)[0]
+                hashes[b] = None
+                ref[b] = 1
+                owned[rid].append(b)
+            return
+        cached = self._cached
         for rid in request_ids:
             b = pop(last=False)[0]
-            hashes[b] = None
+            h = hashes[b]
+            if h is not None:
+                if cached.get(h) == b:
+                    del cached[h]
+                    if self.num_cpu_blocks:
+                        self._offload_store(h)  # the last GPU copy of these tokens
+                hashes[b] = None
             ref[b] = 1
             owned[rid].append(b)
+
+    def cache_filled_blocks(self, reqs: list[Request]) -> None:
+        """Hash the last block of each request, in list order: a running decode whose token
+        this step fills that block. Same effect as ``allocate_slots(req, 1)`` for each
+        (prefix caching on; nothing to allocate).
+
+        Preconditions: every earlier block of each request is hashed already (every step
+        that filled one hashed it), and a decoded block's identity is the request's own, so
+        its key is not cached yet (decode tokens past a preemption's recompute are new).
+        """
+        owned, hashes, cached = self._owned, self._hash, self._cached
+        bs = self.block_size
+        for req in reqs:
+            blocks = owned[req.request_id]
+            b = blocks[-1]
+            if hashes[b] is None:
+                key = prompt_block_key(req, len(blocks) - 1, bs)
+                hashes[b] = key
+                cached.setdefault(key, b)
 
     def cache_computed_blocks(self, req: Request) -> None:
         """Hash the blocks that ``req``'s computed tokens fill (prefix caching only): what

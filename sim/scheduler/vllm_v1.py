@@ -96,8 +96,9 @@ class VllmV1Scheduler:
 
     def defer_decodes(self) -> bool:
         """Turn on deferred decodes (module docstring) if this scheduler supports them: plans
-        with :meth:`VllmV1Scheduler.schedule` and the default ``running_chunk``, no prefix
-        caching. Returns whether it is on.
+        with :meth:`VllmV1Scheduler.schedule` and the default ``running_chunk`` (with or
+        without prefix caching: a deferred request's block is hashed on the step that fills
+        it). Returns whether it is on.
 
         Contract while on: the progress fields (``num_computed_tokens``,
         ``num_output_generated``, ``last_token_s``, ``max_itl_s``) of running requests may be
@@ -107,7 +108,7 @@ class VllmV1Scheduler:
         requests come first in the batch), and ``update_from_output`` does not return them in
         ``sampled``.
         """
-        self._deferred = type(self).schedule is VllmV1Scheduler.schedule and self._plain_decodes and not self.kv.enable_prefix_caching
+        self._deferred = type(self).schedule is VllmV1Scheduler.schedule and self._plain_decodes
         return self._deferred
 
     def sync(self) -> None:
@@ -274,6 +275,12 @@ class VllmV1Scheduler:
             if n_def:
                 if lz_needs:
                     kv.append_blocks([r.request_id for r in lz_needs])
+                if caching:
+                    # the deferred requests (settled ones left the buckets) whose token fills
+                    # a block: hashed now, as allocate_slots would on this step
+                    fills = self._lz_need[(-tick - 1) % block_size]
+                    if fills:
+                        kv.cache_filled_blocks(fills)
                 dec_ctx = [tick + off for off in self._lz_off]
                 add_ctx = dec_ctx.append
                 items = list(map(_new_item, _BATCH_ITEM, zip(self._lz_rid, _ONES, dec_ctx, _TRUES)))
