@@ -289,3 +289,27 @@ def test_trace_keeps_other_columns_numeric(tmp_path):
     f.write_text("prompt_tokens,output_tokens,start_offset_s,ttft_ms,ok\n10,20,0.5,12.5,1\n11,21,0.1,3,1\n12,22,0.2,4,0\n")
     df = load_trace(f)
     assert df["prompt_tokens"].tolist() == [11, 10] and df["ttft_ms"].dtype.kind == "f"
+
+
+def test_block_keys_by_range_equal_the_per_block_keys():
+    """The prefix cache hashes runs of blocks with ``_block_keys`` (built by range); it must
+    give exactly ``prompt_block_key`` of each block, for every mix of shared prefix, pool
+    prompt and the request's own blocks."""
+    import random
+    from types import SimpleNamespace
+
+    from sim.entities import prompt_block_key
+    from sim.scheduler.kv import _block_keys
+
+    rng = random.Random(7)
+    for _ in range(5000):
+        req = SimpleNamespace(
+            prefix_group=rng.choice([-1, 0, 3]),
+            prefix_tokens=rng.randint(0, 200),
+            prompt_id=rng.choice([-1, 2]),
+            prompt_tokens=rng.randint(1, 300),
+            request_id=rng.randint(0, 99),
+        )
+        bs, lo = rng.choice([1, 4, 16]), rng.randint(0, 30)
+        hi = rng.randint(lo, 60)
+        assert _block_keys(req, lo, hi, bs) == [prompt_block_key(req, j, bs) for j in range(lo, hi)]

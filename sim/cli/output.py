@@ -93,10 +93,13 @@ def json_text(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, sort_keys=False)
 
 
-def write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+def write_json(path: Path, obj: Any, indent: int | None = 2, clean: bool = True) -> None:
     """``obj`` as JSON (NaN/inf → null). ``indent=None`` writes it compact, with the C encoder:
-    for large reports (``indent`` forces Python's pure-Python encoder, several times slower)."""
-    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=indent, sort_keys=False) + "\n").encode())
+    for large reports (``indent`` forces Python's pure-Python encoder, several times slower).
+    ``clean=False`` for an object that is JSON-ready already (no numpy scalars, no NaN/inf:
+    the encoder is then told to refuse them rather than write invalid JSON)."""
+    text = json.dumps(_clean(obj), indent=indent) if clean else json.dumps(obj, indent=indent, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def write_yaml(path: Path, obj: Any) -> None:
@@ -230,4 +233,5 @@ def write_guidellm(out: Path, results: list, cfg) -> None:
     """``benchmarks.json``: the guidellm-compatible report of ``results``."""
     from sim.records.guidellm import build_report
 
-    write_json(out / "benchmarks.json", build_report(results, model=cfg.model), indent=None)  # megabytes: compact, C encoder
+    # megabytes: compact (the C encoder), and build_report's dict is JSON-ready already
+    write_json(out / "benchmarks.json", build_report(results, model=cfg.model), indent=None, clean=False)

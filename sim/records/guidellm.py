@@ -80,7 +80,12 @@ _GUIDELLM_STATUS = {"finished": "completed", "in_flight": "cancelled", "rejected
 
 def _f(x: Any) -> float | None:
     x = float(x)
-    return None if math.isnan(x) else x
+    return x if math.isfinite(x) else None
+
+
+class _Records(list):
+    """Per-request records, JSON-ready as built (Python ints, finite floats, str, None):
+    :func:`_jsonable` passes them through instead of walking every field again."""
 
 
 class _Req:
@@ -91,6 +96,8 @@ class _Req:
         self.id = int(row.request_id)
         self.prompt = int(row.prompt_tokens)
         self.start = float(row.arrival_s)
+        if not math.isfinite(self.start):
+            raise ValueError(f"request {self.id}: arrival_s {self.start} is not a finite time")
         self.first = _f(row.first_token_s) if row.status == "finished" else None
         finish = _f(row.finish_s)
         self.last: float | None
@@ -485,9 +492,9 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
         },
         "metrics": res.extras.get(EXTRAS_KEY) or _metrics(groups, request_start, measure_end),
         "requests": {
-            "successful": [r.record(run_id, index) for r in groups["successful"]],
-            "incomplete": [r.record(run_id, index) for r in groups["incomplete"]],
-            "errored": [r.record(run_id, index) for r in groups["errored"]],
+            "successful": _Records(r.record(run_id, index) for r in groups["successful"]),
+            "incomplete": _Records(r.record(run_id, index) for r in groups["incomplete"]),
+            "errored": _Records(r.record(run_id, index) for r in groups["errored"]),
             "total": None,
         },
         "warnings": [],
@@ -495,6 +502,8 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
 
 
 def _jsonable(x: Any) -> Any:
+    if isinstance(x, _Records):
+        return x
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -150,18 +150,27 @@ def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
     long_inds = np.flatnonzero(in_long_run)
     long_times = times[long_inds]
     group_ends = np.searchsorted(long_times, long_times + threshold, side="right")
-    group_starts: list[int] = []
-    add_start = group_starts.append
-    ends = group_ends.tolist()  # Python ints: the chain below is walked one element at a time
-    run_start = 0
-    for run_end in np.cumsum(run_lengths[long_runs]).tolist():
-        ind = run_start
-        while ind < run_end:
-            add_start(ind)
-            ind = ends[ind]
-        run_start = run_end
+    # Greedy groups inside each long run: a group starts at the run's first time, the next at
+    # the first time beyond the group start + threshold. Walked for every run at once (one
+    # array step per group rank); the few chains left once most runs ended are walked in
+    # Python, so a very long run does not cost one array operation per group.
+    run_len = run_lengths[long_runs]
+    run_end = np.repeat(np.cumsum(run_len), run_len)  # per long element: its run's end
+    nxt = np.where(group_ends < run_end, group_ends, -1)  # next group start, -1 after the last
+    is_group_start = np.zeros(len(long_inds), dtype=bool)
+    frontier = np.cumsum(run_len) - run_len
+    while frontier.size > 64:
+        is_group_start[frontier] = True
+        frontier = nxt[frontier]
+        frontier = frontier[frontier >= 0]
+    if frontier.size:
+        links = nxt.tolist()
+        for ind in frontier.tolist():
+            while ind >= 0:
+                is_group_start[ind] = True
+                ind = links[ind]
     is_start = ~in_long_run
-    is_start[long_inds[group_starts]] = True
+    is_start[long_inds[is_group_start]] = True
     starts = np.flatnonzero(is_start)
     return np.column_stack((times[starts], np.add.reduceat(wt[:, 1], starts)))
 
@@ -169,9 +178,13 @@ def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
 def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
     """``DistributionSummary.rate_distribution_from_timings`` (time-weighted local rates)."""
     wt = _weighted(events, 2)
-    wt = np.insert(wt[wt[:, 0] >= start], 0, [start, 0.0], axis=0)
-    wt = np.append(wt[wt[:, 0] <= end], [[end, 0.0]], axis=0)
-    wt = wt[np.argsort(wt[:, 0])]
+    t = wt[:, 0]
+    # guidellm: drop events before start, add (start, 0); drop those after end, add (end, 0)
+    lead = np.array([[start, 0.0]]) if start <= end else np.empty((0, 2))
+    wt = np.concatenate((lead, wt[(t >= start) & (t <= end)], [[end, 0.0]]))
+    # a stable sort (fast on the per-request runs of times); equal times' weights are summed,
+    # and the zero weights of the added rows change no sum
+    wt = wt[np.argsort(wt[:, 0], kind="stable")]
     wt = _merge_times(wt, _MERGE_THRESHOLD_S)
     if len(wt) <= 1:
         return distribution_summary([], count=len(wt))

@@ -33,6 +33,29 @@ from collections import OrderedDict
 from sim.entities import Request, prompt_block_key
 
 
+def _block_keys(req: Request, lo: int, hi: int, block_size: int) -> list[tuple[str, int, int]]:
+    """``prompt_block_key(req, j, block_size)`` for ``j`` in ``range(lo, hi)``, built by range
+    (the shared-prefix blocks, then the pool prompt's, then the request's own)."""
+    keys: list[tuple[str, int, int]] = []
+    j = lo
+    if req.prefix_group >= 0:
+        top = min(hi, req.prefix_tokens // block_size)  # (j + 1) * bs <= prefix_tokens
+        if j < top:
+            g = req.prefix_group
+            keys = [("p", g, k) for k in range(j, top)]
+            j = top
+    if req.prompt_id >= 0:
+        top = min(hi, req.prompt_tokens // block_size)
+        if j < top:
+            q = req.prompt_id
+            keys += [("q", q, k) for k in range(j, top)]
+            j = top
+    if j < hi:
+        r = req.request_id
+        keys += [("r", r, k) for k in range(j, hi)]
+    return keys
+
+
 class KVCacheManager:
     """Allocates KV blocks to requests. All methods are O(blocks touched)."""
 
@@ -276,15 +299,18 @@ class KVCacheManager:
     def _cache_full_blocks(self, req: Request, owned: list[int], total_tokens: int) -> None:
         # Blocks become full (and hashable) as tokens are computed; walk back from the last
         # full block until one that already has a hash.
-        full = min(total_tokens // self.block_size, len(owned))
+        bs = self.block_size
+        full = min(total_tokens // bs, len(owned))
+        hashes = self._hash
         i = full - 1
-        while i >= 0 and self._hash[owned[i]] is None:
+        while i >= 0 and hashes[owned[i]] is None:
             i -= 1
-        for j in range(i + 1, full):
-            b = owned[j]
-            key = self._block_key(req, j)
-            self._hash[b] = key
-            self._cached.setdefault(key, b)
+        if i + 1 >= full:
+            return
+        setdefault = self._cached.setdefault
+        for key, b in zip(_block_keys(req, i + 1, full, bs), owned[i + 1 : full]):
+            hashes[b] = key
+            setdefault(key, b)
 
     def prewarm(self, req: Request) -> int:
         """Leave the full blocks of ``req``'s prompt in the prefix cache, unowned (as after an
@@ -319,12 +345,18 @@ class KVCacheManager:
                 ref[b] = 0
             self._free.update(dict.fromkeys(reversed(owned)))
             return
+        ref = self._ref
+        if max(ref[b] for b in owned) == 1:
+            # no block shared (the usual case): all go back, tail first, keeping their hashes
+            for b in owned:
+                ref[b] = 0
+            self._free.update(dict.fromkeys(reversed(owned)))
+            return
+        free = self._free
         for b in reversed(owned):
-            self._ref[b] -= 1
-            if self._ref[b] == 0:
-                self._free[b] = None
-                if self._hash[b] is None or not self.enable_prefix_caching:
-                    self._hash[b] = None
+            ref[b] -= 1
+            if ref[b] == 0:
+                free[b] = None
 
     def check(self) -> None:
         """Assert the block invariants (tests and debug runs)."""
