@@ -190,24 +190,59 @@ class StreamingParquet:
 
     Chunks go to hidden temporary files next to the targets; :meth:`commit` renames them into
     place, :meth:`abort` deletes them (so an interrupted run leaves no partial result file).
-    Use as the ``spill(kind, frame)`` callable of a streaming simulation.
+    Use as the ``spill(kind, frame)`` callable of a streaming simulation. A fleet's step
+    chunks (a ``replica`` column first) arrive interleaved across replicas; each replica's go
+    to a part file of their own, joined in replica order at :meth:`commit` one row group at a
+    time, so the file holds the rows in the order of the in-memory table.
     """
 
     def __init__(self, targets: dict[str, Path]) -> None:
         self.targets = targets
         self.tmp = {k: p.parent / f".{p.name}.partial" for k, p in targets.items()}
         self.writers: dict[str, pq.ParquetWriter] = {}
+        self.parts: dict[tuple[str, int], tuple[Path, pq.ParquetWriter]] = {}  # (kind, replica) -> part
         for p in targets.values():
             p.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, kind: str, frame) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
+        if kind == "steps" and frame.columns[0] == "replica" and len(frame):
+            replicas = frame["replica"].unique()
+            if len(replicas) != 1:
+                raise ValueError("a fleet's step chunk holds one replica's steps")
+            key = (kind, int(replicas[0]))
+            part = self.parts.get(key)
+            if part is None:
+                path = self.tmp[kind].with_name(f"{self.tmp[kind].name}.{key[1]}")
+                part = self.parts[key] = (path, pq.ParquetWriter(path, table.schema, compression="zstd"))
+            part[1].write_table(table)
+            return
         w = self.writers.get(kind)
         if w is None:
             w = self.writers[kind] = pq.ParquetWriter(self.tmp[kind], table.schema, compression="zstd")
         w.write_table(table)
 
+    def _join_parts(self) -> None:
+        """Each kind's replica parts, appended in replica order to its temporary file."""
+        for _, w in self.parts.values():
+            w.close()
+        for kind in dict.fromkeys(k for k, _ in self.parts):
+            keys = sorted(k for k in self.parts if k[0] == kind)
+            w = self.writers.get(kind)
+            for key in keys:
+                path = self.parts[key][0]
+                pf = pq.ParquetFile(path)
+                for i in range(pf.num_row_groups):
+                    table = pf.read_row_group(i)
+                    if w is None:
+                        w = self.writers[kind] = pq.ParquetWriter(self.tmp[kind], table.schema, compression="zstd")
+                    w.write_table(table)
+                pf.close()
+                os.unlink(path)
+                del self.parts[key]
+
     def commit(self) -> None:
+        self._join_parts()
         for kind, w in self.writers.items():
             w.close()
             os.replace(self.tmp[kind], self.targets[kind])
@@ -216,6 +251,13 @@ class StreamingParquet:
     def abort(self) -> None:
         for kind, w in self.writers.items():
             w.close()
+        for path, w in self.parts.values():
+            w.close()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.parts = {}
         for tmp in self.tmp.values():
             try:
                 os.unlink(tmp)

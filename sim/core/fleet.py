@@ -50,7 +50,7 @@ from sim.errors import ConfigError
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import LogHistogram, MetricsSink, StreamingSummary, request_record, requests_frame, steps_frame, summarize
+from sim.records.metrics import IdOrderedSpill, LogHistogram, MetricsSink, StreamingSummary, request_record, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 FLEET_SUMMARY_KEYS = ("num_replicas", "load_imbalance_requests", "load_imbalance_busy")
@@ -140,13 +140,16 @@ class FleetSimulation:
 
     def __init__(self, cfg: RunConfig, spill=None, chunk_rows: int = 65536, fast_forward: bool = True) -> None:
         """As :class:`~sim.core.simulation.Simulation`. With ``spill``, every replica's records
-        go to it in chunks (request frames with their ``replica`` column, step frames with
-        theirs; a prefill replica's prefill phases are not client requests and are not
-        spilled) and the summaries are accumulated as they pass."""
+        go to it in chunks (request frames with their ``replica`` column, in request-id order;
+        step frames with theirs, each replica's in step order; a prefill replica's prefill
+        phases are not client requests and are not spilled) and the summaries are
+        accumulated as they pass."""
         if cfg.cluster is None:
             raise ValueError("FleetSimulation needs a config with a cluster section")
         self.cfg = cfg
-        self.spill = spill
+        # streamed request rows go out in id order, as the in-memory table holds them
+        self._ordered = IdOrderedSpill(spill, chunk_rows) if spill is not None else None
+        self.spill = self._ordered
         cl = cfg.cluster
         self.streams = RandomStreams(cfg.seed)
         timeout_s = cfg.arrival.request_timeout_s
@@ -456,6 +459,8 @@ class FleetSimulation:
         if streamed:
             for sink in [*(rep.sink for rep in self.replicas), self.sink]:
                 sink.finish()  # the last chunks go out through _emit / the replicas' spills
+            assert self._ordered is not None
+            self._ordered.flush()
             req_df = requests_frame({name: [] for name in self.sink.columns})
             req_df["replica"] = np.empty(0, dtype=np.int64)
             if self.disaggregated:

@@ -32,7 +32,7 @@ from sim.entities import Request
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import MetricsSink, request_record, requests_frame, steps_frame, summarize
+from sim.records.metrics import IdOrderedSpill, MetricsSink, request_record, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 __all__ = ["SimResult", "Simulation", "FleetSimulation", "make_simulation", "simulate"]
@@ -63,7 +63,9 @@ class Simulation:
         else:
             self.env = env = CancellableEnvironment()
             self.timeouts = ClientTimeouts(env, timeout_s, self._time_out)
-        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=spill, chunk_rows=chunk_rows, timeouts=self.timeouts is not None)
+        # streamed request rows go out in id order, as the in-memory table holds them
+        self._ordered = IdOrderedSpill(spill, chunk_rows) if spill is not None else None
+        self.sink = MetricsSink(record_itls=cfg.record_itls, spill=self._ordered, chunk_rows=chunk_rows, timeouts=self.timeouts is not None)
         on_leave = self.timeouts.left if self.timeouts is not None else None
         self.server = server = Server(cfg, self.env, self.sink, fast_forward=fast_forward, on_leave=on_leave)
         self.model, self.gpu, self.limits = server.model, server.gpu, server.limits
@@ -117,6 +119,8 @@ class Simulation:
             progress(total, total)
         streamed = sink.spill is not None
         sink.finish()
+        if self._ordered is not None:
+            self._ordered.flush()
         timeouts = self.timeouts is not None
         if streamed:
             req_df = requests_frame({name: [] for name in sink.columns})

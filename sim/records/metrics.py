@@ -467,6 +467,54 @@ class MetricsSink:
         return stats
 
 
+class IdOrderedSpill:
+    """A ``spill(kind, frame)`` that hands request chunks on to ``spill`` in request-id order
+    — the order of the in-memory table — whatever order requests leave in; other kinds pass
+    straight through. Requests leave roughly in id order, so rows wait here only while a
+    request with a lower id is still inside (memory: that out-of-order window; a starved
+    request holds back every later row until it leaves). Call :meth:`flush` once every
+    record was handed over. Chunks handed on hold ``chunk_rows`` rows (the last one fewer).
+    Precondition: the ids are 0..N-1, each handed over once."""
+
+    def __init__(self, spill: Callable[[str, pd.DataFrame], None], chunk_rows: int = 65536) -> None:
+        self.spill = spill
+        self.chunk_rows = chunk_rows
+        self._pending: list[pd.DataFrame] = []
+        self._next_id = 0  # every id below it was handed on
+
+    def __call__(self, kind: str, frame: pd.DataFrame) -> None:
+        if kind != "requests":
+            self.spill(kind, frame)
+            return
+        self._pending.append(frame)
+        self._release(final=False)
+
+    def _release(self, final: bool) -> None:
+        if not self._pending:
+            return
+        df = pd.concat(self._pending, ignore_index=True) if len(self._pending) > 1 else self._pending[0]
+        df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
+        k = len(df)
+        if not final:  # the run of consecutive ids from the next expected one
+            ids = df["request_id"].to_numpy(dtype=np.int64)
+            gaps = np.flatnonzero(ids != self._next_id + np.arange(len(ids), dtype=np.int64))
+            if len(gaps):
+                k = int(gaps[0])
+            k -= k % self.chunk_rows  # whole chunks only (the rest waits for more, or the end)
+            if not k:
+                self._pending = [df]
+                return
+        for lo in range(0, k, self.chunk_rows):
+            self.spill("requests", df.iloc[lo : min(lo + self.chunk_rows, k)].reset_index(drop=True))
+        self._next_id += k
+        rest = df.iloc[k:].reset_index(drop=True)
+        self._pending = [rest] if len(rest) else []
+
+    def flush(self) -> None:
+        """Hand on every row still held (sorted); the run's records are complete."""
+        self._release(final=True)
+
+
 def requests_frame(columns: dict[str, list]) -> pd.DataFrame:
     """Per-request table from record columns (in table order, e.g. a sink's ``request_columns``),
     sorted by request id (stable ⇒ byte-identical)."""
