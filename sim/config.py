@@ -39,6 +39,12 @@ def _numeric_not_bool(annotation: Any) -> bool:
     return any(a in (int, float) for a in args) and bool not in args
 
 
+# The simulated clock is float64 seconds. Below 2**32 s (136 years) consecutive floats are at
+# most 2**-20 s (0.95 us) apart (IEEE 754 binary64: 52 fraction bits), so every time and
+# latency keeps microsecond resolution; arrival schedules and horizons beyond it are refused.
+MAX_CLOCK_S = 2.0**32
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -466,7 +472,9 @@ class RunConfig(_Strict):
     cost: CostConfig = CostConfig()
     workload: WorkloadConfig = WorkloadConfig()
     arrival: ArrivalConfig = ArrivalConfig(strategy="poisson", rate_rps=1.0)
-    horizon_s: float | None = Field(None, gt=0, description="stop the clock here; None = run until every request left")
+    horizon_s: float | None = Field(
+        None, gt=0, le=MAX_CLOCK_S, description="stop the clock here; None = run until every request left (at most 2**32 s: the clock's microsecond range)"
+    )
     record_itls: bool = Field(True, description="keep every inter-token gap (needed for ITL percentiles)")
     stop_when_slo_missed: bool = Field(
         False,

@@ -207,3 +207,58 @@ def test_horizon_bookkeeping_with_a_per_token_frontend_records_each_request_once
         sent = req[req["status"] != "not_sent"]
         assert (sent["arrival_s"] <= horizon_s).all()
         assert (req[req["status"] == "not_sent"]["request_id"] > sent["request_id"].max()).all()
+
+
+def test_a_trace_replayed_far_from_zero_keeps_microsecond_latencies(tmp_path):
+    """GIVEN the same trace (20 requests, gaps of a few ms written to the microsecond) starting
+    at offset 0, 1e6, 1e9, 1e12 or 1e15 s WHEN replayed THEN the request tables are identical
+    and the arrivals are the exact gaps: offsets are taken relative to the first request in
+    decimal arithmetic, so the clock runs near zero and TTFT / TPOT / E2E keep their
+    microseconds (a float clock at 1e12 s resolves only 0.1 ms, at 1e15 s 0.1 s)."""
+    from decimal import Decimal
+
+    rng = np.random.default_rng(5)
+    gaps_us = np.cumsum(rng.integers(1, 40_000, size=20))
+    prompts, outputs = rng.integers(20, 400, 20), rng.integers(1, 60, 20)
+    tables = {}
+    for start_s in ("0", "1000000", "1000000000", "1000000000000", "1000000000000000"):
+        offsets = [Decimal(start_s) + Decimal(int(g)) / Decimal(1_000_000) for g in gaps_us]
+        rows = [f"{o:f},{int(p)},{int(q)}" for o, p, q in zip(offsets, prompts, outputs)]
+        path = tmp_path / f"trace_{start_s}.csv"
+        path.write_text("start_offset_s,prompt_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+        cfg = make_config(arrival={"strategy": "replay"}, workload={"num_requests": None, "trace": {"path": str(path)}}, cost={"model": "roofline"})
+        got = simulate(cfg).requests
+        np.testing.assert_array_equal(got["arrival_s"].to_numpy(), [float(o - offsets[0]) for o in offsets])
+        tables[start_s] = got
+    for start_s, got in tables.items():
+        pd.testing.assert_frame_equal(got, tables["0"], obj=f"trace starting at {start_s} s")
+
+
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        ({"arrival": {"strategy": "poisson", "rate_rps": 1e-13}}, "arrival.rate_rps"),
+        ({"arrival": {"strategy": "constant", "rate_rps": 1e-9}}, "arrival.rate_rps"),
+        ({"horizon_s": 1e10}, "horizon_s"),
+    ],
+)
+def test_schedules_beyond_the_clocks_microsecond_range_are_refused(over, field):
+    """A run whose sends (or horizon) lie past 2**32 s of simulated time, where float64 seconds
+    no longer resolve a microsecond, is a ConfigError naming the field — never latencies
+    rounded to milliseconds."""
+    from sim.core.simulation import Simulation
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        Simulation(make_config(**over, workload={"num_requests": 10}))
+
+
+def test_a_trace_spanning_more_than_the_clocks_range_is_refused(tmp_path):
+    from sim.core.simulation import Simulation
+    from sim.errors import ConfigError
+
+    path = tmp_path / "span.csv"
+    path.write_text("start_offset_s,prompt_tokens,output_tokens\n5,10,10\n10000000005.5,10,10\n")
+    cfg = make_config(arrival={"strategy": "replay"}, workload={"num_requests": None, "trace": {"path": str(path)}})
+    with pytest.raises(ConfigError, match=r"workload\.trace\.path"):
+        Simulation(cfg)

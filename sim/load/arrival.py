@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import simpy
 
-from sim.config import ArrivalConfig
+from sim.config import MAX_CLOCK_S, ArrivalConfig
 from sim.entities import Request
 from sim.errors import ConfigError
 from sim.load.workload import Workload
@@ -36,6 +36,17 @@ from sim.rng import RandomStreams
 
 Submit = Callable[[Request], None]
 ARRIVALS: Registry = Registry("arrival strategy")
+
+
+def _within_clock(times_s: np.ndarray, field: str, fix: str) -> np.ndarray:
+    """``times_s`` (ascending send times) if the last is inside the clock's microsecond range
+    (:data:`~sim.config.MAX_CLOCK_S`); else a ConfigError naming ``field`` and ``fix``."""
+    if len(times_s) and float(times_s[-1]) > MAX_CLOCK_S:
+        raise ConfigError(
+            f"{field}: the last of {len(times_s)} requests would be sent at {float(times_s[-1]):.3g} s of simulated time, "
+            f"beyond {MAX_CLOCK_S:.3g} s (2**32 s; past it the float64 clock cannot keep microsecond latencies); {fix}"
+        )
+    return times_s
 
 
 def _open_loop(env: simpy.Environment, submit: Submit, reqs: Iterator[Request], times_s: np.ndarray):
@@ -92,24 +103,26 @@ def throughput(env, submit, workload: Workload, cfg: ArrivalConfig, streams: Ran
 
 @ARRIVALS.register("constant", "Fixed spacing 1/rate from t=0 (guidellm constant).")
 def constant(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    times = np.arange(len(workload), dtype=float) / _rate_rps(cfg)
+    times = _within_clock(np.arange(len(workload), dtype=float) / _rate_rps(cfg), "arrival.rate_rps", "raise the rate or send fewer requests")
     env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
 @ARRIVALS.register("poisson", "Exponential gaps of mean 1/rate (guidellm poisson).")
 def poisson(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     gaps = streams.get("arrival.poisson").exponential(1.0 / _rate_rps(cfg), size=len(workload))
-    env.process(_open_loop(env, submit, workload.iter_requests(), np.cumsum(gaps)))
+    times = _within_clock(np.cumsum(gaps), "arrival.rate_rps", "raise the rate or send fewer requests")
+    env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
 @ARRIVALS.register("replay", "Send each request at its trace offset.")
 def replay(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
     if workload.offsets_s is None:
         raise ConfigError("arrival.strategy: 'replay' needs a workload trace with a start_offset_s column")
-    env.process(_open_loop(env, submit, workload.iter_requests(), workload.offsets_s))
+    times = _within_clock(workload.offsets_s, "workload.trace.path", "the trace's start_offset_s values span more than 2**32 s")
+    env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
 @ARRIVALS.register("open-loop-at-measured-rate", "Constant 1/rate, first at 1/rate (the seed study's harness).")
 def open_loop_at_measured_rate(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    times = (np.arange(len(workload), dtype=float) + 1.0) / _rate_rps(cfg)
+    times = _within_clock((np.arange(len(workload), dtype=float) + 1.0) / _rate_rps(cfg), "arrival.rate_rps", "raise the rate or send fewer requests")
     env.process(_open_loop(env, submit, workload.iter_requests(), times))

@@ -141,8 +141,9 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
     """Read a per-request CSV: columns ``prompt_tokens``, ``output_tokens`` (required) and
     ``start_offset_s`` (needed for replay), optionally ``benchmark_index`` and ``ok``.
 
-    Returns rows sorted by send offset (stable). Raises ConfigError naming the file and the
-    problem for a missing file, missing columns, or invalid values.
+    Returns rows sorted by send offset (stable), ``start_offset_s`` in seconds after the
+    earliest row kept (computed exactly, also from wall-clock timestamps). Raises ConfigError
+    naming the file and the problem for a missing file, missing columns, or invalid values.
     """
     p = Path(path)
     if not p.is_file():
@@ -151,7 +152,7 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
     try:
         # the columns read here as text: pandas would read "true" as a 1 (they are parsed below,
         # strictly); no implicit index column (a row with one field too many is refused above)
-        text = dict.fromkeys((*TRACE_REQUIRED_COLUMNS, "benchmark_index", "ok"), str)
+        text = dict.fromkeys((*TRACE_REQUIRED_COLUMNS, "start_offset_s", "benchmark_index", "ok"), str)
         df = pd.read_csv(p, index_col=False, dtype=text)
     except Exception as err:  # pandas raises many types for malformed CSV
         raise ConfigError(f"workload.trace.path: cannot read {p} as CSV: {err}") from None
@@ -182,11 +183,30 @@ def load_trace(path: str | Path, benchmark_index: int | None = None, only_ok: bo
             raise ConfigError(f"workload.trace.path: {p}: column {col} must hold integers >= 1 and <= {TRACE_MAX_TOKENS}; row {row} has {df[col].iloc[row]!r}")
         df = df.assign(**{col: vals.astype(np.int64)})
     if "start_offset_s" in df.columns:
-        off = pd.to_numeric(df["start_offset_s"], errors="coerce")
-        if off.isna().any() or (off < 0).any() or not np.isfinite(off).all():
-            raise ConfigError(f"workload.trace.path: {p}: start_offset_s must be finite numbers >= 0")
-        df = df.assign(start_offset_s=off.astype(float)).sort_values("start_offset_s", kind="stable")
+        df = df.assign(start_offset_s=_relative_offsets(p, df["start_offset_s"])).sort_values("start_offset_s", kind="stable")
     return df.reset_index(drop=True)
+
+
+def _relative_offsets(p: Path, text: pd.Series) -> np.ndarray:
+    """The ``start_offset_s`` cells (text) as seconds after the earliest one. Large offsets
+    (a trace of wall-clock timestamps, 1e9 s and up) are subtracted in decimal, so requests
+    keep their microsecond spacing that float64 values of that size no longer hold."""
+    cells = text.astype(str).str.strip()
+    bad_type = cells.str.lower().isin(("true", "false"))  # not numbers, whatever pandas thinks
+    off = pd.to_numeric(cells.where(~bad_type), errors="coerce")
+    if off.isna().any() or (off < 0).any() or not np.isfinite(off).all():
+        row = int(np.flatnonzero((off.isna() | ~np.isfinite(off) | (off < 0)).to_numpy())[0])
+        raise ConfigError(f"workload.trace.path: {p}: start_offset_s must be finite numbers >= 0; row {row} has {text.iloc[row]!r}")
+    values = cells.astype(float).to_numpy()  # Python's correctly rounded parse of each cell
+    if values.min() == 0.0:
+        return values  # already relative: each value is its cell, correctly rounded
+    # each offset minus the earliest, computed exactly and rounded once (a float subtraction
+    # would round twice; of wall-clock timestamps little but the seconds would be left)
+    from decimal import Decimal
+
+    exact = [Decimal(c) for c in cells.tolist()]
+    first = min(exact)
+    return np.array([float(d - first) for d in exact], dtype=float)
 
 
 def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
@@ -200,8 +220,9 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
             df = df.iloc[: cfg.num_requests]
         prompts = df["prompt_tokens"].to_numpy()
         outputs = df["output_tokens"].to_numpy()
+        # relative to the earliest of the rows kept (load_trace made them relative, exactly)
         offsets = df["start_offset_s"].to_numpy(dtype=float) if "start_offset_s" in df.columns else None
-        if offsets is not None:
+        if offsets is not None and len(offsets):
             offsets = offsets - offsets.min()
         prefix = np.minimum(cfg.prefix_tokens, prompts)
         if pool is not None:
