@@ -145,3 +145,42 @@ def test_metrics_computed_in_workers_give_the_same_report():
     a = json.dumps(build_report(bare, model="m"), sort_keys=True, default=str)
     b = json.dumps(build_report(pooled, model="m"), sort_keys=True, default=str)
     assert a == b
+
+
+def test_sampled_records_list_a_uniform_subset_and_keep_every_metric():
+    """GIVEN a run of 60 requests WHEN reported with sample_requests=7 THEN each status lists at
+    most 7 records, drawn from that status's requests (ids ascending, no repeats, the same on
+    every build), ``sample_size`` says 7, and the metrics are those of the unsampled report
+    (they cover every request); sample_requests=None and a cap above the count list all."""
+    res = simulate(make_config(cost={"model": "linear"}, arrival={"strategy": "constant", "rate_rps": 30.0}, workload={"num_requests": 60}))
+    full = build_report([res], model="m", sample_requests=None)
+    cut = build_report([res], model="m", sample_requests=7)
+    assert cut == build_report([res], model="m", sample_requests=7)
+    ids_all = [r["request_id"] for r in full["benchmarks"][0]["requests"]["successful"]]
+    ids_cut = [r["request_id"] for r in cut["benchmarks"][0]["requests"]["successful"]]
+    assert len(ids_all) == 60 and len(ids_cut) == 7
+    assert set(ids_cut) <= set(ids_all) and ids_cut == sorted(ids_cut, key=int) and len(set(ids_cut)) == 7
+    assert ids_cut != ids_all[:7]  # a sample across the run, not its head
+    assert cut["benchmarks"][0]["config"]["sample_size"] == 7
+    assert full["benchmarks"][0]["config"]["sample_size"] is None
+    assert cut["benchmarks"][0]["metrics"] == full["benchmarks"][0]["metrics"]
+    assert build_report([res], model="m", sample_requests=60) == full
+    with pytest.raises(ValueError):
+        build_report([res], model="m", sample_requests=-1)
+
+
+def test_cli_sample_requests_caps_the_listed_records(tmp_path):
+    from click.testing import CliRunner
+
+    from sim.cli.main import main
+
+    base = ["run", "--cost-model", "linear", "--num-requests", "40", "--quiet", "--no-plots"]
+    out = tmp_path / "a"
+    r = CliRunner().invoke(main, [*base, "--sample-requests", "5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    bench = json.loads((out / "benchmarks.json").read_text())["benchmarks"][0]
+    assert len(bench["requests"]["successful"]) == 5 and bench["metrics"]["request_totals"]["successful"] == 40
+    r = CliRunner().invoke(main, [*base, "--sample-requests", "all", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0 and len(json.loads((tmp_path / "b/benchmarks.json").read_text())["benchmarks"][0]["requests"]["successful"]) == 40
+    bad = CliRunner().invoke(main, [*base, "--sample-requests", "some", "-o", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "--sample-requests" in bad.output

@@ -114,7 +114,31 @@ def table_options(func):
         help="stdout: the summary table, summary.json's content, or one CSV row per point (the files are written either way).",
     )(func)
     func = click.option("--wide", is_flag=True, help="The full table even on a narrow terminal (default: p99 columns only below 140 columns).")(func)
+    func = click.option(
+        "--sample-requests",
+        "sample_requests",
+        type=SampleRequests(),
+        default="10000",
+        show_default=True,
+        help="benchmarks.json: per-request records listed per status and benchmark, at most (a uniform sample beyond; guidellm's --sample-requests); 'all' lists every one. Metrics cover every request either way.",
+    )(func)
     return func
+
+
+class SampleRequests(click.ParamType):
+    """A count >= 0, or ``all`` (None)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return None
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a count of requests >= 0 or 'all'", param, ctx)
 
 
 def executor_options(func):

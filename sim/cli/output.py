@@ -271,9 +271,12 @@ def write_config_yaml(out: Path, cfg, fmt: str) -> None:
     write_yaml(out / "config.yaml", {"source_format": fmt, **cfg.model_dump(mode="json")})
 
 
-def write_guidellm(out: Path, results: list, cfg) -> None:
-    """``benchmarks.json``: the guidellm-compatible report of ``results``."""
-    from sim.records.guidellm import build_report
+def write_guidellm(out: Path, results: list, cfg, sample_requests: int | None | str = "default") -> None:
+    """``benchmarks.json``: the guidellm-compatible report of ``results``; ``sample_requests``
+    as :func:`~sim.records.guidellm.build_report` (``"default"``: its default cap)."""
+    from sim.records.guidellm import DEFAULT_SAMPLE_REQUESTS, build_report
 
+    cap = DEFAULT_SAMPLE_REQUESTS if sample_requests == "default" else sample_requests
+    assert cap is None or isinstance(cap, int)
     # megabytes: compact (the C encoder), and build_report's dict is JSON-ready already
-    write_json(out / "benchmarks.json", build_report(results, model=cfg.model), indent=None, clean=False)
+    write_json(out / "benchmarks.json", build_report(results, model=cfg.model, sample_requests=cap), indent=None, clean=False)

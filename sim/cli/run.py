@@ -42,7 +42,7 @@ def run(config: str | None, **kwargs: Any) -> None:
     from sim.core.simulation import make_simulation
 
     stream = kwargs.pop("stream")
-    wide, out_format = kwargs.pop("wide"), kwargs.pop("out_format")
+    wide, out_format, sample_requests = kwargs.pop("wide"), kwargs.pop("out_format"), kwargs.pop("sample_requests")
     flags, opts = split_flags(kwargs)
     cfg, fmt = build_config(config, flags, opts["sets"])
     out = out_dir(opts, "run")
@@ -77,7 +77,7 @@ def run(config: str | None, **kwargs: Any) -> None:
     doc = {**header(cfg), "runs": [entry]}
     write_json(out / "summary.json", doc)
     if not res.derived.get("streamed"):  # the guidellm report needs the full request table
-        write_guidellm(out, [res], cfg)
+        write_guidellm(out, [res], cfg, sample_requests)
     if not opts["no_plots"] and len(res.steps):  # streamed runs keep no steps in memory
         from sim.plots.runs import batch_composition, replica_load
 

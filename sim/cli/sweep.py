@@ -65,7 +65,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         "out_format": "table",
         **kwargs,
     }
-    wide, out_format = kwargs.pop("wide"), kwargs.pop("out_format")
+    wide, out_format, sample_requests = kwargs.pop("wide"), kwargs.pop("out_format"), kwargs.pop("sample_requests")
     flags, opts = split_flags(kwargs)
     sets = list(opts["sets"])
     if opts["num_points"] is not None:
@@ -118,7 +118,7 @@ def sweep(config: str | None = None, **kwargs: Any) -> None:
         ],
     }
     write_json(out / "summary.json", doc)
-    write_guidellm(out, [p.result for p in result.points], cfg)
+    write_guidellm(out, [p.result for p in result.points], cfg, sample_requests)
     if not opts["no_plots"]:
         from sim.plots.runs import batch_composition, latency_vs_rate, replica_load, throughput_vs_offered
 

@@ -69,9 +69,10 @@ from typing import Any
 import numpy as np
 
 from sim.records.guidellm_stats import distribution_summary, status_summary
+from sim.rng import RandomStreams
 from sim.version import __version__ as SERVESIM_VERSION
 
-__all__ = ["GUIDELLM_SCHEMA_VERSION", "GUIDELLM_VERSION", "build_report", "distribution_summary"]
+__all__ = ["DEFAULT_SAMPLE_REQUESTS", "GUIDELLM_SCHEMA_VERSION", "GUIDELLM_VERSION", "build_report", "distribution_summary"]
 GUIDELLM_VERSION = "0.8.1"
 GUIDELLM_SCHEMA_VERSION = 2
 _STATUS_GROUP = {"finished": "successful", "in_flight": "incomplete", "rejected": "errored", "timed_out": "errored"}
@@ -424,9 +425,28 @@ def attach_metrics(res: Any) -> Any:
     return res
 
 
-def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: str) -> dict[str, Any]:
+# Per-request records kept per status group and benchmark (guidellm's ``sample_requests``): the
+# metrics always cover every request; past this many records a benchmark lists a uniform
+# sample, so a large sweep writes megabytes, not gigabytes (a record is ~0.8 kB of JSON).
+DEFAULT_SAMPLE_REQUESTS = 10_000
+
+
+def _sampled(reqs: list[_Req], limit: int | None, seed: int, status: str) -> list[_Req]:
+    """``reqs`` if at most ``limit`` (None: no limit), else ``limit`` of them drawn uniformly
+    without replacement (stream ``report.sample.<status>`` of the run's seed), in id order."""
+    if limit is None or len(reqs) <= limit:
+        return reqs
+    rng = RandomStreams(seed).get(f"report.sample.{status}")
+    keep = np.sort(rng.choice(len(reqs), size=limit, replace=False))
+    return [reqs[i] for i in keep.tolist()]
+
+
+def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: str, sample_requests: int | None = DEFAULT_SAMPLE_REQUESTS) -> dict[str, Any]:
     df = res.requests
     reqs, groups, request_start, request_end, measure_end = _grouped(res)
+    seed = int(res.config.seed)
+    listed = {k: _sampled(v, sample_requests, seed, k) for k, v in groups.items()}
+    sampled = any(len(listed[k]) < len(groups[k]) for k in groups)
     fin = groups["successful"]
     strategy = _strategy(res.config.arrival)
     n = {k: len(v) for k, v in groups.items()}
@@ -440,7 +460,7 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
             "run_index": index,
             "strategy": strategy,
             "constraints": {"max_requests": {"max_num": int(len(df))}},
-            "sample_size": None,
+            "sample_size": sample_requests if sampled else None,
             "prefer_response_metrics": True,
             "slo": None,
             "confidence": None,
@@ -492,9 +512,9 @@ def _benchmark(res: Any, index: int, run_id: str, model: str, backend_target: st
         },
         "metrics": res.extras.get(EXTRAS_KEY) or _metrics(groups, request_start, measure_end),
         "requests": {
-            "successful": _Records(r.record(run_id, index) for r in groups["successful"]),
-            "incomplete": _Records(r.record(run_id, index) for r in groups["incomplete"]),
-            "errored": _Records(r.record(run_id, index) for r in groups["errored"]),
+            "successful": _Records(r.record(run_id, index) for r in listed["successful"]),
+            "incomplete": _Records(r.record(run_id, index) for r in listed["incomplete"]),
+            "errored": _Records(r.record(run_id, index) for r in listed["errored"]),
             "total": None,
         },
         "warnings": [],
@@ -516,15 +536,20 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def build_report(results: list, *, model: str, backend_target: str = "servesim://simulated") -> dict:
+def build_report(results: list, *, model: str, backend_target: str = "servesim://simulated", sample_requests: int | None = DEFAULT_SAMPLE_REQUESTS) -> dict:
     """A guidellm 0.8.1 ``GenerativeBenchmarksReport`` (as a JSON-serialisable dict).
 
     ``results``: :class:`~sim.core.simulation.SimResult` objects, one benchmark each, in order.
     ``model``: the model name to record (e.g. the Hugging Face id the run simulates).
+    ``sample_requests``: per-request records listed per status group and benchmark, at most
+    (a uniform sample beyond, seeded by the run's seed; the benchmark's ``sample_size`` then
+    says so); None lists every request. Metrics always cover every request.
     Deterministic: no wall clock, no random ids; the same results give the same dict.
     """
+    if sample_requests is not None and sample_requests < 0:
+        raise ValueError(f"sample_requests must be >= 0 or None, got {sample_requests}")
     run_id = "servesim"
-    benchmarks = [_benchmark(res, i, run_id, model, backend_target) for i, res in enumerate(results)]
+    benchmarks = [_benchmark(res, i, run_id, model, backend_target, sample_requests) for i, res in enumerate(results)]
     first = results[0].config if results else None
     data: dict[str, Any] = {"kind": "synthetic_text"}
     if first is not None and first.workload.trace is None:
