@@ -184,3 +184,38 @@ def test_cli_sample_requests_caps_the_listed_records(tmp_path):
     assert r.exit_code == 0 and len(json.loads((tmp_path / "b/benchmarks.json").read_text())["benchmarks"][0]["requests"]["successful"]) == 40
     bad = CliRunner().invoke(main, [*base, "--sample-requests", "some", "-o", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "--sample-requests" in bad.output
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"arrival": {"strategy": "constant", "rate_rps": 40.0}, "workload": {"num_requests": 80}},
+        {"arrival": {"strategy": "poisson", "rate_rps": 60.0}, "workload": {"num_requests": 120}, "horizon_s": 1.5},  # in flight, not sent
+        {"arrival": {"strategy": "poisson", "rate_rps": 80.0, "request_timeout_s": 0.4}, "workload": {"num_requests": 120}},  # timed out
+        {"arrival": {"strategy": "synchronous"}, "workload": {"num_requests": 12, "output_tokens": {"dist": "fixed", "value": 1}}},  # no iterations
+    ],
+    ids=["finished", "horizon", "timeouts", "one-token"],
+)
+def test_compact_token_metrics_equal_the_array_path(over):
+    """The per-token metrics computed from the sorted iteration-token times (no (N, 2) arrays)
+    are exactly those of the per-token (time, weight) arrays, for every status mix."""
+    from sim.records import guidellm as g
+    from sim.records.guidellm_stats import status_summary
+
+    res = simulate(make_config(cost={"model": "linear"}, **over))
+    _, groups, start, _, end = g._grouped(res)
+    if "horizon_s" in over:
+        assert groups["incomplete"], "the case needs requests in flight at the horizon"
+    if "request_timeout_s" in over["arrival"]:
+        assert groups["errored"], "the case needs timed-out requests"
+    compact = g._compact_token_metrics(groups, start, end)
+    assert compact is not None
+    tt = {k: g._token_timings(v) for k, v in groups.items()}
+    arrays = {
+        "prompt_tokens_per_second": status_summary("rate", {k: t[0] for k, t in tt.items()}, start, end),
+        "output_tokens_per_second": status_summary("rate", {k: t[1] for k, t in tt.items()}, start, end),
+        "tokens_per_second": status_summary("rate", {k: t[3] for k, t in tt.items()}, start, end),
+        "output_tokens_per_iteration": status_summary("values", {k: t[1][:, 1].copy() for k, t in tt.items()}),
+        "iter_tokens_per_iteration": status_summary("values", {k: t[2][:, 1].copy() for k, t in tt.items()}),
+    }
+    assert json.dumps(compact) == json.dumps(arrays)

@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.records.guidellm_stats import distribution_summary, status_summary
+from sim.records.guidellm_stats import distribution_summary, rate_summary_unit_events, status_summary
 from sim.rng import RandomStreams
 from sim.version import __version__ as SERVESIM_VERSION
 
@@ -334,6 +334,88 @@ def _token_timings(reqs: list[_Req]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return prompt, out_tw, iter_tw, all_tw
 
 
+def _iter_times(reqs: list[_Req]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Of ``reqs`` (in order): one row per request of its output timings that is not an
+    iteration token — ``(last or end, output)`` without iterations, else its first token
+    ``(first, 1.0)`` —, the times of every iteration token (after each request's first, the
+    same floats as :func:`_token_timings`), and whether every iteration token weighs 1.0
+    (``iter_tokens_per_iteration``, always so for servesim's one-token iterations)."""
+    n = len(reqs)
+    special = np.empty((n, 2))
+    first = np.zeros(n)
+    last = np.zeros(n)
+    iters = np.zeros(n, dtype=np.int64)
+    unit = True
+    for i, r in enumerate(reqs):
+        if r.first is None or r.last is None or r.iterations <= 1:
+            special[i] = (r.last if r.last is not None else r.end, float(r.output))
+            continue
+        special[i] = (r.first, 1.0 * bool(r.output))
+        tpi = r.iter_tokens_per_iteration
+        if tpi is not None:
+            unit = unit and tpi == 1.0
+            first[i], last[i], iters[i] = r.first, r.last, r.iterations
+    counts = np.where(iters > 1, iters - 1, 0)
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(n), counts)
+    starts = np.cumsum(counts) - counts
+    times = (np.arange(total) - starts[owner] + 1).astype(float)  # j = 1 .. iterations-1
+    del starts
+    div = np.where(counts > 0, counts, 1).astype(float)
+    step = np.where(counts > 0, (last - first) / div, 0.0)
+    times *= step[owner]
+    times += first[owner]
+    del owner
+    ends = np.cumsum(counts)[counts > 0] - 1
+    times[ends] = last[counts > 0]
+    return special, times, unit
+
+
+def _compact_token_metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[str, Any] | None:
+    """The four per-token metrics (output and total token rates, output and iteration tokens
+    per iteration) from the iteration-token times without (N, 2) arrays: the same numbers as
+    the array path when only successful requests have iteration tokens and every one weighs
+    1.0 (servesim's runs); None otherwise (the caller then takes the array path)."""
+    parts = {k: _iter_times(v) for k, v in groups.items()}
+    if any(len(parts[k][1]) for k in ("incomplete", "errored")) or not all(p[2] for p in parts.values()):
+        return None
+    times = parts["successful"][1]
+    times.sort()  # in place: the one large array
+    n_iter = len(times)
+    prompt = {k: np.array([(r.first if r.first is not None else r.end, float(r.prompt)) for r in v]).reshape(-1, 2) for k, v in groups.items()}
+    special = {k: parts[k][0] for k in groups}
+    empty = np.empty(0)
+
+    def rates(extra: dict[str, np.ndarray]) -> dict[str, Any]:
+        out = {k: rate_summary_unit_events(times if k == "successful" else empty, extra[k], start, end) for k in groups}
+        all_extra = np.concatenate([extra[k] for k in ("successful", "incomplete", "errored")])
+        if not len(groups["incomplete"]) and not len(groups["errored"]):
+            out["total"] = {**out["successful"], "percentiles": dict(out["successful"]["percentiles"])}
+        else:
+            out["total"] = rate_summary_unit_events(times, all_extra, start, end)
+        return out
+
+    def per_iteration(values: dict[str, tuple[np.ndarray, int]]) -> dict[str, Any]:
+        # (value, weight) pairs: each listed value once, the unit iteration tokens as one pair
+        def pairs(vals: np.ndarray, units: int) -> np.ndarray:
+            rows = np.column_stack((vals, np.ones(len(vals))))
+            return np.vstack((rows, [[1.0, float(units)]])) if units else rows
+
+        out = {k: distribution_summary(pairs(*values[k])) for k in groups}
+        all_vals = np.concatenate([values[k][0] for k in ("successful", "incomplete", "errored")])
+        out["total"] = distribution_summary(pairs(all_vals, sum(values[k][1] for k in groups)))
+        return out
+
+    both = {k: np.vstack((prompt[k], special[k])) for k in groups}
+    return {
+        "prompt_tokens_per_second": status_summary("rate", prompt, start, end),
+        "output_tokens_per_second": rates(special),
+        "tokens_per_second": rates(both),
+        "output_tokens_per_iteration": per_iteration({k: (special[k][:, 1], n_iter if k == "successful" else 0) for k in groups}),
+        "iter_tokens_per_iteration": per_iteration({k: (empty, n_iter if k == "successful" else 0) for k in groups}),
+    }
+
+
 def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[str, Any]:
     def values(fn) -> dict[str, Any]:
         vals: dict[str, list] = {}
@@ -358,7 +440,17 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
         return status_summary("rate", vals, start, end)
 
     n = {k: len(v) for k, v in groups.items()}
-    timings = {k: _token_timings(v) for k, v in groups.items()}
+    token_metrics = _compact_token_metrics(groups, start, end)
+    if token_metrics is None:  # general weights: the (N, 2) arrays of every token timing
+        timings = {k: _token_timings(v) for k, v in groups.items()}
+        token_metrics = {
+            "prompt_tokens_per_second": status_summary("rate", {k: tt[0] for k, tt in timings.items()}, start, end),
+            "output_tokens_per_second": status_summary("rate", {k: tt[1] for k, tt in timings.items()}, start, end),
+            "tokens_per_second": status_summary("rate", {k: tt[3] for k, tt in timings.items()}, start, end),
+            "output_tokens_per_iteration": status_summary("values", {k: tt[1][:, 1].copy() for k, tt in timings.items()}),
+            "iter_tokens_per_iteration": status_summary("values", {k: tt[2][:, 1].copy() for k, tt in timings.items()}),
+        }
+        del timings
     zero = values(lambda r: 0.0)  # metrics guidellm defaults to 0.0 when unmeasured
     text = _token_summary(groups, start, end)
     return {
@@ -381,11 +473,7 @@ def _metrics(groups: dict[str, list[_Req]], start: float, end: float) -> dict[st
         "inter_token_latency_ms": values(lambda r: (r.itl_ms or 0.0, float((r.output or 1) - 1))),
         "time_to_last_round_trip_ms": zero,
         "avg_round_trip_time_ms": zero,
-        "prompt_tokens_per_second": status_summary("rate", {k: tt[0] for k, tt in timings.items()}, start, end),
-        "output_tokens_per_second": status_summary("rate", {k: tt[1] for k, tt in timings.items()}, start, end),
-        "tokens_per_second": status_summary("rate", {k: tt[3] for k, tt in timings.items()}, start, end),
-        "output_tokens_per_iteration": status_summary("values", {k: tt[1][:, 1].copy() for k, tt in timings.items()}),
-        "iter_tokens_per_iteration": status_summary("values", {k: tt[2][:, 1].copy() for k, tt in timings.items()}),
+        **token_metrics,
         "text": {"tokens": text, "words": None, "characters": None},
         "image": dict.fromkeys(_NONE_SUMMARY_FIELDS["image"]),
         "video": dict.fromkeys(_NONE_SUMMARY_FIELDS["video"]),

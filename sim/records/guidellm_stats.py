@@ -101,12 +101,19 @@ def distribution_summary(values: Sequence | np.ndarray, count: int | None = None
     arr = _weighted(values, 2)
     if arr.shape[0] == 0:
         return _summary_from_pdf(np.empty((0, 2)), 0)
+    return _weighted_summary(arr[:, 0], arr[:, 1], count)
+
+
+def _weighted_summary(values: np.ndarray, weights: np.ndarray, count: int | None = None) -> dict[str, Any]:
+    """:func:`distribution_summary` of ``values`` with ``weights`` (1-D, same length > 0)."""
     if count is None:
-        count = round(np.sum(arr[:, 1]).item())
-    order = np.argsort(arr[:, 0])
-    sorted_values = arr[order, 0]
-    sorted_weights = arr[order, 1]
+        count = round(np.sum(weights).item())
+    order = np.argsort(values)
+    sorted_values = values[order]
+    sorted_weights = weights[order]
+    del order
     uniq, weights = _sum_sorted_runs(sorted_values, sorted_weights)
+    del sorted_values, sorted_weights
     mask = weights > 0
     final_values = uniq[mask]
     final_weights = weights[mask]
@@ -121,28 +128,35 @@ def _sum_sorted_runs(sorted_values: np.ndarray, weights: np.ndarray) -> tuple[np
     """The distinct values of an ascending array and the sum of each one's weights, added in
     array order: what ``np.unique(..., return_inverse=True)`` + ``np.add.at`` give (guidellm's
     code), without sorting again (``bincount`` sums in the same order as ``add.at``).
-    Precondition: ``sorted_values`` ascending, no NaN."""
+    Precondition: ``sorted_values`` ascending, no NaN. Distinct values come back as the input
+    arrays themselves (not copies)."""
     n = sorted_values.shape[0]
     if n == 0:
         return sorted_values.copy(), np.zeros(0)
     first = np.empty(n, dtype=bool)
     first[0] = True
     np.not_equal(sorted_values[1:], sorted_values[:-1], out=first[1:])
-    inverse = np.cumsum(first) - 1
+    if first.all():  # already distinct: the inputs themselves (callers do not modify them)
+        return sorted_values, weights
+    inverse = np.cumsum(first, dtype=np.int64 if n >= 2**31 else np.int32) - 1
     uniq = sorted_values[first]
+    del first
     return uniq, np.bincount(inverse, weights=weights, minlength=uniq.shape[0])
 
 
 def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
     """guidellm's ``_merge_sorted_times_with_weights``. Precondition: ``wt`` sorted by time."""
-    uniq, w = _sum_sorted_runs(wt[:, 0], wt[:, 1])
-    wt = np.column_stack((uniq, w))
-    if threshold is None or threshold <= 0.0 or wt.shape[0] <= 1:
-        return wt
-    times = wt[:, 0]
+    return np.column_stack(_merge_times_1d(wt[:, 0], wt[:, 1], threshold))
+
+
+def _merge_times_1d(times: np.ndarray, weights: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_merge_times` on separate time and weight arrays (no (N, 2) copies)."""
+    times, w = _sum_sorted_runs(times, weights)
+    if threshold is None or threshold <= 0.0 or times.shape[0] <= 1:
+        return times, w
     within = np.diff(times) <= threshold
     if not np.any(within):
-        return wt
+        return times, w
     run_starts = np.flatnonzero(np.concatenate(([True], ~within)))
     run_lengths = np.diff(run_starts, append=len(times))
     long_runs = run_lengths > 1
@@ -159,20 +173,21 @@ def _merge_times(wt: np.ndarray, threshold: float | None) -> np.ndarray:
     nxt = np.where(group_ends < run_end, group_ends, -1)  # next group start, -1 after the last
     is_group_start = np.zeros(len(long_inds), dtype=bool)
     frontier = np.cumsum(run_len) - run_len
+    del run_len, run_end, group_ends, long_times
     while frontier.size > 64:
         is_group_start[frontier] = True
         frontier = nxt[frontier]
         frontier = frontier[frontier >= 0]
-    if frontier.size:
-        links = nxt.tolist()
-        for ind in frontier.tolist():
-            while ind >= 0:
-                is_group_start[ind] = True
-                ind = links[ind]
+    for ind in frontier.tolist():
+        while ind >= 0:
+            is_group_start[ind] = True
+            ind = int(nxt[ind])
+    del nxt
     is_start = ~in_long_run
     is_start[long_inds[is_group_start]] = True
+    del in_long_run, long_inds, is_group_start
     starts = np.flatnonzero(is_start)
-    return np.column_stack((times[starts], np.add.reduceat(wt[:, 1], starts)))
+    return times[starts], np.add.reduceat(w, starts)
 
 
 def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
@@ -184,19 +199,57 @@ def _rate_summary(events: Sequence | np.ndarray, start: float, end: float) -> di
     wt = np.concatenate((lead, wt[(t >= start) & (t <= end)], [[end, 0.0]]))
     # a stable sort (fast on the per-request runs of times); equal times' weights are summed,
     # and the zero weights of the added rows change no sum
-    wt = wt[np.argsort(wt[:, 0], kind="stable")]
-    wt = _merge_times(wt, _MERGE_THRESHOLD_S)
-    if len(wt) <= 1:
-        return distribution_summary([], count=len(wt))
-    times = wt[:, 0]
-    occurrences = wt[:, 1]
+    order = np.argsort(wt[:, 0], kind="stable")
+    return _rate_from_sorted(wt[order, 0], wt[order, 1])
+
+
+def rate_summary_unit_events(sorted_times: np.ndarray, extra: np.ndarray, start: float, end: float) -> dict[str, Any]:
+    """:func:`_rate_summary` of the events ``sorted_times`` (ascending, weight 1.0 each: one
+    token each) together with the ``(time, weight)`` rows ``extra``, without building the
+    (N, 2) event array: the unit events are counted per distinct time on the sorted array
+    (a view of the window, no copy) and the few extra rows added where their times fall.
+    Identical to :func:`_rate_summary` of the concatenation when every weight is an integer
+    (token counts: sums of integers are exact in any order)."""
+    t = sorted_times[np.searchsorted(sorted_times, start, side="left") : np.searchsorted(sorted_times, end, side="right")]
+    if len(t):
+        first = np.empty(len(t), dtype=bool)
+        first[0] = True
+        np.not_equal(t[1:], t[:-1], out=first[1:])
+        run_starts = np.flatnonzero(first)
+        u1 = t[run_starts]
+        c1 = np.diff(run_starts, append=len(t)).astype(float)
+        del first, run_starts
+    else:
+        u1 = c1 = np.empty(0)
+    ex = _weighted(extra, 2)
+    te = ex[:, 0]
+    lead = np.array([[start, 0.0]]) if start <= end else np.empty((0, 2))
+    ex = np.concatenate((lead, ex[(te >= start) & (te <= end)], [[end, 0.0]]))
+    ex = ex[np.argsort(ex[:, 0], kind="stable")]
+    u2, w2 = _sum_sorted_runs(ex[:, 0], ex[:, 1])
+    pos = np.searchsorted(u1, u2)
+    hit = np.zeros(len(u2), dtype=bool)
+    if len(u1):
+        hit = (pos < len(u1)) & (u1[np.minimum(pos, len(u1) - 1)] == u2)
+        c1[pos[hit]] += w2[hit]  # distinct times: each position once
+    times, weights = np.insert(u1, pos[~hit], u2[~hit]), np.insert(c1, pos[~hit], w2[~hit])
+    del u1, c1
+    return _rate_from_sorted(times, weights)
+
+
+def _rate_from_sorted(times: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
+    """The rate distribution of events sorted by time (window rows included)."""
+    times, occurrences = _merge_times_1d(times, weights, _MERGE_THRESHOLD_S)
+    if len(times) <= 1:
+        return distribution_summary([], count=len(times))
     mid = (times[1:] + times[:-1]) / 2
     durations = np.empty_like(times)
     durations[0] = mid[0] - times[0]
     durations[1:-1] = mid[1:] - mid[:-1]
     durations[-1] = np.clip(times[-1] - mid[-1], _EPS, None)
+    del mid, times
     rates = occurrences / durations
-    return distribution_summary(np.column_stack((rates, durations)), count=round(np.sum(occurrences).item()))
+    return _weighted_summary(rates, durations, count=round(np.sum(occurrences).item()))
 
 
 def _concurrency_summary(intervals: Sequence | np.ndarray, start: float, end: float) -> dict[str, Any]:
