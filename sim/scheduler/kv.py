@@ -131,11 +131,16 @@ class KVCacheManager:
     def _cached_run(self, req: Request, limit: int) -> list[int]:
         """The cached blocks holding ``req``'s first blocks, up to ``limit``, stopping at the first miss."""
         hits: list[int] = []
-        for i in range(limit):
-            block = self._cached.get(self._block_key(req, i))
-            if block is None:
-                break
-            hits.append(block)
+        get = self._cached.get
+        lo = 0
+        while lo < limit:  # keys built a run at a time (most queries hit many blocks or none)
+            hi = min(limit, lo + 32 if lo else 4)
+            for key in _block_keys(req, lo, hi, self.block_size):
+                block = get(key)
+                if block is None:
+                    return hits
+                hits.append(block)
+            lo = hi
         return hits
 
     def get_offloaded_run(self, req: Request, num_gpu_hits: int) -> int:
@@ -198,10 +203,12 @@ class KVCacheManager:
                 owned.append(b)
             return True
         hits = computed_blocks or []
-        total_tokens = req.num_computed_tokens + (len(hits) + num_loaded_blocks) * self.block_size + num_new_tokens
-        need = self.blocks_for_tokens(total_tokens) - have - len(hits)
-        reviving = sum(1 for b in hits if self._ref[b] == 0)
-        if need + reviving > len(self._free):
+        bs = self.block_size
+        total_tokens = req.num_computed_tokens + (len(hits) + num_loaded_blocks) * bs + num_new_tokens
+        need = -(-total_tokens // bs) - have - len(hits)
+        ref, free = self._ref, self._free
+        reviving = sum(1 for b in hits if ref[b] == 0) if hits else 0
+        if need + reviving > len(free):
             return False
         if num_loaded_blocks:
             # touch the loaded hashes (most recently used) and keep this allocation's own
@@ -213,24 +220,27 @@ class KVCacheManager:
             self.num_offload_loaded_blocks += num_loaded_blocks
         if owned is None:
             owned = self._owned[req.request_id] = []
-        for b in hits:
-            if self._ref[b] == 0:
-                del self._free[b]
-            self._ref[b] += 1
-            owned.append(b)
         if hits:
-            self.num_cache_hit_tokens += len(hits) * self.block_size
-        for _ in range(max(need, 0)):
-            b, _unused = self._free.popitem(last=False)
-            h = self._hash[b]
-            if h is not None:
-                if self._cached.get(h) == b:
-                    del self._cached[h]
-                    if self.num_cpu_blocks:
-                        self._offload_store(h)  # the last GPU copy of these tokens
-                self._hash[b] = None
-            self._ref[b] = 1
-            owned.append(b)
+            for b in hits:
+                if ref[b] == 0:
+                    del free[b]
+                ref[b] += 1
+                owned.append(b)
+            self.num_cache_hit_tokens += len(hits) * bs
+        if need > 0:
+            hashes, cached, pop, add = self._hash, self._cached, free.popitem, owned.append
+            cpu = self.num_cpu_blocks
+            for _ in range(need):
+                b = pop(last=False)[0]
+                h = hashes[b]
+                if h is not None:
+                    if cached.get(h) == b:
+                        del cached[h]
+                        if cpu:
+                            self._offload_store(h)  # the last GPU copy of these tokens
+                    hashes[b] = None
+                ref[b] = 1
+                add(b)
         if num_loaded_blocks:
             self._cpu_pinned = frozenset()
         if self.enable_prefix_caching:
