@@ -62,8 +62,9 @@ def latency_vs_rate(sweep: SweepResult, title: str = "", intervals: list[dict] |
             ax.axvline(sat.achieved_rps, color="purple", alpha=0.5, lw=1, label=f"saturation ({sweep.saturation_rps:.3g} req/s offered)")
         if metric == "ttft":
             ax.set_yscale("log")
+            plain_log_ticks(ax)
         ax.set_xlabel("achieved request rate (req/s)")
-        ax.set_ylabel(label + (", log scale" if metric == "ttft" else ""))
+        ax.set_ylabel(label + (", log scale" if ax.get_yscale() == "log" else ""))
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3, which="both" if metric == "ttft" else "major")
         ax.legend(fontsize=7)
@@ -228,6 +229,28 @@ def comparison(table, metrics=("ttft_mean_ms", "tpot_mean_ms", "e2e_mean_ms", "o
     fig.suptitle(f"comparison over seeds: means (top) and paired differences to {arms[0] if arms else '-'} (bottom), 95 % intervals")
     fig.tight_layout()
     return fig
+
+
+def plain_log_ticks(ax, axis: str = "y") -> None:
+    """Readable ticks on a log axis: plain numbers (``30``, ``0.5``, ``2000``), not powers of
+    ten, and enough of them — every 1-9 multiple labelled below one decade, the 2s and 5s
+    below two, the powers of ten beyond. A span under 3x is drawn linear instead (a log scale
+    adds nothing there and leaves one tick). Call after plotting (reads the limits)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    which = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if lo > 0 and hi / lo < 3:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("linear")
+        return
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    which.set_major_formatter(fmt)
+    if lo > 0 and hi / lo < 100:
+        subs = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if hi / lo < 10 else (2.0, 5.0)
+        which.set_minor_locator(LogLocator(base=10, subs=subs))
+        which.set_minor_formatter(fmt)
+    else:
+        which.set_minor_formatter(NullFormatter())
 
 
 def identity_loglog(ax, values) -> None:

@@ -17,14 +17,14 @@ def plot_sim_vs_meas(long: pd.DataFrame, title: str):
     ):
         d = long[(long["metric"] == metric) & long["sim"].notna() & long["meas"].notna()]
         for ds, grp in d.groupby("dataset", sort=True):
-            ax.scatter(grp["meas"], grp["sim"], s=22, label=str(ds)[:24], alpha=0.8, color=colours[ds])
+            ax.scatter(grp["meas"], grp["sim"], s=22, label=str(ds), alpha=0.8, color=colours[ds])
         from sim.plots.runs import identity_loglog
 
         identity_loglog(ax, pd.concat([d["meas"], d["sim"]]))
         ax.set_xlabel(f"measured {label}")
         ax.set_ylabel(f"simulated {label}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -46,7 +46,10 @@ def plot_latency_vs_rate(long: pd.DataFrame, experiment: str):
         ax.set_xlabel("measured achieved request rate (req/s)")
         ax.set_ylabel(label)
         ax.set_yscale("log")
-        ax.grid(alpha=0.3)
+        from sim.plots.runs import plain_log_ticks
+
+        plain_log_ticks(ax)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.suptitle(f"{experiment}: latency vs rate (x = measured achieved rate of each point)")
     fig.tight_layout()
