@@ -4,9 +4,11 @@ it imports no command."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -163,12 +165,17 @@ def handle_errors(func):
         pending_before = len(_PENDING)
         ok = False
         opened = False  # whether the command had made its result folder when it failed
+        committed = False  # whether its results are in place (a signal may still come after)
         try:
             try:
                 out = func(*args, **kwargs)
-                for folder in _PENDING[pending_before:]:
-                    folder.commit()
-                ok = True
+                # Ctrl-C / SIGTERM wait until every folder is committed (a signal between the
+                # two renames of a commit would leave the target absent); one that came
+                # meanwhile is raised when they are unblocked, with the new results in place
+                with _signals_deferred():
+                    for folder in _PENDING[pending_before:]:
+                        folder.commit()
+                    committed = ok = True
                 return out
             finally:
                 opened = len(_PENDING) > pending_before
@@ -182,12 +189,13 @@ def handle_errors(func):
         except ServesimError as err:
             err_console.print(f"[bold red]internal error:[/] {err}")
             sys.exit(1)
-        except KeyboardInterrupt:
-            err_console.print("interrupted: the result folder was left as it was (no partial result files were written)")
-            sys.exit(130)
-        except Terminated:
-            err_console.print("terminated: the result folder was left as it was (no partial result files were written)")
-            sys.exit(143)
+        except (KeyboardInterrupt, Terminated) as stop:
+            word, code = ("interrupted", 130) if isinstance(stop, KeyboardInterrupt) else ("terminated", 143)
+            if committed:
+                err_console.print(f"{word} after the run was complete: the result folder holds the new results, whole")
+            else:
+                err_console.print(f"{word}: the result folder was left as it was (no partial result files were written)")
+            sys.exit(code)
         except MemoryError:
             err_console.print("[bold red]error:[/] out of memory: lower workload.num_requests or server.num_gpu_blocks, or use --stream")
             sys.exit(2)
@@ -303,6 +311,31 @@ class ResultFolder:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM held back inside the block: noted by stand-in handlers and raised
+    (KeyboardInterrupt / Terminated) when it ends. Python handlers, not a signal mask: any
+    thread of the process (pyarrow's, BLAS's) may receive a signal, but Python runs handlers
+    in the main thread only, so none can raise inside the block."""
+    came: list[int] = []
+
+    def note(signum, _frame) -> None:
+        came.append(signum)
+
+    try:
+        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: nothing to hold back with
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if came:
+        raise KeyboardInterrupt() if came[0] == signal.SIGINT else Terminated()
 
 
 class Terminated(BaseException):
