@@ -226,6 +226,7 @@ class FleetSimulation:
                 rep.busy_s += float(frame["duration_s"].sum())
                 rep.preemptions += int(frame["num_preempted"].sum())
                 frame.insert(0, "replica", np.full(len(frame), index, dtype=np.int64))
+                assert self.spill is not None  # replicas spill only in streaming mode
                 self.spill("steps", frame)
             elif role != "prefill":  # a prefill replica's request rows are prefill phases
                 self._emit(kind, frame)
@@ -248,6 +249,7 @@ class FleetSimulation:
                 name, role = self._group_names[gi]
                 if (role == "prefill") == (role_column == "prefill_replica"):
                     self.group_summaries[name].add(frame[g == gi])
+        assert self.spill is not None  # records are emitted only in streaming mode
         self.spill(kind, frame)
 
     # ------------------------------------------------------------------ routing
