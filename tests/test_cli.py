@@ -647,3 +647,27 @@ def test_narrow_tables_keep_whole_cells():
     con = Console(width=80, record=True, file=io.StringIO())
     con.print(narrow)
     assert "…" not in con.export_text()
+
+
+def test_error_messages_print_brackets_as_they_are(capsys):
+    """A message holding brackets (a list a user typed, pyarrow's "[errno 28]") is printed
+    whole: the consoles do not read it as markup."""
+    from sim.cli.common import handle_errors
+    from sim.errors import ConfigError
+
+    @handle_errors
+    def failing():
+        raise ConfigError("workload.tags: got [1, 2] and [bold]x[/bold]")
+
+    with pytest.raises(SystemExit) as stop:
+        failing()
+    assert stop.value.code == 2
+    assert "got [1, 2] and [bold]x[/bold]" in " ".join(capsys.readouterr().err.split())
+
+    @handle_errors
+    def full():
+        raise OSError(28, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    with pytest.raises(SystemExit):
+        full()
+    assert "error: No space left on device" in " ".join(capsys.readouterr().err.split())

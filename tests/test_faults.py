@@ -59,7 +59,7 @@ def test_a_full_disk_keeps_the_previous_result_and_says_so(tiny_disk, stream):
     before = _files(out)
     big = _servesim("run", "--num-requests", "3000", "-q", "-o", str(out), *(["--stream"] if stream else []))
     assert big.returncode == 2, big.stderr
-    _one_line_error(big, "No space left on device", "previous result folder is unchanged")
+    _one_line_error(big, "error: No space left on device", "previous result folder is unchanged")
     assert _files(out) == before
     assert [p.name for p in tiny_disk.iterdir()] == ["r"], "nothing but the old result on the disk"
 

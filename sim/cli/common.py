@@ -16,15 +16,16 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sim.errors import ConfigError, ServesimError
 
 # a fixed width off-terminal keeps piped and logged tables aligned and complete
-out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+out_console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 150)  # no markup: labels and messages print as they are
 
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def common_options(func):
@@ -184,10 +185,10 @@ def handle_errors(func):
                         folder.abort()
                 del _PENDING[pending_before:]
         except ConfigError as err:
-            err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False)
             sys.exit(2)
         except ServesimError as err:
-            err_console.print(f"[bold red]internal error:[/] {err}")
+            err_console.print(f"[bold red]internal error:[/] {escape(str(err))}", markup=True)
             sys.exit(1)
         except (KeyboardInterrupt, Terminated) as stop:
             word, code = ("interrupted", 130) if isinstance(stop, KeyboardInterrupt) else ("terminated", 143)
@@ -202,7 +203,11 @@ def handle_errors(func):
         except OSError as err:  # a full disk, a file-size limit, a path too long, a folder made read-only mid-run
             where = f" ({short_path(err.filename)})" if getattr(err, "filename", None) else ""
             kept = "; the previous result folder is unchanged" if opened else ""
-            err_console.print(f"[bold red]error:[/] {err.strerror or err}{where}{kept}", markup=True, highlight=False)
+            what = err.strerror or str(err)
+            if "Detail:" in what:  # pyarrow's "Error writing bytes to file. Detail: [errno 28] <the OS's reason>"
+                detail = what.split("Detail:", 1)[1].strip()
+                what = detail.split("]", 1)[1].strip() if detail.startswith("[errno") and "]" in detail else detail or what
+            err_console.print(f"[bold red]error:[/] {escape(what)}{escape(where)}{kept}", markup=True, highlight=False)
             sys.exit(2)
 
     return wrapper

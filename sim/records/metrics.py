@@ -540,8 +540,11 @@ def _step_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
 def _stats_ms(values_s: np.ndarray, prefix: str) -> dict[str, float]:
     v = values_s[~np.isnan(values_s)] * 1e3 if len(values_s) else values_s
     out = {f"{prefix}_mean_ms": float(v.mean()) if len(v) else math.nan}
-    for p in PERCENTILES:
-        out[f"{prefix}_p{p}_ms"] = float(np.percentile(v, p)) if len(v) else math.nan
+    # every percentile from one partition of one copy (the same order statistics and
+    # interpolation as one call per percentile; a run's ITLs are tens of millions of values)
+    qs = np.percentile(v, PERCENTILES).tolist() if len(v) else [math.nan] * len(PERCENTILES)
+    for p, q in zip(PERCENTILES, qs):
+        out[f"{prefix}_p{p}_ms"] = float(q)
     return out
 
 
