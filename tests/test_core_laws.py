@@ -262,3 +262,68 @@ def test_a_trace_spanning_more_than_the_clocks_range_is_refused(tmp_path):
     cfg = make_config(arrival={"strategy": "replay"}, workload={"num_requests": None, "trace": {"path": str(path)}})
     with pytest.raises(ConfigError, match=r"workload\.trace\.path"):
         Simulation(cfg)
+
+
+@pytest.mark.parametrize("strategy", ["constant", "poisson"])
+def test_a_horizon_draws_only_the_requests_it_can_send(strategy):
+    """GIVEN 3,000,000 requests at 20 req/s and a 2 s horizon WHEN simulated with records
+    streamed THEN only the first chunk of the workload is drawn during the run, every request
+    is accounted for exactly once (about 40 sent, the rest one not_sent row each, streamed in
+    chunks in id order), and the not-sent rows carry their drawn lengths: the lengths of a
+    smaller run of the same seed, request for request."""
+    from sim.core.simulation import Simulation
+
+    n = 3_000_000
+    over = {"arrival": {"strategy": strategy, "rate_rps": 20.0}, "horizon_s": 2.0, "cost": {"model": "linear"}}
+    chunks: list[pd.DataFrame] = []
+    sim = Simulation(make_config(**over, workload={"num_requests": n}), spill=lambda kind, f: chunks.append(f) if kind == "requests" else None)
+    drawn_during_run = []
+    orig = sim.sink.add_not_sent
+
+    def spy(pieces):
+        drawn_during_run.append(sim.workload.columns.num_drawn)
+        orig(pieces)
+
+    sim.sink.add_not_sent = spy
+    res = sim.run()
+    assert drawn_during_run == [65536], "only the first chunk was drawn while the run went on"
+    s = res.summary
+    assert s["num_requests"] == n and 30 <= n - s["num_not_sent"] <= 50
+    ids = np.concatenate([c["request_id"].to_numpy() for c in chunks])
+    np.testing.assert_array_equal(ids, np.arange(n))
+    assert max(len(c) for c in chunks) <= 65536
+    # the same seed with fewer requests draws the same leading lengths
+    small = simulate(make_config(**over, workload={"num_requests": 70_000}))
+    head = pd.concat(chunks, ignore_index=True).iloc[:70_000]
+    for col in ("prompt_tokens", "output_tokens", "status"):
+        np.testing.assert_array_equal(head[col].to_numpy(), small.requests[col].to_numpy())
+
+
+def test_a_workload_drawn_in_small_chunks_is_the_one_drawn_at_once():
+    """Chunked drawing changes no request: the same lengths, groups and priorities with
+    chunks of 7 as with one chunk of every request."""
+    from sim.load.workload import build_workload
+    from sim.rng import RandomStreams
+
+    cfg = make_config(
+        workload={
+            "num_requests": 501,
+            "prefix_tokens": 32,
+            "prefix_groups": 3,
+            "priority_levels": 4,
+            "prompt_tokens": {"dist": "uniform", "min": 3, "max": 900},
+        }
+    )
+    whole = build_workload(cfg.workload, RandomStreams(3), chunk=10_000)
+    small = build_workload(cfg.workload, RandomStreams(3), chunk=7)
+    for name in ("prompt_tokens", "output_tokens", "prefix_groups", "prefix_tokens", "priorities"):
+        np.testing.assert_array_equal(np.asarray(getattr(whole, name)), np.asarray(getattr(small, name)), err_msg=name)
+    for i in (0, 6, 7, 500):
+        a, b = whole.make_request(i), small.make_request(i)
+        assert (a.prompt_tokens, a.output_tokens, a.prefix_group, a.prefix_tokens, a.priority) == (
+            b.prompt_tokens,
+            b.output_tokens,
+            b.prefix_group,
+            b.prefix_tokens,
+            b.priority,
+        )

@@ -50,7 +50,7 @@ from sim.errors import ConfigError
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import IdOrderedSpill, LogHistogram, MetricsSink, StreamingSummary, request_record, requests_frame, steps_frame, summarize
+from sim.records.metrics import IdOrderedSpill, LogHistogram, MetricsSink, StreamingSummary, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 FLEET_SUMMARY_KEYS = ("num_replicas", "load_imbalance_requests", "load_imbalance_busy")
@@ -444,8 +444,7 @@ class FleetSimulation:
                 inside.extend(rep.server.requests_inside())
         for req in sorted(inside, key=lambda r: r.request_id):
             self.sink.on_request_done(req, "in_flight")
-        for i in range(self.num_sent, total):
-            self.sink.add_record(request_record(self.workload.make_request(i), "not_sent"))
+        self.sink.add_not_sent(self.workload.not_sent_columns(self.num_sent))
         if progress is not None:
             progress(total, total)
         stats = [rep.sink.step_stats() for rep in self.replicas]

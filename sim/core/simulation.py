@@ -32,7 +32,7 @@ from sim.entities import Request
 from sim.load import arrival as _arrival  # noqa: F401  (registers strategies)
 from sim.load.arrival import ARRIVALS
 from sim.load.workload import build_workload
-from sim.records.metrics import IdOrderedSpill, MetricsSink, request_record, requests_frame, steps_frame, summarize
+from sim.records.metrics import IdOrderedSpill, MetricsSink, requests_frame, steps_frame, summarize
 from sim.rng import RandomStreams
 
 __all__ = ["SimResult", "Simulation", "FleetSimulation", "make_simulation", "simulate"]
@@ -113,8 +113,7 @@ class Simulation:
         # in the API server (frontend delay), staged (async scheduling) or in the scheduler.
         for req in sorted(self.server.requests_inside(), key=lambda r: r.request_id):
             sink.on_request_done(req, "in_flight")
-        for i in range(self.num_sent, total):
-            sink.add_record(request_record(self.workload.make_request(i), "not_sent"))
+        sink.add_not_sent(self.workload.not_sent_columns(self.num_sent))
         if progress is not None:
             progress(total, total)
         streamed = sink.spill is not None

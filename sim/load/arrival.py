@@ -23,6 +23,7 @@ A strategy is ``fn(env, submit, workload, cfg, streams) -> None``: it starts its
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import repeat
 
 import numpy as np
 import simpy
@@ -38,18 +39,52 @@ Submit = Callable[[Request], None]
 ARRIVALS: Registry = Registry("arrival strategy")
 
 
+def _beyond_clock(field: str, n: int, last_s: float, fix: str) -> ConfigError:
+    return ConfigError(
+        f"{field}: the last of {n} requests would be sent at {last_s:.3g} s of simulated time, "
+        f"beyond {MAX_CLOCK_S:.3g} s (2**32 s; past it the float64 clock cannot keep microsecond latencies); {fix}"
+    )
+
+
 def _within_clock(times_s: np.ndarray, field: str, fix: str) -> np.ndarray:
     """``times_s`` (ascending send times) if the last is inside the clock's microsecond range
     (:data:`~sim.config.MAX_CLOCK_S`); else a ConfigError naming ``field`` and ``fix``."""
     if len(times_s) and float(times_s[-1]) > MAX_CLOCK_S:
-        raise ConfigError(
-            f"{field}: the last of {len(times_s)} requests would be sent at {float(times_s[-1]):.3g} s of simulated time, "
-            f"beyond {MAX_CLOCK_S:.3g} s (2**32 s; past it the float64 clock cannot keep microsecond latencies); {fix}"
-        )
+        raise _beyond_clock(field, len(times_s), float(times_s[-1]), fix)
     return times_s
 
 
-def _open_loop(env: simpy.Environment, submit: Submit, reqs: Iterator[Request], times_s: np.ndarray):
+_CHUNK = 65536  # send times computed at a time (a run that ends at a horizon computes no more)
+_RATE_FIX = "raise the rate or send fewer requests"
+
+
+def _chunked_times(n: int, piece, field: str, fix: str) -> Iterator[float]:
+    """Send times ``piece(lo, hi)`` for ids ``lo..hi-1``, a chunk at a time, each chunk
+    checked against the clock's range (the first chunk before the run starts)."""
+    for lo in range(0, n, _CHUNK):
+        times = piece(lo, min(n, lo + _CHUNK))
+        if len(times) and float(times[-1]) > MAX_CLOCK_S:
+            raise _beyond_clock(field, n, float(times[-1]), fix)
+        yield from times.tolist()
+
+
+def _poisson_times(n: int, rate_rps: float, rng: np.random.Generator) -> Iterator[float]:
+    """Cumulated exponential gaps, drawn a chunk at a time: the same floats as one
+    ``np.cumsum`` of all ``n`` gaps (numpy's cumsum adds in order; each chunk continues from
+    the last time)."""
+    last = [0.0]
+
+    def piece(lo: int, hi: int) -> np.ndarray:
+        gaps = rng.exponential(1.0 / rate_rps, size=hi - lo)
+        times = np.cumsum(np.concatenate(([last[0]], gaps)))[1:] if lo else np.cumsum(gaps)
+        if len(times):
+            last[0] = float(times[-1])
+        return times
+
+    return _chunked_times(n, piece, "arrival.rate_rps", _RATE_FIX)
+
+
+def _open_loop(env: simpy.Environment, submit: Submit, reqs: Iterator[Request], times_s):
     for req, t in zip(reqs, times_s):
         delay = float(t) - env.now
         if delay > 0:
@@ -98,19 +133,24 @@ def throughput(env, submit, workload: Workload, cfg: ArrivalConfig, streams: Ran
     if cfg.concurrency is not None:
         _start_closed_loop(env, submit, workload, int(cfg.concurrency))
     else:
-        env.process(_open_loop(env, submit, workload.iter_requests(), np.zeros(len(workload))))
+        env.process(_open_loop(env, submit, workload.iter_requests(), repeat(0.0, len(workload))))
 
 
 @ARRIVALS.register("constant", "Fixed spacing 1/rate from t=0 (guidellm constant).")
 def constant(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    times = _within_clock(np.arange(len(workload), dtype=float) / _rate_rps(cfg), "arrival.rate_rps", "raise the rate or send fewer requests")
+    rate, n = _rate_rps(cfg), len(workload)
+    if n and (n - 1) / rate > MAX_CLOCK_S:
+        raise _beyond_clock("arrival.rate_rps", n, (n - 1) / rate, _RATE_FIX)
+    times = _chunked_times(n, lambda lo, hi: np.arange(lo, hi, dtype=float) / rate, "arrival.rate_rps", _RATE_FIX)
     env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
 @ARRIVALS.register("poisson", "Exponential gaps of mean 1/rate (guidellm poisson).")
 def poisson(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    gaps = streams.get("arrival.poisson").exponential(1.0 / _rate_rps(cfg), size=len(workload))
-    times = _within_clock(np.cumsum(gaps), "arrival.rate_rps", "raise the rate or send fewer requests")
+    rate, n = _rate_rps(cfg), len(workload)
+    if n and n / rate > MAX_CLOCK_S:  # the expected last send; a later one is caught as it is drawn
+        raise _beyond_clock("arrival.rate_rps", n, n / rate, _RATE_FIX)
+    times = _poisson_times(n, rate, streams.get("arrival.poisson"))
     env.process(_open_loop(env, submit, workload.iter_requests(), times))
 
 
@@ -124,5 +164,8 @@ def replay(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomS
 
 @ARRIVALS.register("open-loop-at-measured-rate", "Constant 1/rate, first at 1/rate (the seed study's harness).")
 def open_loop_at_measured_rate(env, submit, workload: Workload, cfg: ArrivalConfig, streams: RandomStreams) -> None:
-    times = _within_clock((np.arange(len(workload), dtype=float) + 1.0) / _rate_rps(cfg), "arrival.rate_rps", "raise the rate or send fewer requests")
+    rate, n = _rate_rps(cfg), len(workload)
+    if n and n / rate > MAX_CLOCK_S:
+        raise _beyond_clock("arrival.rate_rps", n, n / rate, _RATE_FIX)
+    times = _chunked_times(n, lambda lo, hi: (np.arange(lo, hi, dtype=float) + 1.0) / rate, "arrival.rate_rps", _RATE_FIX)
     env.process(_open_loop(env, submit, workload.iter_requests(), times))

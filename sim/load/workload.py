@@ -35,6 +35,94 @@ from sim.rng import RandomStreams
 DEFAULT_NUM_SYNTHETIC_REQUESTS = 100
 
 
+WORKLOAD_CHUNK = 65536  # requests drawn at a time by a synthetic workload
+
+
+class ChunkedColumns:
+    """Per-request columns drawn ``chunk`` requests at a time, in id order, on demand.
+
+    ``draw(m)`` returns the next ``m`` requests' columns (a dict of int64 arrays); it consumes
+    its random streams in order, so the columns are the same whatever the chunk size (numpy's
+    generators give the same values drawn in pieces as at once). A run reads the requests it
+    sends, so a run that ends early (a horizon) never draws the others; the rows of requests
+    never sent are read once at the end with :meth:`iter_from`, without being kept.
+    """
+
+    def __init__(self, n: int, draw, chunk: int = WORKLOAD_CHUNK) -> None:
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+        self.n = n
+        self.chunk = chunk
+        self._draw = draw
+        self._chunks: list[dict[str, np.ndarray]] = []  # drawn and kept, in order
+        self._streamed = False  # iter_from drew past the kept chunks: nothing more can be kept
+
+    @property
+    def num_drawn(self) -> int:
+        """Requests drawn and kept so far."""
+        return min(self.n, len(self._chunks) * self.chunk)
+
+    def _chunk(self, k: int) -> dict[str, np.ndarray]:
+        while len(self._chunks) <= k:
+            if self._streamed:
+                raise RuntimeError("workload columns read after the requests never sent were streamed out")
+            lo = len(self._chunks) * self.chunk
+            self._chunks.append(self._draw(min(self.chunk, self.n - lo)))
+        return self._chunks[k]
+
+    def value(self, name: str, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(f"request {i} out of range 0..{self.n - 1}")
+        return int(self._chunk(i // self.chunk)[name][i % self.chunk])
+
+    def array(self, name: str) -> np.ndarray:
+        """The whole column (draws every request: for inspection and small runs)."""
+        if self.n == 0:
+            return np.empty(0, dtype=np.int64)
+        return np.concatenate([self._chunk(k)[name] for k in range(-(-self.n // self.chunk))])
+
+    def iter_from(self, lo: int):
+        """``(first id, columns)`` of requests ``lo..n-1`` in pieces: the kept chunks' rows,
+        then the rest drawn and dropped piece by piece (bounded memory). Call once, last."""
+        k = lo // self.chunk
+        while lo < self.n:
+            if k < len(self._chunks):
+                cols = self._chunks[k]
+            else:
+                self._streamed = True
+                cols = self._draw(min(self.chunk, self.n - k * self.chunk))
+            off = lo - k * self.chunk
+            yield lo, {name: col[off:] for name, col in cols.items()}
+            lo = (k + 1) * self.chunk
+            k += 1
+
+
+class _LazyColumn:
+    """One column of :class:`ChunkedColumns` behaving like a read-only int64 array for
+    ``col[i]``, ``len(col)``, numpy conversion and array methods (these draw every request)."""
+
+    def __init__(self, store: ChunkedColumns, name: str) -> None:
+        self.store, self.name = store, name
+
+    def __len__(self) -> int:
+        return self.store.n
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            return self.store.value(self.name, int(i))
+        return self.store.array(self.name)[i]
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.store.array(self.name)
+        return a if dtype is None else a.astype(dtype)
+
+    def __getattr__(self, attr: str):
+        # array methods (sum, mean, max, ...) on the whole column, for inspection
+        if attr.startswith("__") or attr in ("store", "name"):
+            raise AttributeError(attr)
+        return getattr(self.store.array(self.name), attr)
+
+
 @dataclass
 class Workload:
     """The requests of a run as arrays, in send order (request id = index).
@@ -44,17 +132,30 @@ class Workload:
     has them.
     """
 
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-    prefix_groups: np.ndarray
-    prefix_tokens: np.ndarray
-    priorities: np.ndarray
+    prompt_tokens: np.ndarray | _LazyColumn
+    output_tokens: np.ndarray | _LazyColumn
+    prefix_groups: np.ndarray | _LazyColumn
+    prefix_tokens: np.ndarray | _LazyColumn
+    priorities: np.ndarray | _LazyColumn
     offsets_s: np.ndarray | None = None
     prompt_ids: np.ndarray | None = None  # pool prompt of each request (prompt_pool), else None
     created: int = 0
+    columns: ChunkedColumns | None = None  # a synthetic workload's lazily drawn columns
 
     def __len__(self) -> int:
         return len(self.prompt_tokens)
+
+    def not_sent_columns(self, lo: int):
+        """``(first id, {prompt_tokens, output_tokens, prefix_tokens})`` pieces of requests
+        ``lo..n-1`` (those never sent), in id order, in bounded memory. Call once, last."""
+        names = ("prompt_tokens", "output_tokens", "prefix_tokens")
+        if self.columns is not None:
+            for first, cols in self.columns.iter_from(lo):
+                yield first, {k: cols[k] for k in names}
+            return
+        for first in range(lo, len(self), WORKLOAD_CHUNK):
+            hi = min(len(self), first + WORKLOAD_CHUNK)
+            yield first, {k: np.asarray(getattr(self, k)[first:hi], dtype=np.int64) for k in names}
 
     def make_request(self, i: int) -> Request:
         group = int(self.prefix_groups[i])
@@ -209,8 +310,39 @@ def _relative_offsets(p: Path, text: pd.Series) -> np.ndarray:
     return np.array([float(d - first) for d in exact], dtype=float)
 
 
-def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
-    """The requests of a run, ids 0..n-1 in send order."""
+def _lazy_synthetic(cfg: WorkloadConfig, n: int, streams: RandomStreams, chunk: int) -> Workload:
+    """A synthetic workload without a prompt pool: every column drawn per request from its
+    own stream, so it is drawn a chunk at a time as the run reads it (the same values as
+    drawing all ``n`` at once)."""
+    rng_prompt, rng_output = streams.get("workload.prompt"), streams.get("workload.output")
+    rng_prefix = streams.get("workload.prefix")
+    rng_priority = streams.get("workload.priority") if cfg.priority_levels > 1 else None
+
+    def draw(m: int) -> dict[str, np.ndarray]:
+        prompts = sample_lengths(cfg.prompt_tokens, m, rng_prompt) + cfg.prefix_tokens
+        outputs = sample_lengths(cfg.output_tokens, m, rng_output)
+        if cfg.prefix_tokens > 0:
+            groups = rng_prefix.integers(0, cfg.prefix_groups, size=m) if cfg.prefix_groups > 1 else np.zeros(m, dtype=np.int64)
+        else:
+            groups = np.full(m, -1, dtype=np.int64)
+        priorities = rng_priority.integers(0, cfg.priority_levels, size=m) if rng_priority is not None else np.zeros(m, dtype=np.int64)
+        return {
+            "prompt_tokens": np.asarray(prompts, dtype=np.int64),
+            "output_tokens": np.asarray(outputs, dtype=np.int64),
+            "prefix_groups": np.asarray(groups, dtype=np.int64),
+            "prefix_tokens": np.where(groups >= 0, cfg.prefix_tokens, 0).astype(np.int64),
+            "priorities": np.asarray(priorities, dtype=np.int64),
+        }
+
+    store = ChunkedColumns(n, draw, chunk)
+    cols = {k: _LazyColumn(store, k) for k in ("prompt_tokens", "output_tokens", "prefix_groups", "prefix_tokens", "priorities")}
+    return Workload(cols["prompt_tokens"], cols["output_tokens"], cols["prefix_groups"], cols["prefix_tokens"], cols["priorities"], columns=store)
+
+
+def build_workload(cfg: WorkloadConfig, streams: RandomStreams, chunk: int = WORKLOAD_CHUNK) -> Workload:
+    """The requests of a run, ids 0..n-1 in send order. A synthetic workload without a prompt
+    pool is drawn ``chunk`` requests at a time as the run reads it (same values for any
+    ``chunk``); trace and pool workloads are arrays."""
     prefix_rng = streams.get("workload.prefix")
     pool = cfg.prompt_pool
     prompt_ids: np.ndarray | None = None
@@ -231,8 +363,7 @@ def build_workload(cfg: WorkloadConfig, streams: RandomStreams) -> Workload:
     else:
         n = cfg.num_requests or DEFAULT_NUM_SYNTHETIC_REQUESTS
         if pool is None:
-            unique = sample_lengths(cfg.prompt_tokens, n, streams.get("workload.prompt"))
-            outputs = sample_lengths(cfg.output_tokens, n, streams.get("workload.output"))
+            return _lazy_synthetic(cfg, n, streams, chunk)
         else:
             # lengths belong to the pool prompt (inference-perf draws them per prompt)
             prompt_ids = np.arange(n, dtype=np.int64) % pool

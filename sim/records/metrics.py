@@ -424,6 +424,34 @@ class MetricsSink:
         if self.spill is not None and len(cols["request_id"]) >= self.chunk_rows:
             self._spill_requests()
 
+    def add_not_sent(self, pieces) -> None:
+        """Record requests never sent in bulk: ``pieces`` of ``(first id, {prompt_tokens,
+        output_tokens, prefix_tokens})`` arrays (``Workload.not_sent_columns``), in id order.
+        The same rows as ``add_record(request_record(req, "not_sent"))`` for each."""
+        template = request_record(Request(request_id=0, prompt_tokens=1, output_tokens=1), "not_sent")
+        varying = ("request_id", "prompt_tokens", "output_tokens", "prefix_tokens")
+        fixed = {name: getattr(template, name) for name in self._record_columns if name not in varying}
+        for first, cols in pieces:
+            m = len(cols["prompt_tokens"])
+            lo = 0
+            while lo < m:  # whole chunks when streaming, so that memory stays bounded
+                room = self.chunk_rows - len(self.request_columns["request_id"]) if self.spill is not None else m
+                hi = min(m, lo + max(room, 1))
+                out = self.request_columns
+                out["request_id"].extend(range(first + lo, first + hi))
+                for name in ("prompt_tokens", "output_tokens", "prefix_tokens"):
+                    out[name].extend(cols[name][lo:hi].tolist())
+                for name, value in fixed.items():
+                    out[name].extend([value] * (hi - lo))
+                if self._kv_loaded is not None:
+                    out[KV_OFFLOAD_COLUMN].extend([0] * (hi - lo))
+                self.num_requests_done += hi - lo
+                if self.spill is not None and len(out["request_id"]) >= self.chunk_rows:
+                    self._spill_requests()
+                lo = hi
+        if self.progress is not None:
+            self.progress(self.num_requests_done)
+
     def _spill_requests(self) -> None:
         cols = self.request_columns
         if cols["request_id"]:
